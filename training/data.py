@@ -1,0 +1,197 @@
+"""Datasets as numpy arrays, split into train / validation / test.
+
+CIFAR-10 comes from `keras.datasets.cifar10.load_data()` by default (users online get the
+official train/test split) or from a local copy given with `--data`:
+
+* a folder or tar archive in the one-folder-per-class layout
+  (`cifar10/train/<class>/*.jpg`, optionally `.../test/<class>/*.jpg`);
+* the official `cifar-10-batches-py` pickle folder, or its `.tar.gz`.
+
+Decoding 50,000 images takes a while, so decoded arrays are cached (outside the repository)
+under a key of the source's path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer",
+                  "dog", "frog", "horse", "ship", "truck"]
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray  # integer class indices
+
+
+@dataclass
+class Dataset:
+    labels: list[str]
+    train: Split
+    validation: Split
+    test: Split | None  # None when the source has no test split (our local archive)
+    source: str
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("CIFAR_SERVING_CACHE", Path(base) / "cifar-serving"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+# ---------------------------------------------------------------------------------------------
+
+def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Index arrays, one per fraction, with every class spread in proportion (fractions sum to 1)."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        bounds = np.round(np.cumsum(fractions) * len(idx)).astype(int)
+        for i, chunk in enumerate(np.split(idx, bounds[:-1])):
+            parts[i].append(chunk)
+    return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def hold_out_validation(x, y, fraction: float, seed: int) -> tuple[Split, Split]:
+    train_idx, val_idx = stratified_split(y, (1 - fraction, fraction), seed)
+    return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10
+# ---------------------------------------------------------------------------------------------
+
+def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """CIFAR-10 with a stratified validation split held out of the training images."""
+    if data is None:
+        import keras
+        (x, y), (x_test, y_test) = keras.datasets.cifar10.load_data()
+        labels, test = CIFAR10_LABELS, Split(x_test, y_test.reshape(-1).astype(np.int64))
+        x, y, source = x, y.reshape(-1).astype(np.int64), "keras.datasets.cifar10"
+    else:
+        arrays = _cached(Path(data), _read_cifar_source)
+        labels = [str(s) for s in arrays["labels"]]
+        x, y = arrays["x_train"], arrays["y_train"]
+        test = Split(arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else None
+        source = str(Path(data).resolve())
+    train, validation = hold_out_validation(x, y, validation_fraction, seed)
+    return Dataset(labels, train, validation, test, source)
+
+
+def _cached(path: Path, read) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise FileNotFoundError(f"no dataset at {path}")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / f"{path.name}-{key}.npz"
+    if cached.exists():
+        with np.load(cached) as npz:
+            return dict(npz)
+    arrays = read(path)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(cached)  # atomic: a crash never leaves a half-written cache behind
+    return arrays
+
+
+def _read_cifar_source(path: Path) -> dict[str, np.ndarray]:
+    files = _ArchiveFiles(path)
+    names = files.names()
+    if any(PurePosixPath(n).name == "batches.meta" for n in names):
+        return _read_pickle_batches(files, names)
+    return _read_class_folders(files, names)
+
+
+class _ArchiveFiles:
+    """Read-only view of a folder or a tar archive as relative POSIX names → bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tar = None if path.is_dir() else tarfile.open(path)
+
+    def names(self) -> list[str]:
+        if self.tar is not None:
+            return [m.name for m in self.tar.getmembers() if m.isfile()]
+        return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+
+    def read(self, name: str) -> bytes:
+        if self.tar is not None:
+            return self.tar.extractfile(name).read()
+        return (self.path / name).read_bytes()
+
+
+def _read_pickle_batches(files: _ArchiveFiles, names: list[str]) -> dict[str, np.ndarray]:
+    by_name = {PurePosixPath(n).name: n for n in names}
+
+    def batch(name):
+        d = pickle.loads(files.read(by_name[name]), encoding="bytes")
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return x, np.asarray(d[b"labels"], dtype=np.int64)
+
+    meta = pickle.loads(files.read(by_name["batches.meta"]), encoding="bytes")
+    train = [batch(n) for n in sorted(by_name) if n.startswith("data_batch_")]
+    arrays = {
+        "labels": np.array([s.decode() for s in meta[b"label_names"]]),
+        "x_train": np.concatenate([b[0] for b in train]),
+        "y_train": np.concatenate([b[1] for b in train]),
+    }
+    if "test_batch" in by_name:
+        arrays["x_test"], arrays["y_test"] = batch("test_batch")
+    return arrays
+
+
+def _read_class_folders(files: _ArchiveFiles, names: list[str]) -> dict[str, np.ndarray]:
+    """`.../<split>/<class>/<image>`; a split named `test` is the test set, anything else trains."""
+    images = [PurePosixPath(n) for n in names if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ValueError(f"{files.path}: no images found (expected <class>/<image> folders)")
+    labels = sorted({p.parent.name for p in images})
+    index = {name: i for i, name in enumerate(labels)}
+    arrays: dict[str, np.ndarray] = {"labels": np.array(labels)}
+    for split in ("train", "test"):
+        members = sorted(p for p in images if (p.parent.parent.name == "test") == (split == "test"))
+        if not members:
+            continue
+        arrays[f"x_{split}"] = np.stack([_decode_rgb(files.read(str(p))) for p in members])
+        arrays[f"y_{split}"] = np.array([index[p.parent.name] for p in members], dtype=np.int64)
+    return arrays
+
+
+def _decode_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Iris
+# ---------------------------------------------------------------------------------------------
+
+def load_iris(seed: int = 0) -> Dataset:
+    """scikit-learn's bundled Iris, split 80:10:10 (train / validation / test), stratified."""
+    from sklearn.datasets import load_iris as sklearn_iris
+
+    bunch = sklearn_iris()
+    x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    train, val, test = stratified_split(y, (0.8, 0.1, 0.1), seed)
+    return Dataset(
+        labels=[str(n) for n in bunch.target_names],
+        train=Split(x[train], y[train]),
+        validation=Split(x[val], y[val]),
+        test=Split(x[test], y[test]),
+        source="sklearn.datasets.load_iris",
+    )
