@@ -27,7 +27,7 @@ from keras import layers, ops
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 1024
     widths: tuple[int, int, int] = (64, 256, 256)
     activation: str = "relu"

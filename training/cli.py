@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import shlex
 import sys
@@ -86,7 +87,7 @@ def train_cifar10(args, command):
     strategy = distribution_strategy()
     recipe = cifar10.Recipe()
     if args.batch_size:
-        recipe = cifar10.Recipe(**{**recipe.to_dict(), "batch_size": args.batch_size})
+        recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
     dataset = data.load_cifar10(args.data, seed=args.seed)
     print(f"CIFAR-10 from {dataset.source}: train {len(dataset.train.x)}, "
           f"validation {len(dataset.validation.x)}, test {len(dataset.test.x) if dataset.test else 0}")
