@@ -1,0 +1,95 @@
+"""Run an ASGI app under uvicorn in a subprocess on a free 127.0.0.1 port, and watch its
+memory and CPU from outside, the way an operator would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+APPS = ("service", "baseline")
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(app: str, port: int) -> list[str]:
+    """The service as its container runs it, so its own settings (read from the environment,
+    like MODEL_DIR, HOST and PORT) apply; the baseline as a tutorial runs it. Both keep
+    uvicorn's default access log."""
+    if app == "service":
+        return [sys.executable, "-m", "service"]
+    return [sys.executable, "-m", "uvicorn", "benchmarks.baseline:app", "--host", "127.0.0.1",
+            "--port", str(port)]
+
+
+@contextlib.contextmanager
+def serve(app: str, model_dir: str | Path, log_path: Path, ready_timeout: float = 300) -> Iterator[Running]:
+    """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
+    on exit. Its output goes to `log_path`, not a pipe, so a chatty server can never block."""
+    port = free_port()
+    env = {**os.environ, "MODEL_DIR": str(Path(model_dir).resolve()), "HOST": "127.0.0.1", "PORT": str(port)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command(app, port), cwd=REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, process, ready_timeout, log_path)
+            yield Running(url, process.pid)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet, or loading models (503)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/readyz not 200 within {timeout:.0f} s; see {log_path}")
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The server and any workers it forked: their memory and CPU are all the server's."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def rss_bytes(pid: int) -> int:
+    return sum(p.memory_info().rss for p in process_tree(pid))
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in process_tree(pid))

@@ -1,0 +1,53 @@
+"""The app factory: settings in, a FastAPI app out, its models loaded during its lifespan."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.deps import require_api_key
+from service.device import configure_device
+from service.errors import add_error_handlers
+from service.limits import BodyLimits
+from service.metrics import Metrics, RequestMetrics
+from service.registry import ModelRegistry
+from service.routes import predict, status
+from service.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        device = configure_device(settings.device, settings.intra_op_threads, settings.inter_op_threads)
+        app.state.registry = registry = ModelRegistry(settings, device, metrics)
+        app.state.decoders = decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        registry.start()
+        try:
+            yield
+        finally:  # the server has stopped taking requests and finished those in flight
+            await registry.close()
+            decoders.shutdown()
+
+    app = FastAPI(
+        title="Image and feature classifiers",
+        summary="Serves the SavedModels exported by `training`, with dynamic micro-batching.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.include_router(status.router)
+    app.include_router(predict.router, dependencies=[Depends(require_api_key)] if settings.api_key else [])
+    add_error_handlers(app, metrics)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "X-API-Key"])
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost of ours: sees every status
+    return app

@@ -1,0 +1,153 @@
+"""Dynamic micro-batching: concurrent requests for one model share one model call.
+
+Requests queue their rows; a single asyncio task takes as many as fit in `max_batch_size`,
+runs the model on them in the model's own worker thread (so the event loop keeps serving),
+and hands each request its slice of the result. Each request names the predictor (model
+version) it was prepared for, and a batch only joins requests for the same one, so a hot swap
+never mixes versions or input sizes: requests already under way finish on the old version. While the model is busy the next batch
+fills by itself; when it is idle, a batch waits at most `max_wait_s`, and only for requests
+the routes have announced as on their way (`expecting`), so a lone request never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """More rows are waiting than the queue bound allows; the caller should retry later."""
+
+
+class Closed(Exception):
+    """The batcher is shutting down and takes no more work."""
+
+
+@dataclass
+class _Job:
+    rows: np.ndarray
+    predictor: Predictor
+    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    arrived: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+
+
+class MicroBatcher:
+    """Batches the model calls of one model's requests."""
+
+    def __init__(self, name: str, max_batch_size: int, max_wait_s: float, max_queue_size: int,
+                 on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+                 on_error: Callable[[], None] = lambda: None):
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue_size = max_queue_size
+        self.queued = 0  # rows waiting, not counting the batch being computed
+        self._on_batch = on_batch
+        self._on_error = on_error
+        self._jobs: deque[_Job] = deque()
+        self._expected = 0
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{name}")
+
+    @contextlib.contextmanager
+    def expecting(self):
+        """Announce a request that will submit soon (its body is being read or decoded), so an
+        idle model may wait up to `max_wait_s` for it instead of running a smaller batch."""
+        self._expected += 1
+        try:
+            yield
+        finally:
+            self._expected -= 1
+            self._arrived.set()
+
+    async def predict(self, rows: np.ndarray, predictor: Predictor) -> np.ndarray:
+        """`predictor`'s output for `rows` (at most `max_batch_size` of them)."""
+        if self._closing:
+            raise Closed(f"model {self.name} is shutting down")
+        if self.queued + len(rows) > self.max_queue_size:
+            raise QueueFull(f"model {self.name} has {self.queued} rows waiting")
+        job = _Job(rows, predictor)
+        self._jobs.append(job)
+        self.queued += len(rows)
+        self._arrived.set()
+        return await job.future
+
+    async def close(self) -> None:
+        """Finish the queued work, then stop."""
+        self._closing = True
+        self._arrived.set()
+        await self._task
+        self._thread.shutdown()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._jobs or not self._closing:
+            if not self._jobs:
+                await self._wait_for_arrival()
+                continue
+            # Jobs that queued while the model was busy have waited enough already.
+            await self._gather_company(self._jobs[0].arrived + self.max_wait_s)
+            jobs = self._take_batch()
+            try:
+                outputs = await loop.run_in_executor(self._thread, self._run, jobs)
+            except Exception as error:  # a failed batch fails its requests, not the batcher
+                log.exception("model %s failed on a batch of %d requests", self.name, len(jobs))
+                self._on_error()
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            start = 0
+            for job in jobs:
+                end = start + len(job.rows)
+                if not job.future.done():  # the client may have gone away
+                    job.future.set_result(outputs[start:end])
+                start = end
+
+    async def _wait_for_arrival(self, timeout: float | None = None) -> None:
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    async def _gather_company(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while self._expected and self.queued < self.max_batch_size and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await self._wait_for_arrival(remaining)
+
+    def _take_batch(self) -> list[_Job]:
+        jobs, rows = [], 0
+        predictor = self._jobs[0].predictor
+        while (self._jobs and self._jobs[0].predictor is predictor
+               and rows + len(self._jobs[0].rows) <= self.max_batch_size):
+            job = self._jobs.popleft()
+            jobs.append(job)
+            rows += len(job.rows)
+        if not jobs:  # a job larger than a batch runs alone rather than never
+            jobs.append(self._jobs.popleft())
+            rows = len(jobs[0].rows)
+        self.queued -= rows
+        return jobs
+
+    def _run(self, jobs: list[_Job]) -> np.ndarray:
+        rows = jobs[0].rows if len(jobs) == 1 else np.concatenate([job.rows for job in jobs])
+        started = time.perf_counter()
+        outputs = jobs[0].predictor.predict(rows)
+        self._on_batch(len(rows), time.perf_counter() - started)
+        return outputs

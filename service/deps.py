@@ -1,0 +1,50 @@
+"""Shared route dependencies: the app's settings, registry and decoders, and the API key."""
+
+from __future__ import annotations
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def _decoders(request: Request) -> ThreadPoolExecutor:
+    return request.app.state.decoders
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+DecodersDep = Annotated[ThreadPoolExecutor, Depends(_decoders)]
+
+
+def require_api_key(
+    settings: SettingsDep,
+    key: Annotated[str | None, Security(APIKeyHeader(name="X-API-Key", auto_error=False))],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(HTTPBearer(auto_error=False))],
+) -> None:
+    """401 unless the request carries API_KEY, as X-API-Key or as a Bearer token."""
+    expected = settings.api_key.get_secret_value().encode() if settings.api_key else b""
+    given = key if key is not None else bearer.credentials if bearer is not None else ""
+    # compare_digest takes as long whatever the key, so timing does not reveal it.
+    if not given or not secrets.compare_digest(given.encode(), expected):
+        raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (FastAPI would otherwise validate the raw bytes)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise HTTPException(415, "expected a JSON body (Content-Type: application/json)")

@@ -1,0 +1,12 @@
+"""The app for `uvicorn service.main:app`, configured from the environment."""
+
+from __future__ import annotations
+
+import logging
+
+from service.app import create_app
+from service.settings import Settings
+
+settings = Settings()
+logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+app = create_app(settings)

@@ -1,0 +1,200 @@
+"""The models being served: found under MODEL_DIR, loaded, warmed up, and hot-reloaded.
+
+Every folder `<MODEL_DIR>/<name>/` is a model and every integer folder inside it a version
+(hidden ones, such as `training.export`'s `.staging-*`, are exports in progress). A model
+serves its newest version that loads and warms up, or its pinned one. Every
+`poll_interval_s` the folder is scanned again: a newer version is loaded and warmed up beside
+the live one, then swapped in by one assignment while requests keep flowing; a version that
+fails is logged, remembered and not retried (publish a fixed export as a new version), and
+the live one keeps serving. A broken or empty model never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.batching import MicroBatcher
+from service.metrics import Metrics
+from service.predictor import ModelError, Predictor, load_predictor
+from service.settings import Settings
+from training.export import existing_versions
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModel(LookupError):
+    """No such model under MODEL_DIR."""
+
+
+class ModelNotReady(Exception):
+    """The model exists but has no live version (yet)."""
+
+
+@dataclass
+class ServedModel:
+    name: str
+    directory: Path
+    pinned: int | None = None
+    versions: list[int] = field(default_factory=list)  # on disk at the last scan
+    failed: dict[int, str] = field(default_factory=dict)  # version -> why it was rejected
+    predictor: Predictor | None = None  # the live version
+    batcher: MicroBatcher | None = None  # created with the first live version
+
+    @property
+    def problem(self) -> str | None:
+        """Why the model is not serving, or None when it is."""
+        if self.predictor is not None:
+            return None
+        if self.pinned is not None and self.pinned not in self.versions:
+            return f"pinned version {self.pinned} not found in {self.directory}"
+        if not self.versions:
+            return f"no version folder in {self.directory}"
+        if self.failed:
+            version = max(self.failed)
+            return f"version {version} failed to load: {self.failed[version]}"
+        return "loading"
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, device: str, metrics: Metrics):
+        self.settings = settings
+        self.device = device
+        self.metrics = metrics
+        self.models: dict[str, ServedModel] = {}
+        self.scanned = False
+        # Batch sizes traced and run once before serving: the smallest, a middling and the largest.
+        self.warm_up_sizes = sorted({1, min(8, settings.max_batch_size), settings.max_batch_size})
+        self._watcher: asyncio.Task | None = None
+        self._refreshing = asyncio.Lock()  # the watcher and a caller must not load a version twice
+
+    def start(self) -> None:
+        """Load the models in the background (so /healthz answers meanwhile), then keep watching."""
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="model-watcher")
+
+    async def close(self) -> None:
+        """Stop watching, then let every batcher finish the requests it holds."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for served in self.models.values():
+            if served.batcher is not None:
+                await served.batcher.close()
+
+    def get(self, name: str) -> ServedModel:
+        """The model called `name` with a live version; names are looked up among the folders
+        found, never joined to a path, so no name can reach outside MODEL_DIR."""
+        served = self.models.get(name)
+        if served is None:
+            raise UnknownModel(f"no model named {name!r}")
+        if served.problem is not None:
+            raise ModelNotReady(f"model {name!r} is not ready: {served.problem}")
+        return served
+
+    def image_model(self) -> ServedModel:
+        """The image model for /predict/image: the first by name when several are served."""
+        for name in sorted(self.models):
+            predictor = self.models[name].predictor
+            if predictor is not None and predictor.kind == "image":
+                return self.models[name]
+        if not self.scanned or any(served.problem for served in self.models.values()):
+            raise ModelNotReady("no image model is ready")
+        raise UnknownModel("no image model is served")
+
+    def readiness(self) -> dict[str, str]:
+        """Each model's state: "ready", or why not."""
+        return {name: served.problem or "ready" for name, served in sorted(self.models.items())}
+
+    @property
+    def ready(self) -> bool:
+        return self.scanned and bool(self.models) and all(
+            served.problem is None for served in self.models.values())
+
+    async def refresh(self) -> None:
+        """Scan MODEL_DIR once and load what should be live but is not."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        found = await asyncio.to_thread(self._scan)
+        for name, versions in found.items():
+            served = self.models.get(name)
+            if served is None:
+                served = self.models[name] = ServedModel(
+                    name, self.settings.model_dir / name, self.settings.model_versions.get(name))
+            served.versions = versions
+        self.scanned = True
+        for name in found:
+            served = self.models[name]
+            for version in self._candidates(served):
+                if await self._load(served, version):
+                    break
+
+    async def _watch(self) -> None:
+        interval = self.settings.poll_interval_s
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # the watcher must outlive a bad scan (permissions, races)
+                log.exception("scanning %s failed", self.settings.model_dir)
+            if not interval:
+                return
+            await asyncio.sleep(interval)
+
+    def _scan(self) -> dict[str, list[int]]:
+        root = self.settings.model_dir
+        if not root.is_dir():
+            if not self.scanned:
+                log.error("MODEL_DIR %s is not a folder: no models to serve", root)
+            return {}
+        return {path.name: existing_versions(path) for path in sorted(root.iterdir())
+                if path.is_dir() and not path.name.startswith(".")}
+
+    def _candidates(self, served: ServedModel) -> list[int]:
+        """Versions to try, best first: the pinned one, or those newer than the live one."""
+        live = served.predictor.version if served.predictor else None
+        if served.pinned is not None:
+            wanted = [served.pinned] if served.pinned in served.versions else []
+        else:
+            wanted = [v for v in sorted(served.versions, reverse=True) if live is None or v > live]
+        return [v for v in wanted if v != live and v not in served.failed]
+
+    async def _load(self, served: ServedModel, version: int) -> bool:
+        path = served.directory / str(version)
+        live = served.predictor
+        started = time.perf_counter()
+        try:
+            predictor = await asyncio.to_thread(load_predictor, path, self.device, self.warm_up_sizes)
+        except ModelError as error:
+            served.failed[version] = str(error)
+            self.metrics.errors.labels("model_load").inc()
+            keeping = f"; still serving version {live.version}" if live else ""
+            log.error("rejected %s version %d (%s): %s%s", served.name, version, path, error, keeping)
+            return False
+        if served.batcher is None:
+            served.batcher = self._new_batcher(served.name)
+        served.predictor = predictor  # the swap: requests from now on get the new version
+        self.metrics.live_version.labels(served.name).set(version)
+        log.info("serving %s version %d (%s) on %s, loaded and warmed up in %.1fs%s",
+                 served.name, version, predictor.kind, self.device, time.perf_counter() - started,
+                 f", replacing version {live.version}" if live else "")
+        return True
+
+    def _new_batcher(self, name: str) -> MicroBatcher:
+        s = self.settings
+        batch_sizes = self.metrics.batch_size.labels(name)
+        batch_seconds = self.metrics.batch_seconds.labels(name)
+
+        def on_batch(size: int, seconds: float) -> None:
+            batch_sizes.observe(size)
+            batch_seconds.observe(seconds)
+
+        batcher = MicroBatcher(name, s.max_batch_size, s.max_batch_wait_ms / 1000, s.max_queue_size,
+                               on_batch, self.metrics.errors.labels("inference").inc)
+        self.metrics.queue_depth.labels(name).set_function(lambda: batcher.queued)
+        return batcher

@@ -1,0 +1,146 @@
+"""Prediction endpoints: images as multipart uploads, feature vectors as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from service.deps import DecodersDep, RegistryDep, SettingsDep, require_json
+from service.images import ImageRejected, decode_image
+from service.predictor import Predictor
+from service.registry import ServedModel, UnknownModel
+from service.schemas import (Error, FeaturesRequest, Instances, LabelProbability, OneInstance,
+                             Prediction, Predictions)
+from service.uploads import read_files
+
+router = APIRouter(prefix="/predict", tags=["predict"])
+
+TopK = Annotated[int | None, Query(ge=1, description="also list the k most probable classes")]
+
+
+def _errors(*statuses: int) -> dict:
+    return {status: {"model": Error} for status in statuses}
+
+
+IMAGE_UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object",
+    "required": ["file"],
+    "properties": {"file": {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": "JPEG, PNG, GIF, BMP, WebP or TIFF; several `file` parts are answered in order",
+    }},
+}}}}}
+IMAGE_ERRORS = _errors(400, 401, 404, 408, 413, 415, 422, 503)
+FEATURE_ERRORS = _errors(400, 401, 404, 408, 413, 415, 422, 503)
+
+
+def _of_kind(served: ServedModel, kind: str) -> ServedModel:
+    name = served.name
+    if served.predictor.kind != kind:
+        raise UnknownModel(f"model {name!r} takes features, not images: POST JSON to /predict/{name}"
+                           if kind == "image" else
+                           f"model {name!r} takes images, not features: POST multipart/form-data "
+                           f"to /predict/image/{name}")
+    return served
+
+
+def default_image_model(registry: RegistryDep) -> ServedModel:
+    return registry.image_model()
+
+
+def image_model(model: str, registry: RegistryDep) -> ServedModel:
+    return _of_kind(registry.get(model), "image")
+
+
+def vector_model(model: str, registry: RegistryDep) -> ServedModel:
+    return _of_kind(registry.get(model), "vector")
+
+
+@router.post("/image", response_model=Prediction | Predictions, response_model_exclude_none=True,
+             responses=IMAGE_ERRORS, openapi_extra=IMAGE_UPLOAD)
+async def predict_image(request: Request, served: Annotated[ServedModel, Depends(default_image_model)],
+                        settings: SettingsDep, decoders: DecodersDep, top_k: TopK = None):
+    """Classify uploaded images with the image model (the first by name if several are served)."""
+    return await _classify_images(request, served, settings, decoders, top_k)
+
+
+@router.post("/image/{model}", response_model=Prediction | Predictions, response_model_exclude_none=True,
+             responses=IMAGE_ERRORS, openapi_extra=IMAGE_UPLOAD)
+async def predict_image_with(request: Request, served: Annotated[ServedModel, Depends(image_model)],
+                             settings: SettingsDep, decoders: DecodersDep, top_k: TopK = None):
+    """Classify uploaded images with the image model called `model`."""
+    return await _classify_images(request, served, settings, decoders, top_k)
+
+
+@router.post("/{model}", response_model=Prediction | Predictions, response_model_exclude_none=True,
+             responses=FEATURE_ERRORS, dependencies=[Depends(require_json)])
+async def predict_features(body: FeaturesRequest, served: Annotated[ServedModel, Depends(vector_model)],
+                           settings: SettingsDep, top_k: TopK = None):
+    """Classify feature vectors: `{"features": [...]}` or features by name answer one
+    prediction; `{"instances": [[...], ...]}` answers `{"predictions": [...]}` in order."""
+    predictor = served.predictor
+    rows = _feature_rows(body, predictor, settings.max_batch_size)
+    predictions = _predictions(predictor, await served.batcher.predict(rows, predictor), top_k)
+    return Predictions(predictions=predictions) if isinstance(body, Instances) else predictions[0]
+
+
+async def _classify_images(request: Request, served: ServedModel, settings, decoders, top_k):
+    predictor = served.predictor  # this request is served by this version, even across a swap
+    loop = asyncio.get_running_loop()
+    decode = functools.partial(decode_image, size=predictor.image_size, max_pixels=settings.max_image_pixels)
+    with served.batcher.expecting():
+        files = await read_files(request, "file", settings.max_batch_size)
+        images = await asyncio.gather(*(loop.run_in_executor(decoders, decode, f) for f in files),
+                                      return_exceptions=True)
+    for number, image in enumerate(images, 1):
+        if isinstance(image, ImageRejected) and len(images) > 1:
+            raise type(image)(f"file {number}: {image}")
+        if isinstance(image, BaseException):
+            raise image
+    predictions = _predictions(predictor, await served.batcher.predict(np.stack(images), predictor), top_k)
+    return predictions[0] if len(predictions) == 1 else Predictions(predictions=predictions)
+
+
+def _feature_rows(body, predictor: Predictor, max_rows: int) -> np.ndarray:
+    width, names = predictor.input_shape[0], predictor.feature_names
+    expected = f"{width} features" + (f" ({', '.join(names)})" if names else "")
+    if isinstance(body, OneInstance):
+        rows = [body.features]
+    elif isinstance(body, Instances):
+        rows = body.instances
+    else:
+        given = set(body)
+        if names is None or given != set(names):
+            raise HTTPException(422, f"expected {expected} by name or as {{\"features\": [...]}}; "
+                                     f"got {', '.join(sorted(given)) or 'none'}")
+        rows = [[body[name] for name in names]]
+    if len(rows) > max_rows:
+        raise HTTPException(422, f"{len(rows)} instances; at most {max_rows} per request")
+    for number, row in enumerate(rows, 1):
+        if len(row) != width:
+            raise HTTPException(422, f"instance {number} has {len(row)} features; expected {expected}")
+    with np.errstate(over="ignore"):  # too large for float32 becomes inf, refused just below
+        batch = np.asarray(rows, predictor.input_dtype)
+    if not np.isfinite(batch).all():
+        limit = np.finfo(predictor.input_dtype).max
+        raise HTTPException(422, f"features must be finite as {predictor.input_dtype} (|x| <= {limit:.3g})")
+    return batch
+
+
+def _predictions(predictor: Predictor, probabilities: np.ndarray, top_k: int | None) -> list[Prediction]:
+    if not np.isfinite(probabilities).all():
+        # Extreme (if finite) features can overflow inside the model; that is the input's doing.
+        raise HTTPException(422, "the model's output is not finite for these inputs")
+    labels, version = predictor.labels, str(predictor.version)
+    predictions = []
+    for row in probabilities:
+        values = row.tolist()
+        best = np.argsort(-row, kind="stable")
+        top = [LabelProbability(label=labels[i], probability=values[i]) for i in best[:top_k]] if top_k else None
+        predictions.append(Prediction(model=predictor.name, version=version, label=labels[best[0]],
+                                      probabilities=dict(zip(labels, values)), top_k=top))
+    return predictions

@@ -1,0 +1,88 @@
+"""Service configuration, read once from the environment (or passed in whole by tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variables have the field's name in capitals."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    # Models: TF Serving layout, <model_dir>/<name>/<version>/ with assets.extra/metadata.json.
+    model_dir: Path = Path("models")
+    # Serve these versions instead of the newest, e.g. MODEL_VERSIONS="cifar10=1,iris=2".
+    model_versions: Annotated[dict[str, int], NoDecode] = {}
+    # Seconds between scans of model_dir for new versions; 0 turns hot reload off.
+    poll_interval_s: float = Field(10.0, ge=0)
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    # TensorFlow thread pools; 0 lets TensorFlow choose (one per core).
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(0, ge=0)
+
+    # Micro-batching: one model call takes at most max_batch_size rows (also the most one
+    # request may send) and waits at most max_batch_wait_ms for requests already on their way.
+    max_batch_size: int = Field(128, ge=1)
+    max_batch_wait_ms: float = Field(2.0, ge=0)
+    # Rows waiting per model beyond which requests get 503 + Retry-After instead of queueing.
+    max_queue_size: int = Field(2048, ge=1)
+    # Threads decoding uploads; Pillow releases the GIL, so they overlap with the event loop.
+    decode_threads: int = Field(2, ge=1)
+
+    # Request limits: body bytes (checked while reading), seconds to receive a whole body,
+    # and decoded pixels per image (decompression bombs are refused from the header).
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    body_timeout_s: float = Field(30.0, gt=0)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+
+    # Predict endpoints need this key (X-API-Key or Authorization: Bearer) when it is set.
+    api_key: SecretStr | None = None
+    # Origins allowed by CORS, e.g. CORS_ORIGINS="https://a.example,https://b.example"; none: off.
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = True
+    # Idle keep-alive connections close after this; in-flight requests get shutdown_timeout_s
+    # to finish on SIGTERM.
+    timeout_keep_alive_s: int = Field(5, ge=1)
+    shutdown_timeout_s: int = Field(30, ge=1)
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self):
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError("max_queue_size must be at least max_batch_size, or large requests never fit")
+        return self
+
+    @field_validator("model_versions", mode="before")
+    @classmethod
+    def _parse_pins(cls, value):
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected name=version pairs separated by commas")
+            return {name.strip(): version.strip() for name, version in pairs}
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value):
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return value or None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value):
+        return value.lower() if isinstance(value, str) else value

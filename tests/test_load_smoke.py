@@ -1,0 +1,21 @@
+"""Smoke test of the load-testing path: the real service, started as in production, serving the
+tiny exports of conftest under a few seconds of locust on both endpoints. It proves that the
+locustfile, its payloads and the service agree; it measures nothing (see `benchmarks/`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.load import run_locust
+from benchmarks.server import serve
+
+
+def test_service_answers_locust_without_failures(shared_models, tmp_path):
+    with serve("service", shared_models, tmp_path / "service.log", ready_timeout=45) as server:
+        run = run_locust(server.url, users=4, seconds=4, prefix=tmp_path / "locust" / "smoke")
+
+    failures = Path(f"{run.prefix}_failures.csv").read_text() + Path(f"{run.prefix}.log").read_text()
+    assert run.exit_code == 0, failures
+    assert run.total.requests > 0
+    assert run.total.failures == 0
+    assert set(run.by_name) == {"/predict/image", "/predict/iris"}

@@ -1,0 +1,181 @@
+"""Micro-batching: concurrent requests share model calls, and get what they would alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import serving
+from service.batching import Closed, MicroBatcher, QueueFull
+from test_service_predict import images, png
+
+
+class FakePredictor:
+    """Doubles its input, remembers batch sizes, and can be held to let requests pile up."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(5)
+        self.batches.append(len(batch))
+        if (batch < 0).any():
+            raise ValueError("negative input")
+        return batch * 2
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_requests_share_a_call_and_get_their_own_rows():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0, max_queue_size=100)
+        predictor.gate.clear()  # the first request occupies the model while the others queue
+        first = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.predict(np.array([[i], [i + 0.5]]), predictor)) for i in range(1, 10)]
+        await asyncio.sleep(0.05)
+        predictor.gate.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return predictor.batches, results
+
+    batches, results = run(scenario())
+    assert batches == [1, 8, 8, 2]  # nine 2-row requests after the first, at most 8 rows a call
+    assert results[0].tolist() == [[0.0]]
+    for i, result in enumerate(results[1:], 1):
+        assert result.tolist() == [[2 * i], [2 * i + 1]]
+
+
+def test_an_idle_model_waits_only_for_announced_requests():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=2.0, max_queue_size=100)
+        started = time.perf_counter()
+        await batcher.predict(np.array([[1.0]]), predictor)
+        alone = time.perf_counter() - started
+
+        async def announced_late():
+            with batcher.expecting():
+                await asyncio.sleep(0.1)  # reading and decoding its upload
+            return await batcher.predict(np.array([[2.0]]), predictor)
+
+        late = asyncio.create_task(announced_late())
+        await asyncio.sleep(0)
+        await asyncio.gather(batcher.predict(np.array([[3.0]]), predictor), late)
+        await batcher.close()
+        return alone, predictor.batches
+
+    alone, batches = run(scenario())
+    assert alone < 1.0  # nobody was announced: no waiting for max_wait_s
+    assert batches == [1, 2]  # the second call waited for the announced request
+
+
+def test_requests_for_different_versions_never_share_a_call():
+    async def scenario():
+        old, new = FakePredictor(), FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0, max_queue_size=100)
+        old.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), old))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(batcher.predict(np.array([[1.0]]), p)) for p in (old, old, new, new)]
+        await asyncio.sleep(0.05)
+        old.gate.set()
+        await asyncio.gather(busy, *queued)
+        await batcher.close()
+        return old.batches, new.batches
+
+    assert run(scenario()) == ([1, 2], [2])
+
+
+def test_a_failing_batch_fails_its_requests_only():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0, max_queue_size=100)
+        with pytest.raises(ValueError, match="negative"):
+            await batcher.predict(np.array([[-1.0]]), predictor)
+        result = await batcher.predict(np.array([[1.0]]), predictor)
+        await batcher.close()
+        return result
+
+    assert run(scenario()).tolist() == [[2.0]]
+
+
+def test_queue_bound_and_close_drains_then_refuses():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=2, max_wait_s=0, max_queue_size=2)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[1.0], [1.0]]), predictor))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(batcher.predict(np.array([[2.0], [2.0]]), predictor))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.predict(np.array([[3.0]]), predictor)
+        closing = asyncio.create_task(batcher.close())
+        await asyncio.sleep(0)
+        with pytest.raises(Closed):
+            await batcher.predict(np.array([[4.0]]), predictor)
+        predictor.gate.set()
+        await closing
+        return (await busy).tolist(), (await waiting).tolist()
+
+    assert run(scenario()) == ([[2.0], [2.0]], [[4.0], [4.0]])  # queued work finished before closing
+
+
+def batch_size_samples(client, model: str) -> tuple[float, float]:
+    text = client.get("/metrics").text
+    values = {}
+    for line in text.splitlines():
+        for stat in ("count", "sum"):
+            if line.startswith(f'model_batch_size_{stat}{{model="{model}"}}'):
+                values[stat] = float(line.split()[-1])
+    return values["count"], values["sum"]
+
+
+def test_concurrent_http_requests_are_batched_and_match_single_requests(shared_models, monkeypatch):
+    pixels = images(24, seed=5)
+    with serving(shared_models) as client:
+        alone = [client.post("/predict/image", files={"file": png(p)}).json()["probabilities"] for p in pixels]
+        count_before, rows_before = batch_size_samples(client, "cifar10")
+        assert rows_before == count_before  # so far one image per model call
+
+        # Hold the first model call until the others have queued, so they must share calls.
+        served = client.app.state.registry.models["cifar10"]
+        compute = served.predictor.predict
+
+        def held(batch):
+            monkeypatch.setattr(served.predictor, "predict", compute)  # only the first call waits
+            deadline = time.monotonic() + 10
+            while served.batcher.queued < 16 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            return compute(batch)
+
+        monkeypatch.setattr(served.predictor, "predict", held)
+        with ThreadPoolExecutor(24) as pool:
+            together = list(pool.map(lambda p: client.post("/predict/image", files={"file": png(p)}), pixels))
+        assert all(r.status_code == 200 for r in together)
+        for single, batched in zip(alone, together):
+            assert np.allclose(list(single.values()), list(batched.json()["probabilities"].values()), atol=1e-5)
+        count, rows = batch_size_samples(client, "cifar10")
+        assert rows - rows_before == 24
+        assert count - count_before < 24  # some calls carried several requests
+
+
+def test_concurrent_feature_requests_match_single_requests(client):
+    rng = np.random.default_rng(9)
+    rows = rng.uniform(0, 8, (40, 4)).round(2).tolist()
+    alone = [client.post("/predict/iris", json={"features": r}).json() for r in rows]
+    with ThreadPoolExecutor(20) as pool:
+        together = list(pool.map(lambda r: client.post("/predict/iris", json={"features": r}).json(), rows))
+    for single, batched in zip(alone, together):
+        assert np.allclose(list(single["probabilities"].values()), list(batched["probabilities"].values()), atol=1e-5)

@@ -1,0 +1,217 @@
+"""Bad input gets a clear 4xx JSON `{"detail": ...}`, never a 5xx, and the service keeps serving."""
+
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image
+
+from conftest import serving
+from test_service_images import encode, photo, png_declaring
+
+GOOD_IMAGE = encode(photo(), "PNG")
+GOOD_FEATURES = {"features": [5.1, 3.5, 1.4, 0.2]}
+
+
+def assert_error(response, status: int, detail: str = "") -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert detail.lower() in str(response.json()["detail"]).lower()
+
+
+@pytest.fixture(autouse=True)
+def still_serving(client):
+    """After every bad request, good ones still work."""
+    yield
+    assert client.post("/predict/image", files={"file": GOOD_IMAGE}).status_code == 200
+    assert client.post("/predict/iris", json=GOOD_FEATURES).status_code == 200
+
+
+# --- images ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, status, detail", [
+    (b"", 400, "empty"),
+    (GOOD_IMAGE[: len(GOOD_IMAGE) // 2], 400, "cannot decode"),
+    (b"this is text, not an image\n", 415, "not an image"),
+    (encode(photo(), "PCX"), 415, "accepted format"),
+    (png_declaring(50_000, 50_000), 413, "pixels"),
+])
+def test_bad_images(client, data, status, detail):
+    assert_error(client.post("/predict/image", files={"file": ("x.png", data, "image/png")}), status, detail)
+
+
+def test_one_bad_file_among_several_is_named(client):
+    files = [("file", GOOD_IMAGE), ("file", b"")]
+    assert_error(client.post("/predict/image", files=files), 400, "file 2: empty")
+
+
+def test_json_to_the_image_endpoint_is_unsupported_media(client):
+    assert_error(client.post("/predict/image", json={"file": "cat.jpg"}), 415, "multipart/form-data")
+
+
+def test_upload_without_a_file_part(client):
+    assert_error(client.post("/predict/image", files={"image": GOOD_IMAGE}), 422, "no part named 'file'")
+    assert_error(client.post("/predict/image", data={"file": "cat.jpg"}), 415)  # urlencoded form
+
+
+def test_too_many_parts(client):
+    files = [("file", GOOD_IMAGE)] * 17  # the client fixture's max batch size is 16
+    assert_error(client.post("/predict/image", files=files), 413, "more than 16 parts")
+
+
+@pytest.mark.parametrize("body", [
+    b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",  # no closing boundary
+    b"garbage without any boundary",
+    b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Junk: " + b"j" * 100_000 + b"\r\n\r\nabc\r\n--XYZ--\r\n",
+])
+def test_malformed_multipart(client, body):
+    response = client.post("/predict/image", content=body,
+                           headers={"content-type": "multipart/form-data; boundary=XYZ"})
+    assert_error(response, 400, "multipart")
+
+
+def test_multipart_without_boundary(client):
+    response = client.post("/predict/image", content=b"x", headers={"content-type": "multipart/form-data"})
+    assert_error(response, 400, "boundary")
+
+
+def test_file_names_are_never_used(client):
+    files = {"file": ("../../etc/passwd\x00.png", GOOD_IMAGE, "image/png")}
+    assert client.post("/predict/image", files=files).status_code == 200
+
+
+# --- features -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, detail", [
+    ({"features": [1, 2, 3]}, "3 features; expected 4"),
+    ({"features": [1, 2, 3, 4, 5]}, "5 features"),
+    ({"features": []}, "0 features"),
+    ({"features": ["5.1", 3.5, 1.4, 0.2]}, "valid number"),
+    ({"features": [True, 3.5, 1.4, 0.2]}, "valid number"),
+    ({"features": [None, 3.5, 1.4, 0.2]}, "valid number"),
+    ({"features": [[5.1], 3.5, 1.4, 0.2]}, "valid number"),
+    ({"features": "5.1,3.5,1.4,0.2"}, "valid list"),
+    ({"features": [5.1, 3.5, 1.4, 0.2], "model": "iris"}, "extra"),
+    ({"instances": []}, "at least 1"),
+    ({"instances": [[5.1, 3.5, 1.4, 0.2]] * 17}, "at most 16"),
+    ({"instances": [[5.1, 3.5, 1.4, 0.2], [1, 2]]}, "instance 2 has 2 features"),
+    ({"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4}, "got petal_length, sepal_length, sepal_width"),
+    ({"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2, "colour": 1}, "colour"),
+    ({}, "got none"),
+    ([5.1, 3.5, 1.4, 0.2], "expected"),
+    ("5.1", "expected"),
+    (5.1, "expected"),
+    ({"features": [3e38, 3e38, 3e38, 3e38]}, ""),  # finite, but the model overflows
+    ({"features": [1e39, 1, 1, 1]}, "finite as float32"),
+])
+def test_bad_features(client, body, detail):
+    assert_error(client.post("/predict/iris", json=body), 422, detail)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_json_literals(client, token):
+    response = client.post("/predict/iris", content=f'{{"features": [{token}, 3.5, 1.4, 0.2]}}',
+                           headers={"content-type": "application/json"})
+    assert_error(response, 422, "finite")
+
+
+@pytest.mark.parametrize("body", [b'{"features": [5.1, 3.5', b"", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+def test_malformed_or_deeply_nested_json(client, body):
+    response = client.post("/predict/iris", content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (400, 422), response.text
+    assert "detail" in response.json()
+
+
+@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}])
+def test_features_must_be_declared_json(client, headers):
+    assert_error(client.post("/predict/iris", content=b'{"features": [5.1, 3.5, 1.4, 0.2]}', headers=headers), 415, "JSON")
+    assert_error(client.post("/predict/iris", files={"file": GOOD_IMAGE}), 415)
+
+
+@pytest.mark.parametrize("query", ["top_k=0", "top_k=-1", "top_k=abc", "top_k=1.5"])
+def test_bad_top_k(client, query):
+    assert_error(client.post(f"/predict/iris?{query}", json=GOOD_FEATURES), 422, "top_k")
+
+
+# --- routing --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, path, status, detail", [
+    ("get", "/nowhere", 404, "not found"),
+    ("post", "/predict/unknown", 404, "no model named 'unknown'"),
+    ("post", "/predict/image/unknown", 404, "no model named 'unknown'"),
+    ("post", "/predict/..%2F..%2Fetc", 404, ""),
+    ("post", "/predict/%2E%2E", 404, "no model named '..'"),
+    ("post", "/predict/cifar10", 404, "takes images"),
+    ("post", "/predict/image/iris", 404, "takes features"),
+    ("get", "/predict/iris", 405, "method not allowed"),
+    ("delete", "/models", 405, "method not allowed"),
+    ("put", "/predict/image", 405, "method not allowed"),
+])
+def test_routing_errors(client, method, path, status, detail):
+    kwargs = {"json": GOOD_FEATURES} if method == "post" and "image/" not in path else {}
+    if path.startswith("/predict/image/"):
+        kwargs = {"files": {"file": GOOD_IMAGE}}
+    assert_error(client.request(method, path, **kwargs), status, detail)
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_body_client(shared_models):
+    with serving(shared_models, max_upload_bytes=100_000) as client:
+        yield client
+
+
+def test_body_over_the_cap_by_content_length(small_body_client):
+    big = encode(photo(size=(400, 400)), "PNG")
+    assert len(big) > 100_000
+    assert_error(small_body_client.post("/predict/image", files={"file": big}), 413, "over 100000 bytes")
+
+
+def test_body_over_the_cap_while_streaming(small_body_client):
+    def chunks():  # no Content-Length: chunked transfer, counted as it arrives
+        yield b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n"
+        for _ in range(200):
+            yield bytes(1000)
+
+    response = small_body_client.post("/predict/image", content=chunks(),
+                                      headers={"content-type": "multipart/form-data; boundary=XYZ"})
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "over 100000 bytes")
+    assert_error(small_body_client.post("/predict/iris", content=chunks(),
+                                        headers={"content-type": "application/json"}), 413)
+
+
+def test_body_under_the_cap_is_fine(small_body_client):
+    assert small_body_client.post("/predict/image", files={"file": GOOD_IMAGE}).status_code == 200
+
+
+# --- load and readiness ---------------------------------------------------------------------
+
+def test_full_queue_answers_503_with_retry_after(shared_models, monkeypatch):
+    with serving(shared_models, max_batch_size=1, max_queue_size=2) as client:
+        predictor = client.app.state.registry.models["iris"].predictor
+        gate, entered = threading.Event(), threading.Event()
+        compute = predictor.predict
+
+        def held(batch):
+            entered.set()
+            gate.wait(10)
+            return compute(batch)
+
+        monkeypatch.setattr(predictor, "predict", held)
+        with ThreadPoolExecutor(8) as pool:
+            first = pool.submit(client.post, "/predict/iris", json=GOOD_FEATURES)
+            assert entered.wait(10)  # the model is busy with the first request
+            queued = [pool.submit(client.post, "/predict/iris", json=GOOD_FEATURES) for _ in range(2)]
+            while client.app.state.registry.models["iris"].batcher.queued < 2:
+                threading.Event().wait(0.01)
+            refused = client.post("/predict/iris", json=GOOD_FEATURES)
+            gate.set()
+            assert_error(refused, 503, "rows waiting")
+            assert refused.headers["retry-after"] == "1"
+            assert [f.result().status_code for f in [first, *queued]] == [200, 200, 200]

@@ -1,0 +1,253 @@
+"""Uploads to model inputs: formats, colour modes, orientation, resizing, and hostile files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage, decode_image
+
+SIZE = (32, 32)
+MAX_PIXELS = 50_000_000
+
+
+def encode(image: Image.Image, format: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **params)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, size=SIZE, max_pixels=MAX_PIXELS) -> np.ndarray:
+    return decode_image(data, size, max_pixels)
+
+
+def photo(seed: int = 0, size: tuple[int, int] = SIZE) -> Image.Image:
+    """A smooth, photo-like RGB image: random colours at 8x8, upsampled, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (size[1], size[0], 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def halves(size: tuple[int, int], first=(255, 0, 0), second=(0, 0, 255), vertical_split=True) -> Image.Image:
+    """Left (or top) half `first`, the other half `second`."""
+    image = Image.new("RGB", size, second)
+    width, height = size
+    image.paste(first, (0, 0, width // 2, height) if vertical_split else (0, 0, width, height // 2))
+    return image
+
+
+# --- formats --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("format, params", [
+    ("PNG", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}), ("WEBP", {"lossless": True}),
+])
+def test_lossless_formats_at_model_size_arrive_bit_exact(format, params):
+    original = photo()
+    assert np.array_equal(decode(encode(original, format, **params)), np.asarray(original))
+
+
+@pytest.mark.parametrize("format", ["JPEG", "GIF", "WEBP"])
+def test_lossy_formats_arrive_as_pillow_decodes_them(format):
+    data = encode(photo(), format)
+    assert np.array_equal(decode(data), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_format_is_sniffed_from_the_bytes_not_the_name():
+    jpeg = encode(photo(), "JPEG")  # whatever the upload calls itself, the bytes are a JPEG
+    assert decode(jpeg).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("data", [b"hello, world\n" * 10, b'{"features": [1, 2, 3, 4]}', bytes(range(256))])
+def test_non_images_are_unsupported(data):
+    with pytest.raises(UnsupportedImage):
+        decode(data)
+
+
+@pytest.mark.parametrize("format", ["PPM", "PCX", "ICO", "TGA"])
+def test_formats_outside_the_list_are_refused_without_trying_their_decoders(format):
+    with pytest.raises(UnsupportedImage):
+        decode(encode(photo(), format))
+
+
+def test_empty_file_is_undecodable():
+    with pytest.raises(UndecodableImage, match="empty"):
+        decode(b"")
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "GIF", "WEBP", "TIFF"])
+def test_truncated_files_are_undecodable(format):
+    data = encode(photo(size=(256, 256)), format)
+    with pytest.raises((UndecodableImage, UnsupportedImage)):
+        decode(data[: len(data) // 2])
+
+
+def test_corrupt_data_after_a_valid_header_is_undecodable():
+    data = bytearray(encode(photo(size=(64, 64)), "PNG"))
+    data[60:400] = bytes(340)  # zeroes over the compressed pixels
+    with pytest.raises(UndecodableImage):
+        decode(bytes(data))
+
+
+# --- colour modes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["L", "1", "P", "CMYK"])
+def test_other_colour_modes_become_rgb_as_pillow_converts_them(mode):
+    image = photo().convert(mode)
+    for format in ("TIFF", "JPEG") if mode == "CMYK" else ("PNG", "TIFF"):
+        data = encode(image, format)
+        expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert np.array_equal(decode(data), expected), format
+
+
+@pytest.mark.parametrize("mode, format", [("I;16", "PNG"), ("I;16", "TIFF"), ("I", "TIFF")])
+def test_16_bit_images_are_scaled_not_clipped(mode, format):
+    levels = np.array([[0, 257, 32896, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    image = Image.fromarray(levels).convert(mode) if mode == "I" else Image.fromarray(levels)
+    pixels = decode(encode(image, format), size=(4, 4))
+    assert pixels[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert np.array_equal(pixels[..., 0], pixels[..., 2])  # gray stays gray
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:, :16] = (255, 0, 0, 255)  # opaque red
+    rgba[:, 16:24] = (255, 0, 0, 0)  # transparent: white shows through
+    rgba[:, 24:] = (0, 0, 0, 128)  # half-transparent black: mid gray
+    pixels = decode(encode(Image.fromarray(rgba), "PNG")).astype(int)
+    assert (pixels[:, :16] == (255, 0, 0)).all()
+    assert (pixels[:, 16:24] == 255).all()
+    assert (abs(pixels[:, 24:] - 127) <= 1).all()
+
+
+@pytest.mark.parametrize("mode, format", [("LA", "PNG"), ("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGBA", "TIFF")])
+def test_every_mode_with_alpha_is_composited(mode, format):
+    image = Image.new("RGBA", SIZE, (0, 0, 0, 0)).convert(mode)  # fully transparent
+    params = {"lossless": True} if format == "WEBP" else {}
+    assert (decode(encode(image, format, **params)) == 255).all()
+
+
+def test_palette_transparency_is_composited():
+    image = Image.new("P", SIZE, 0)
+    image.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    image.paste(1, (0, 0, 16, 32))
+    pixels = decode(encode(image, "GIF", transparency=0))
+    assert (pixels[:, :16] == (10, 20, 30)).all()
+    assert (pixels[:, 16:] == 255).all()
+
+
+def test_opaque_rgba_at_model_size_arrives_bit_exact():
+    original = photo()
+    assert np.array_equal(decode(encode(original.convert("RGBA"), "PNG")), np.asarray(original))
+
+
+# --- orientation and resizing ---------------------------------------------------------------
+
+@pytest.mark.parametrize("orientation, top", [(1, None), (6, "red"), (8, "blue"), (3, None)])
+def test_exif_orientation_is_applied(orientation, top):
+    # Stored wide: red left, blue right. Orientation 6 means "rotate 90 clockwise to view",
+    # which brings the left edge to the top; 8 is the other way round.
+    image = halves((64, 32))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    pixels = decode(encode(image, "JPEG", exif=exif, quality=95)).astype(int)
+    red, blue = np.array([255, 0, 0]), np.array([0, 0, 255])
+
+    def near(region, colour):
+        return np.abs(region.mean((0, 1)) - colour).max() < 40
+
+    if top is None:  # upright or upside down: still split left/right
+        left, right = (red, blue) if orientation == 1 else (blue, red)
+        assert near(pixels[:, :12], left) and near(pixels[:, -12:], right)
+    else:
+        first, second = (red, blue) if top == "red" else (blue, red)
+        assert near(pixels[:12], first) and near(pixels[-12:], second)
+
+
+def round_trip_error(original: Image.Image, size: tuple[int, int], upscale) -> float:
+    """Mean absolute difference, out of 255, between an image and its upscaled copy decoded."""
+    big = encode(original.resize(size, upscale), "PNG")
+    return float(np.abs(decode(big).astype(int) - np.asarray(original)).mean())
+
+
+# Thresholds sit above what the Lanczos downscale measures on these images (nearest 1.8,
+# bicubic 2.1, bilinear 3.5) and below a non-antialiased or bilinear downscale; what is left
+# is mostly the upscaler's own blur. (CIFAR-10 photos, being smoother, do better still.)
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_nearest_upscaled_copies_come_back_nearly_the_same(factor):
+    assert round_trip_error(photo(seed=factor), (32 * factor, 32 * factor), Image.NEAREST) < 2.0
+
+
+@pytest.mark.parametrize("factor", [2, 2.5, 3, 4, 8])
+@pytest.mark.parametrize("upscale, threshold", [(Image.BICUBIC, 2.5), (Image.LANCZOS, 2.5), (Image.BILINEAR, 4.0)])
+def test_smoothly_upscaled_copies_come_back_nearly_the_same(factor, upscale, threshold):
+    side = int(32 * factor)
+    assert round_trip_error(photo(seed=int(factor * 10)), (side, side), upscale) < threshold
+
+
+def test_whole_frame_is_squashed_not_cropped():
+    # A wide image keeps both ends: a centre crop would lose most of the red and blue.
+    pixels = decode(encode(halves((200, 50)), "PNG")).astype(int)
+    red, blue = pixels[:, :13], pixels[:, -13:]  # away from the edge, where the filter rings
+    assert (abs(red - (255, 0, 0)) <= 2).all() and (abs(blue - (0, 0, 255)) <= 2).all()
+
+
+def test_unevenly_rescaled_copies_come_back_nearly_the_same():
+    assert round_trip_error(photo(seed=7), (64, 128), Image.BICUBIC) < 2.5
+
+
+def test_non_square_model_sizes_are_width_by_height():
+    pixels = decode(encode(halves((48, 32), vertical_split=False), "PNG"), size=(24, 16))
+    assert pixels.shape == (16, 24, 3)
+    top, bottom = pixels[:6].astype(int), pixels[-6:].astype(int)
+    assert (abs(top - (255, 0, 0)) <= 2).all() and (abs(bottom - (0, 0, 255)) <= 2).all()
+
+
+def test_large_jpeg_is_reduced_with_quality():
+    original = photo(seed=3)
+    big = encode(original.resize((2000, 2000), Image.BICUBIC), "JPEG", quality=95)
+    started = time.perf_counter()
+    pixels = decode(big)
+    assert time.perf_counter() - started < 1.0
+    assert np.abs(pixels.astype(int) - np.asarray(original)).mean() < 6
+
+
+# --- hostile files --------------------------------------------------------------------------
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header is rewritten to claim width x height (a decompression bomb)."""
+    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_huge_declared_canvas_is_refused_from_the_header():
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLarge):
+        decode(png_declaring(50_000, 50_000))
+    assert time.perf_counter() - started < 0.5
+
+
+def test_pixel_cap_is_the_configured_one():
+    data = encode(photo(size=(100, 100)), "PNG")
+    with pytest.raises(ImageTooLarge, match="100x100"):
+        decode(data, max_pixels=9_999)
+    assert decode(data, max_pixels=10_000).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("format", ["GIF", "TIFF", "WEBP"])
+def test_only_the_first_frame_of_many_is_decoded(format):
+    frames = [Image.new("RGB", SIZE, (i % 256, 0, 0)) for i in range(1, 600)]
+    data = encode(frames[0], format, save_all=True, append_images=frames[1:], **(
+        {"lossless": True} if format == "WEBP" else {}))
+    started = time.perf_counter()
+    pixels = decode(data)
+    assert time.perf_counter() - started < 0.5
+    assert (pixels == (1, 0, 0)).all()

@@ -1,0 +1,119 @@
+"""The prediction endpoints through HTTP, on SavedModels exported by `training.export`."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import IRIS_LABELS, install, serving
+from training.data import CIFAR10_LABELS, IRIS_FEATURES
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+def offline(version_dir, batch) -> np.ndarray:
+    """The export's own signature, called directly: what HTTP must reproduce."""
+    loaded = tf.saved_model.load(str(version_dir))
+    name = "image" if batch.dtype == np.uint8 else "features"
+    return loaded.signatures["serving_default"](**{name: tf.constant(batch)})["probabilities"].numpy()
+
+
+def test_image_prediction_names_model_version_and_every_class(client, exports):
+    pixels = images(1)
+    response = client.post("/predict/image", files={"file": ("cat.png", png(pixels[0]), "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model"], body["version"]) == ("cifar10", "1")
+    assert list(body["probabilities"]) == CIFAR10_LABELS  # from metadata.json, in output order
+    assert sum(body["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert "top_k" not in body
+    expected = offline(exports["cifar10"], pixels)[0]
+    assert np.allclose(list(body["probabilities"].values()), expected, atol=1e-5)
+
+
+def test_top_k_lists_the_most_probable_first(client):
+    response = client.post("/predict/image?top_k=3", files={"file": png(images(1)[0])})
+    body = response.json()
+    top = body["top_k"]
+    assert [entry["label"] for entry in top] == sorted(body["probabilities"], key=body["probabilities"].get,
+                                                       reverse=True)[:3]
+    assert top[0]["label"] == body["label"]
+    everything = client.post("/predict/image?top_k=50", files={"file": png(images(1)[0])}).json()
+    assert len(everything["top_k"]) == len(CIFAR10_LABELS)
+
+
+def test_several_files_are_answered_in_order(client, exports):
+    pixels = images(5, seed=1)
+    files = [("file", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(pixels)]
+    response = client.post("/predict/image", files=files)
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    got = np.array([list(p["probabilities"].values()) for p in predictions])
+    assert np.allclose(got, offline(exports["cifar10"], pixels), atol=1e-5)
+
+
+def test_image_model_can_be_named_in_the_path(client):
+    response = client.post("/predict/image/cifar10", files={"file": png(images(1)[0])})
+    assert response.status_code == 200 and response.json()["model"] == "cifar10"
+
+
+def test_uploads_of_any_size_are_resized_to_the_model_input(client):
+    big = np.asarray(Image.fromarray(images(1)[0]).resize((640, 480)))
+    response = client.post("/predict/image", files={"file": png(big)})
+    assert response.status_code == 200
+
+
+def test_non_square_model_gets_its_own_input_size(tmp_path, exports):
+    root = tmp_path / "models"
+    install(exports["wide"], root)
+    with serving(root) as client:
+        body = client.post("/predict/image", files={"file": png(images(1)[0])}).json()
+        assert body["model"] == "wide" and list(body["probabilities"]) == ["left", "right"]
+
+
+def test_one_instance_by_features_or_by_name(client, exports):
+    features = [5.1, 3.5, 1.4, 0.2]
+    by_list = client.post("/predict/iris", json={"features": features})
+    by_name = client.post("/predict/iris", json=dict(zip(IRIS_FEATURES, features)))
+    assert by_list.status_code == by_name.status_code == 200
+    assert by_list.json() == by_name.json()
+    body = by_list.json()
+    assert (body["model"], body["version"]) == ("iris", "1")
+    assert list(body["probabilities"]) == IRIS_LABELS
+    expected = offline(exports["iris"], np.array([features], np.float32))[0]
+    assert np.allclose(list(body["probabilities"].values()), expected, atol=1e-6)
+
+
+def test_named_features_may_come_in_any_order(client):
+    features = dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3]))
+    shuffled = dict(reversed(list(features.items())))
+    assert client.post("/predict/iris", json=features).json() == client.post("/predict/iris", json=shuffled).json()
+
+
+def test_instances_are_answered_in_order(client, exports):
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+    response = client.post("/predict/iris?top_k=2", json={"instances": rows})
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 3 and all(len(p["top_k"]) == 2 for p in predictions)
+    got = np.array([list(p["probabilities"].values()) for p in predictions])
+    assert np.allclose(got, offline(exports["iris"], np.array(rows, np.float32)), atol=1e-6)
+    single = client.post("/predict/iris", json={"instances": rows[:1]}).json()
+    assert list(single) == ["predictions"]  # the form asked for decides the shape of the answer
+
+
+def test_integers_are_numbers(client):
+    assert client.post("/predict/iris", json={"features": [5, 3, 1, 0]}).status_code == 200

@@ -1,0 +1,199 @@
+"""Loading, readiness, broken and missing models, pinned versions and hot reload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import install, publish, serving, wait_for
+from service import registry as registry_module
+from service.predictor import Predictor
+from test_service_predict import images, offline, png
+from training.data import CIFAR10_LABELS
+
+IMAGE = png(images(1, seed=3)[0])
+FEATURES = {"features": [5.1, 3.5, 1.4, 0.2]}
+
+
+def models_by_name(client) -> dict[str, dict]:
+    return {m["name"]: m for m in client.get("/models").json()["models"]}
+
+
+def break_saved_model(version_dir):
+    (version_dir / "saved_model.pb").write_bytes(b"not a protobuf")
+
+
+def break_metadata_labels(version_dir):
+    path = version_dir / "assets.extra" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    path.write_text(json.dumps({**metadata, "labels": ["a", "b", "c"]}))  # the model has 10 outputs
+
+
+def remove_metadata(version_dir):
+    (version_dir / "assets.extra" / "metadata.json").unlink()
+
+
+def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypatch):
+    gate = threading.Event()
+    warmed: list[tuple[str, list[int]]] = []
+    load, warm_up = registry_module.load_predictor, Predictor.warm_up
+
+    def held_load(*args):
+        gate.wait(30)
+        return load(*args)
+
+    def recorded_warm_up(self, sizes):
+        warm_up(self, sizes)
+        warmed.append((self.name, sizes))
+
+    monkeypatch.setattr(registry_module, "load_predictor", held_load)
+    monkeypatch.setattr(Predictor, "warm_up", recorded_warm_up)
+    with serving(model_dir, ready=False) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["ready"] is False
+        assert wait_for(lambda: client.get("/readyz").json()["models"]) == {"cifar10": "loading", "iris": "loading"}
+        refused = client.post("/predict/iris", json=FEATURES)
+        assert refused.status_code == 503 and "loading" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "1"
+        assert warmed == []
+        gate.set()
+        wait_for(lambda: client.get("/readyz").status_code == 200)
+        assert sorted(warmed) == [("cifar10", [1, 8, 16]), ("iris", [1, 8, 16])]
+        assert client.get("/readyz").json() == {"ready": True, "detail": "all models ready",
+                                                "models": {"cifar10": "ready", "iris": "ready"}}
+
+
+def test_models_describes_what_is_live(client, exports):
+    metadata = json.loads((exports["cifar10"] / "assets.extra" / "metadata.json").read_text())
+    cifar10 = models_by_name(client)["cifar10"]
+    assert cifar10 == {
+        "name": "cifar10", "ready": True, "status": "ready", "live_version": "1", "versions": ["1"],
+        "pinned_version": None, "rejected_versions": {}, "kind": "image", "device": "/CPU:0",
+        "labels": CIFAR10_LABELS, "input": metadata["input"], "output": metadata["output"],
+        "metrics": metadata["metrics"],
+    }
+    assert models_by_name(client)["iris"]["input"]["feature_names"] == metadata_features(exports)
+
+
+def metadata_features(exports):
+    return json.loads((exports["iris"] / "assets.extra" / "metadata.json").read_text())["input"]["feature_names"]
+
+
+def test_missing_model_dir_serves_health_but_is_not_ready(tmp_path):
+    with serving(tmp_path / "absent", ready=False) as client:
+        assert client.get("/healthz").status_code == 200
+        body = wait_for(lambda: (r := client.get("/readyz").json())["detail"] != "starting" and r)
+        assert body["ready"] is False and "no models in" in body["detail"]
+        assert client.post("/predict/iris", json=FEATURES).status_code == 404
+        assert client.post("/predict/image", files={"file": IMAGE}).status_code == 404
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (None, "no version folder"),
+    (break_saved_model, "version 1 failed to load"),
+    (remove_metadata, "version 1 failed to load"),
+])
+def test_a_broken_model_is_named_and_the_others_still_serve(model_dir, damage, reason, caplog):
+    iris = model_dir / "iris"
+    if damage is None:
+        shutil.rmtree(iris / "1")
+    else:
+        damage(iris / "1")
+    with serving(model_dir, ready=False) as client:
+        body = wait_for(lambda: (r := client.get("/readyz").json())["models"].get("iris", "loading") != "loading" and r)
+        assert reason in body["models"]["iris"] and "iris" in body["detail"]
+        assert client.get("/readyz").status_code == 503
+        wait_for(lambda: models_by_name(client)["cifar10"]["ready"])
+        assert client.post("/predict/image", files={"file": IMAGE}).status_code == 200
+        refused = client.post("/predict/iris", json=FEATURES)
+        assert refused.status_code == 503 and reason in refused.json()["detail"]
+    if damage is not None:
+        assert any("rejected iris version 1" in r.getMessage() for r in caplog.records)
+
+
+def test_hidden_folders_are_not_versions(model_dir):
+    staging = model_dir / "cifar10" / ".staging-2-1234"
+    staging.mkdir()
+    (staging / "saved_model.pb").write_bytes(b"half written")
+    (model_dir / ".trash").mkdir()
+    with serving(model_dir) as client:
+        assert set(models_by_name(client)) == {"cifar10", "iris"}
+        assert models_by_name(client)["cifar10"]["versions"] == ["1"]
+
+
+def test_newest_version_that_loads_is_served(model_dir, exports):
+    install(exports["cifar10-v2"], model_dir, "cifar10", version=2)
+    break_metadata_labels(install(exports["cifar10"], model_dir, "cifar10", version=3))
+    with serving(model_dir) as client:
+        cifar10 = models_by_name(client)["cifar10"]
+        assert cifar10["live_version"] == "2" and cifar10["versions"] == ["1", "2", "3"]
+        assert "output shape" in cifar10["rejected_versions"]["3"]
+        assert client.post("/predict/image", files={"file": IMAGE}).json()["version"] == "2"
+
+
+def test_pinned_version_stays_pinned(model_dir, exports):
+    install(exports["cifar10-v2"], model_dir, "cifar10", version=2)
+    with serving(model_dir, model_versions="cifar10=1", poll_interval_s=0.1) as client:
+        assert models_by_name(client)["cifar10"]["live_version"] == "1"
+        assert models_by_name(client)["cifar10"]["pinned_version"] == "1"
+        publish(exports["cifar10-v2"], model_dir, 3)
+        wait_for(lambda: "3" in models_by_name(client)["cifar10"]["versions"])
+        wait_for(lambda: models_by_name(client)["cifar10"]["versions"] == ["1", "2", "3"])
+        assert client.post("/predict/image", files={"file": IMAGE}).json()["version"] == "1"
+
+
+def test_pinned_version_that_does_not_exist_is_not_ready(model_dir):
+    with serving(model_dir, model_versions="cifar10=7", ready=False) as client:
+        body = wait_for(lambda: (r := client.get("/readyz").json())["models"].get("iris") == "ready" and r)
+        assert body["models"]["cifar10"].startswith("pinned version 7 not found")
+
+
+def test_hot_reload_swaps_versions_under_load_without_failures(model_dir, exports):
+    pixels = images(1, seed=11)
+    with serving(model_dir, poll_interval_s=0.1) as client:
+        stop = threading.Event()
+
+        def hammer():
+            answers = []
+            while not stop.is_set():
+                response = client.post("/predict/image", files={"file": png(pixels[0])})
+                answers.append((response.status_code, response.json().get("version")))
+            return answers
+
+        with ThreadPoolExecutor(6) as pool:
+            workers = [pool.submit(hammer) for _ in range(6)]
+            wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "1")
+            publish(exports["cifar10-v2"], model_dir, 2)
+            wait_for(lambda: client.post("/predict/image", files={"file": png(pixels[0])}).json()["version"] == "2")
+            threading.Event().wait(0.3)  # keep the load on after the swap
+            stop.set()
+            answers = [answer for worker in workers for answer in worker.result()]
+        assert {status for status, _ in answers} == {200}
+        assert {version for _, version in answers} == {"1", "2"}
+        assert models_by_name(client)["cifar10"]["live_version"] == "2"
+        body = client.post("/predict/image", files={"file": png(pixels[0])}).json()
+        assert np.allclose(list(body["probabilities"].values()), offline(exports["cifar10-v2"], pixels)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", [break_saved_model, break_metadata_labels, remove_metadata])
+def test_broken_new_version_is_rejected_and_the_old_keeps_serving(model_dir, exports, damage, caplog):
+    with serving(model_dir, poll_interval_s=0.1) as client:
+        broken = model_dir / "cifar10" / ".staging-2"
+        shutil.copytree(exports["cifar10-v2"], broken)
+        damage(broken)
+        broken.rename(model_dir / "cifar10" / "2")
+        cifar10 = wait_for(lambda: (m := models_by_name(client)["cifar10"])["rejected_versions"] and m)
+        assert cifar10["live_version"] == "1" and cifar10["ready"] and list(cifar10["rejected_versions"]) == ["2"]
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/predict/image", files={"file": IMAGE}).json()["version"] == "1"
+        assert any("rejected cifar10 version 2" in r.getMessage() and "still serving version 1" in r.getMessage()
+                   for r in caplog.records)
+        publish(exports["cifar10-v2"], model_dir, 3)  # a fixed export, as a new version
+        wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "3")
