@@ -70,19 +70,24 @@ def run_locust(url: str, users: int, seconds: float, prefix: Path, tags: tuple[s
     started = time.monotonic()
     with open(f"{prefix}.log", "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        # locust stops itself after -t; the deadline only guards against it hanging.
+        # locust stops itself after -t; the deadline guards against it hanging, and the
+        # `finally` against leaving it running when `on_tick` fails (say, the server died).
         deadline = started + seconds + 60
-        while True:
-            try:
-                process.wait(timeout=every)
-                break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() > deadline:
-                    process.kill()
-                    process.wait()
-                    raise TimeoutError(f"locust ran past {seconds + 60:.0f} s; see {prefix}.log") from None
-                if on_tick:
-                    on_tick(time.monotonic() - started)
+        try:
+            while True:
+                try:
+                    process.wait(timeout=every)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"locust still running after {seconds + 60:.0f} s; "
+                                           f"see {prefix}.log") from None
+                    if on_tick:
+                        on_tick(time.monotonic() - started)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     wall_s = time.monotonic() - started
     server_cpu = cpu_seconds(server_pid) - server_cpu_before if server_pid else None
     entries = json.loads(Path(f"{prefix}.json").read_text())

@@ -34,8 +34,9 @@ def test_summarize_merges_names_over_their_common_time_span():
     assert (total.p50_ms, total.p99_ms) == (5, 20)
 
 
-def run(requests_per_s: float, p50_ms: float = 10, p99_ms: float = 50, failures: int = 0) -> LoadRun:
-    stats = Stats(100, failures, requests_per_s, p50_ms, p50_ms, p99_ms)
+def run(requests_per_s: float, p50_ms: float = 10, p99_ms: float = 50, failures: int = 0,
+        requests: int = 100) -> LoadRun:
+    stats = Stats(requests, failures, requests_per_s, p50_ms, p50_ms, p99_ms)
     return LoadRun(1, 10, 11, 0, stats, {}, 1.0, 1.0, "unused")
 
 
@@ -54,3 +55,9 @@ def test_targets_judge_the_service_against_baseline_ceiling_and_latency():
             ("service", "iris", 1): run(400, p50_ms=4, failures=1)}
     assert verdicts(runs) == ["PASS", "PASS", "FAIL", "PASS", "FAIL", "FAIL"]
     assert verdicts(runs, image_ceiling=200) == ["PASS", "FAIL", "FAIL", "PASS", "FAIL", "FAIL"]
+
+
+def test_a_service_run_that_completed_nothing_fails_the_failure_target():
+    runs = {("service", "image", 1): run(0, p50_ms=math.nan, p99_ms=math.nan, requests=0)}
+    assert verdicts(runs) == [
+        "not measured", "not measured", "not measured", "FAIL", "not measured", "FAIL"]
