@@ -2,11 +2,13 @@
 
 Requests queue their rows; a single asyncio task takes as many as fit in `max_batch_size`,
 runs the model on them in the model's own worker thread (so the event loop keeps serving),
-and hands each request its slice of the result. Each request names the predictor (model
-version) it was prepared for, and a batch only joins requests for the same one, so a hot swap
-never mixes versions or input sizes: requests already under way finish on the old version. While the model is busy the next batch
-fills by itself; when it is idle, a batch waits at most `max_wait_s`, and only for requests
-the routes have announced as on their way (`expecting`), so a lone request never waits.
+and hands each request its slice of the result. While the model is busy the next batch fills
+by itself; when it is idle, a batch waits at most `max_wait_s`, and only for requests the
+routes have announced as on their way (`expecting`), so a lone request never waits.
+
+Each request names the predictor (model version) it was prepared for, and a batch only joins
+requests for the same one, so a hot swap never mixes versions or input sizes: requests
+already under way finish on the old version.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class MicroBatcher:
 
     async def predict(self, rows: np.ndarray, predictor: Predictor) -> np.ndarray:
         """`predictor`'s output for `rows` (at most `max_batch_size` of them)."""
+        if len(rows) > self.max_batch_size:
+            raise ValueError(f"{len(rows)} rows; at most {self.max_batch_size} per request")
         if self._closing:
             raise Closed(f"model {self.name} is shutting down")
         if self.queued + len(rows) > self.max_queue_size:
@@ -139,9 +143,6 @@ class MicroBatcher:
             job = self._jobs.popleft()
             jobs.append(job)
             rows += len(job.rows)
-        if not jobs:  # a job larger than a batch runs alone rather than never
-            jobs.append(self._jobs.popleft())
-            rows = len(jobs[0].rows)
         self.queued -= rows
         return jobs
 

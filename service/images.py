@@ -4,9 +4,9 @@
   Pillow's many other parsers away from untrusted bytes. Multi-frame files give their first
   frame; nothing else is decoded.
 * Size: the pixel count is checked from the header, before any decoding, so a small file
-  declaring a huge canvas costs nothing. JPEGs much larger than the model's input are decoded
-  at 1/2 to 1/8 scale by libjpeg (draft mode), fast and an antialiased reduction, but never
-  below MAX_ENLARGEMENT times the model's size, where enlargements are recognised.
+  declaring a huge canvas costs nothing. JPEGs too large to be enlargements of the model's
+  input (see `service.resizing`) are decoded at 1/2 to 1/8 scale by libjpeg (draft mode),
+  fast and itself an antialiased reduction, down to REDUCING_GAP times the model's size.
 * Orientation: EXIF orientation is applied, so a phone photo arrives upright.
 * Colour: grayscale, palette, CMYK and 16-bit images become RGB; 16-bit values are scaled
   (Pillow's own conversion would clip them at 255); transparency is composited on white.
@@ -20,7 +20,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.resizing import MAX_ENLARGEMENT, to_model_size
+from service.resizing import MAX_ENLARGEMENT, REDUCING_GAP, to_model_size
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
@@ -58,8 +58,8 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
         if width * height > max_pixels:
             raise ImageTooLarge(f"{width}x{height} image has more than {max_pixels} pixels")
         try:
-            # Both sides, as EXIF orientation may swap width and height.
-            image.draft(None, (MAX_ENLARGEMENT * max(size),) * 2)
+            if max(image.size) > MAX_ENLARGEMENT * max(size):  # too large to be an enlargement
+                image.draft(None, (round(REDUCING_GAP * max(size)),) * 2)
             rgb = _to_rgb(ImageOps.exif_transpose(image))
         except Image.DecompressionBombError as error:
             raise ImageTooLarge(str(error)) from None

@@ -37,6 +37,8 @@ class ModelNotReady(Exception):
 
 @dataclass
 class ServedModel:
+    """One model folder: what is on disk, what was rejected, and what is live."""
+
     name: str
     directory: Path
     pinned: int | None = None
@@ -61,6 +63,8 @@ class ServedModel:
 
 
 class ModelRegistry:
+    """Every model under MODEL_DIR, kept loaded and up to date."""
+
     def __init__(self, settings: Settings, device: str, metrics: Metrics):
         self.settings = settings
         self.device = device

@@ -179,3 +179,13 @@ def test_concurrent_feature_requests_match_single_requests(client):
         together = list(pool.map(lambda r: client.post("/predict/iris", json={"features": r}).json(), rows))
     for single, batched in zip(alone, together):
         assert np.allclose(list(single["probabilities"].values()), list(batched["probabilities"].values()), atol=1e-5)
+
+
+def test_a_request_larger_than_a_batch_is_refused():
+    async def scenario():
+        batcher = MicroBatcher("fake", max_batch_size=2, max_wait_s=0, max_queue_size=10)
+        with pytest.raises(ValueError, match="at most 2"):
+            await batcher.predict(np.zeros((3, 1)), FakePredictor())
+        await batcher.close()
+
+    run(scenario())

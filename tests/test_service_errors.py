@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from PIL import Image
 
 from conftest import serving
 from test_service_images import encode, photo, png_declaring
@@ -65,7 +63,9 @@ def test_too_many_parts(client):
 @pytest.mark.parametrize("body", [
     b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",  # no closing boundary
     b"garbage without any boundary",
-    b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Junk: " + b"j" * 100_000 + b"\r\n\r\nabc\r\n--XYZ--\r\n",
+    # a part header of 100 kB
+    b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Junk: " + b"j" * 100_000
+    + b"\r\n\r\nabc\r\n--XYZ--\r\n",
 ])
 def test_malformed_multipart(client, body):
     response = client.post("/predict/image", content=body,
@@ -126,9 +126,11 @@ def test_malformed_or_deeply_nested_json(client, body):
     assert "detail" in response.json()
 
 
-@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}])
+@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"},
+                                     {"content-type": "application/x-www-form-urlencoded"}])
 def test_features_must_be_declared_json(client, headers):
-    assert_error(client.post("/predict/iris", content=b'{"features": [5.1, 3.5, 1.4, 0.2]}', headers=headers), 415, "JSON")
+    body = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
+    assert_error(client.post("/predict/iris", content=body, headers=headers), 415, "JSON")
     assert_error(client.post("/predict/iris", files={"file": GOOD_IMAGE}), 415)
 
 
@@ -215,3 +217,31 @@ def test_full_queue_answers_503_with_retry_after(shared_models, monkeypatch):
             assert_error(refused, 503, "rows waiting")
             assert refused.headers["retry-after"] == "1"
             assert [f.result().status_code for f in [first, *queued]] == [200, 200, 200]
+
+
+# --- last resort ----------------------------------------------------------------------------
+
+def test_an_unexpected_failure_is_a_json_500_and_the_service_carries_on(shared_models, monkeypatch):
+    with serving(shared_models) as client:
+        predictor = client.app.state.registry.models["iris"].predictor
+        monkeypatch.setattr(predictor, "predict", lambda batch: 1 / 0)
+        assert_error(client.post("/predict/iris", json=GOOD_FEATURES), 500, "internal error")
+        monkeypatch.undo()
+        assert client.post("/predict/iris", json=GOOD_FEATURES).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'service_errors_total{kind="inference"} 1.0' in metrics
+        assert 'service_errors_total{kind="unhandled"} 1.0' in metrics
+
+
+def test_uploads_never_touch_the_disk(client, monkeypatch):
+    import tempfile
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload was written to a temporary file")
+
+    # Spooled files roll over to tempfile.TemporaryFile, looked up when they do.
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, no_disk)
+    big = encode(photo(size=(1024, 1024)), "PNG")  # over Starlette's 1 MB spooling threshold
+    assert len(big) > 1024 * 1024
+    assert client.post("/predict/image", files={"file": big}).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 import numpy as np
@@ -15,15 +16,12 @@ from service.predictor import Predictor
 from service.registry import ServedModel, UnknownModel
 from service.schemas import (Error, FeaturesRequest, Instances, LabelProbability, OneInstance,
                              Prediction, Predictions)
+from service.settings import Settings
 from service.uploads import read_files
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 
 TopK = Annotated[int | None, Query(ge=1, description="also list the k most probable classes")]
-
-
-def _errors(*statuses: int) -> dict:
-    return {status: {"model": Error} for status in statuses}
 
 
 IMAGE_UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -34,8 +32,8 @@ IMAGE_UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-da
         "description": "JPEG, PNG, GIF, BMP, WebP or TIFF; several `file` parts are answered in order",
     }},
 }}}}}
-IMAGE_ERRORS = _errors(400, 401, 404, 408, 413, 415, 422, 503)
-FEATURE_ERRORS = _errors(400, 401, 404, 408, 413, 415, 422, 503)
+# Documented so clients (and Schemathesis) know every answer's shape.
+ERRORS = {status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 422, 503)}
 
 
 def _of_kind(served: ServedModel, kind: str) -> ServedModel:
@@ -48,20 +46,20 @@ def _of_kind(served: ServedModel, kind: str) -> ServedModel:
     return served
 
 
-def default_image_model(registry: RegistryDep) -> ServedModel:
+async def default_image_model(registry: RegistryDep) -> ServedModel:
     return registry.image_model()
 
 
-def image_model(model: str, registry: RegistryDep) -> ServedModel:
+async def image_model(model: str, registry: RegistryDep) -> ServedModel:
     return _of_kind(registry.get(model), "image")
 
 
-def vector_model(model: str, registry: RegistryDep) -> ServedModel:
+async def vector_model(model: str, registry: RegistryDep) -> ServedModel:
     return _of_kind(registry.get(model), "vector")
 
 
 @router.post("/image", response_model=Prediction | Predictions, response_model_exclude_none=True,
-             responses=IMAGE_ERRORS, openapi_extra=IMAGE_UPLOAD)
+             responses=ERRORS, openapi_extra=IMAGE_UPLOAD)
 async def predict_image(request: Request, served: Annotated[ServedModel, Depends(default_image_model)],
                         settings: SettingsDep, decoders: DecodersDep, top_k: TopK = None):
     """Classify uploaded images with the image model (the first by name if several are served)."""
@@ -69,7 +67,7 @@ async def predict_image(request: Request, served: Annotated[ServedModel, Depends
 
 
 @router.post("/image/{model}", response_model=Prediction | Predictions, response_model_exclude_none=True,
-             responses=IMAGE_ERRORS, openapi_extra=IMAGE_UPLOAD)
+             responses=ERRORS, openapi_extra=IMAGE_UPLOAD)
 async def predict_image_with(request: Request, served: Annotated[ServedModel, Depends(image_model)],
                              settings: SettingsDep, decoders: DecodersDep, top_k: TopK = None):
     """Classify uploaded images with the image model called `model`."""
@@ -77,7 +75,7 @@ async def predict_image_with(request: Request, served: Annotated[ServedModel, De
 
 
 @router.post("/{model}", response_model=Prediction | Predictions, response_model_exclude_none=True,
-             responses=FEATURE_ERRORS, dependencies=[Depends(require_json)])
+             responses=ERRORS, dependencies=[Depends(require_json)])
 async def predict_features(body: FeaturesRequest, served: Annotated[ServedModel, Depends(vector_model)],
                            settings: SettingsDep, top_k: TopK = None):
     """Classify feature vectors: `{"features": [...]}` or features by name answer one
@@ -88,7 +86,8 @@ async def predict_features(body: FeaturesRequest, served: Annotated[ServedModel,
     return Predictions(predictions=predictions) if isinstance(body, Instances) else predictions[0]
 
 
-async def _classify_images(request: Request, served: ServedModel, settings, decoders, top_k):
+async def _classify_images(request: Request, served: ServedModel, settings: Settings,
+                           decoders: ThreadPoolExecutor, top_k: int | None):
     predictor = served.predictor  # this request is served by this version, even across a swap
     loop = asyncio.get_running_loop()
     decode = functools.partial(decode_image, size=predictor.image_size, max_pixels=settings.max_image_pixels)

@@ -1,0 +1,45 @@
+"""Prometheus metrics: what operators graph and alert on."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from test_service_errors import GOOD_FEATURES, GOOD_IMAGE
+
+
+def samples(client) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(all_samples, name, **labels) -> float:
+    return all_samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_requests_are_counted_by_route_template_and_status(client):
+    before = samples(client)
+    client.post("/predict/iris", json=GOOD_FEATURES)
+    client.post("/predict/iris", json={"features": [1]})
+    client.post("/predict/image", files={"file": GOOD_IMAGE})
+    client.get("/no/such/path/123")
+    after = samples(client)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("http_requests_total", route="/predict/{model}", method="POST", status="200") == 1
+    assert delta("http_requests_total", route="/predict/{model}", method="POST", status="422") == 1
+    assert delta("http_requests_total", route="/predict/image", method="POST", status="200") == 1
+    assert delta("http_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert delta("http_request_duration_seconds_count", route="/predict/image") == 1
+    assert delta("model_batch_size_count", model="cifar10") == 1
+    assert delta("model_batch_size_sum", model="iris") == 1
+
+
+def test_models_report_queue_depth_and_live_version(client):
+    now = samples(client)
+    assert value(now, "model_queue_depth", model="cifar10") == 0
+    assert value(now, "model_live_version", model="cifar10") == 1
+    assert value(now, "model_live_version", model="iris") == 1
+    assert ("model_batch_duration_seconds_count", (("model", "iris"),)) in now
