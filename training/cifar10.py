@@ -45,7 +45,10 @@ class Recipe:
     lookahead_start_epoch: int = 3
     lookahead_every: int = 5
     lookahead_decay: float = 0.95
-    tta_flip: bool = True              # serve the mean of the image and its mirror
+    # Serve the mean of the image's and its mirror's probabilities: +1.0 point of validation
+    # accuracy on the 12-epoch model, but twice the inference cost, which halved the service's
+    # throughput ceiling (benchmarks.serving); off by default.
+    tta_flip: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
