@@ -11,8 +11,8 @@ from benchmarks.server import serve
 
 
 def test_service_answers_locust_without_failures(shared_models, tmp_path):
-    with serve("service", shared_models, tmp_path / "service.log", ready_timeout=45) as server:
-        run = run_locust(server.url, users=4, seconds=4, prefix=tmp_path / "locust" / "smoke")
+    with serve("service", shared_models, tmp_path / "service.log", ready_timeout=180) as server:
+        run = run_locust(server.url, users=4, seconds=8, prefix=tmp_path / "locust" / "smoke")
 
     failures = Path(f"{run.prefix}_failures.csv").read_text() + Path(f"{run.prefix}.log").read_text()
     assert run.exit_code == 0, failures
