@@ -87,7 +87,7 @@ def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed
         labels = [str(s) for s in arrays["labels"]]
         x, y = arrays["x_train"], arrays["y_train"]
         test = Split(arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else None
-        source = str(Path(data).resolve())
+        source = str(data)  # as given: an absolute path would tie the export to one machine
     train, validation = hold_out_validation(x, y, validation_fraction, seed)
     return Dataset(labels, train, validation, test, source)
 
