@@ -17,6 +17,7 @@ To widen or lengthen: change `Recipe.widths` or `Recipe.epochs`; everything else
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 import keras
@@ -157,7 +158,8 @@ class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, base_lr, total_steps, start, peak_at, end):
         self.base_lr, self.total_steps = base_lr, float(total_steps)
-        self.start, self.peak, self.end = start, peak_at * total_steps, end
+        self.start, self.peak_at, self.end = start, peak_at, end
+        self.peak = peak_at * total_steps
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -166,7 +168,8 @@ class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return self.base_lr * ops.where(step < self.peak, up, ops.maximum(down, self.end))
 
     def get_config(self):
-        return {"base_lr": self.base_lr, "total_steps": self.total_steps}
+        return {"base_lr": self.base_lr, "total_steps": self.total_steps, "start": self.start,
+                "peak_at": self.peak_at, "end": self.end}
 
 
 class Lookahead(keras.callbacks.Callback):
@@ -243,13 +246,8 @@ def train(model: keras.Model, data, recipe: Recipe, seed: int, epochs: int | Non
         steps_per_epoch=steps_per_epoch,
         validation_data=eval_batches(data.validation.x, data.validation.y, n_classes),
         callbacks=[Lookahead(recipe, total_steps)],
-        verbose=2 if not _interactive() else 1,
+        verbose=1 if sys.stdout.isatty() else 2,  # progress bars on a terminal, a line per epoch in logs
     )
-
-
-def _interactive() -> bool:
-    import sys
-    return sys.stdout.isatty()
 
 
 def predict_fn(model: keras.Model, recipe: Recipe):
