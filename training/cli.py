@@ -102,7 +102,9 @@ def train_cifar10(args, command):
                    seconds, strategy,
                    input_spec={"name": "image", "shape": [32, 32, 3], "dtype": "uint8",
                                "color": "RGB", "range": [0, 255]},
-                   extra={"validation_no_tta": _plain_accuracy(model, dataset.validation)})
+                   # With flip averaging on, also what the plain model scores, to see what it pays.
+                   extra={"validation_no_tta": _plain_accuracy(model, dataset.validation)}
+                   if recipe.tta_flip else {})
 
 
 def _plain_accuracy(model, split) -> float:
