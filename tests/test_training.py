@@ -29,15 +29,21 @@ def _png(array) -> bytes:
     return buf.getvalue()
 
 
-def _class_folder_tar(path, per_class=4, with_test=False):
+def _jpeg(array, quality=75) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=quality)  # Pillow's default: 4:2:0 chroma
+    return buf.getvalue()
+
+
+def _class_folder_tar(path, per_class=4, with_test=False, encode=_png):
     """`cifar10/train/<class>/<n>.png` (and `cifar10/test/...`) in a .tar.gz, like ../shared."""
     splits = ["train", "test"] if with_test else ["train"]
     with tarfile.open(path, "w:gz") as tar:
         for split in splits:
             for c, cls in enumerate(CLASSES):
                 for i, img in enumerate(_images(per_class, seed=c)):
-                    blob = _png(img)
-                    info = tarfile.TarInfo(f"cifar10/{split}/{cls}/{i:04d}.png")
+                    blob = encode(img)
+                    info = tarfile.TarInfo(f"cifar10/{split}/{cls}/{i:04d}.{encode.__name__[1:]}")
                     info.size = len(blob)
                     tar.addfile(info, io.BytesIO(blob))
     return path
@@ -101,6 +107,12 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.train.x, second.train.x)
 
 
+def test_the_jpeg_compression_of_training_images_is_recognised(tmp_path):
+    jpegs = data.load_cifar10(str(_class_folder_tar(tmp_path / "j.tar.gz", encode=_jpeg)))
+    assert jpegs.jpeg == {"quality": 75, "chroma_subsampled": True}
+    assert data.load_cifar10(str(_class_folder_tar(tmp_path / "p.tar.gz"))).jpeg is None
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no dataset"):
         data.load_cifar10(str(tmp_path / "nowhere.tar.gz"))
@@ -151,6 +163,16 @@ def test_augmentation_flips_and_translates_without_changing_content():
         candidates = [img[2 + dy:30 + dy, 2 + dx:30 + dx] for img in (a, a[:, ::-1])
                       for dy in range(-2, 3) for dx in range(-2, 3)]
         assert any(np.array_equal(centre, c) for c in candidates)
+
+
+def test_exported_inputs_go_through_the_training_images_jpeg_compression():
+    images = _images(4)
+    like_pillow = np.stack([np.asarray(Image.open(io.BytesIO(_jpeg(img)))) for img in images])
+    round_trip = cifar10.jpeg_round_trip(tf.constant(images), 75, True).numpy()
+    np.testing.assert_array_equal(round_trip, like_pillow)  # same libjpeg, tables and IDCT
+    model = cifar10.build_model(SMALL, images, num_classes=10)
+    predict = cifar10.predict_fn(model, SMALL, jpeg={"quality": 75, "chroma_subsampled": True})
+    np.testing.assert_allclose(predict(tf.constant(images)), model(round_trip, training=False), atol=1e-6)
 
 
 def test_schedule_warms_up_then_decays():

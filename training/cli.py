@@ -138,12 +138,15 @@ def train_cifar10(args, command):
     model = float32_twin(build, model)
     epochs = args.epochs or recipe.epochs
     # What each test-time augmentation scores, to see what the exported one pays for its cost.
-    by_tta = {tta: evaluate(cifar10.predict_fn(model, recipe, tta), dataset.validation.x,
+    by_tta = {tta: evaluate(cifar10.predict_fn(model, recipe, tta, dataset.jpeg), dataset.validation.x,
                             dataset.validation.y)[0]["accuracy"] for tta in cifar10.TTA_VIEWS}
-    return _export(args, "cifar10", model, cifar10.predict_fn(model, recipe), dataset, history,
+    predict = cifar10.predict_fn(model, recipe, jpeg=dataset.jpeg)
+    return _export(args, "cifar10", model, predict, dataset, history,
                    command, epochs, recipe, seconds, strategy,
                    input_spec={"name": "image", "shape": [32, 32, 3], "dtype": "uint8",
-                               "color": "RGB", "range": [0, 255]},
+                               "color": "RGB", "range": [0, 255],
+                               # applied inside the model, recorded for whoever reads the export
+                               "jpeg_round_trip": dataset.jpeg},
                    extra={"validation_accuracy_by_tta": by_tta})
 
 

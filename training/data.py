@@ -13,6 +13,7 @@ under a key of the source's path, size and modification time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer",
@@ -43,6 +44,12 @@ class Dataset:
     validation: Split
     test: Split | None  # None when the source has no test split (our local archive)
     source: str
+    # The IJG quality and chroma subsampling every training image was JPEG-compressed with
+    # (None: not JPEGs, or not all alike): models must then see their inputs the same way.
+    jpeg: dict | None = None
+
+
+CACHE_FORMAT = 2  # bump when the cached arrays change
 
 
 def cache_dir() -> Path:
@@ -88,15 +95,18 @@ def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed
         x, y = arrays["x_train"], arrays["y_train"]
         test = Split(arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else None
         source = str(data)  # as given: an absolute path would tie the export to one machine
+        jpeg = ({"quality": int(arrays["jpeg_quality"]), "chroma_subsampled": bool(arrays["jpeg_subsampled"])}
+                if "jpeg_quality" in arrays else None)
     train, validation = hold_out_validation(x, y, validation_fraction, seed)
-    return Dataset(labels, train, validation, test, source)
+    return Dataset(labels, train, validation, test, source, jpeg if data is not None else None)
 
 
 def _cached(path: Path, read) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"no dataset at {path}")
     stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = f"{CACHE_FORMAT}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     cached = cache_dir() / f"{path.name}-{key}.npz"
     if cached.exists():
         with np.load(cached) as npz:
@@ -167,14 +177,43 @@ def _read_class_folders(files: _ArchiveFiles, names: list[str]) -> dict[str, np.
         members = sorted(p for p in images if (p.parent.parent.name == "test") == (split == "test"))
         if not members:
             continue
-        arrays[f"x_{split}"] = np.stack([_decode_rgb(files.read(str(p))) for p in members])
+        decoded = [_decode(files.read(str(p))) for p in members]
+        arrays[f"x_{split}"] = np.stack([pixels for pixels, _ in decoded])
         arrays[f"y_{split}"] = np.array([index[p.parent.name] for p in members], dtype=np.int64)
+        if split == "train":
+            kinds = {jpeg for _, jpeg in decoded}
+            if len(kinds) == 1 and None not in kinds:
+                arrays["jpeg_quality"], arrays["jpeg_subsampled"] = map(np.array, kinds.pop())
     return arrays
 
 
-def _decode_rgb(data: bytes) -> np.ndarray:
+def _decode(data: bytes) -> tuple[np.ndarray, tuple[int, bool] | None]:
+    """RGB pixels, and (IJG quality, chroma subsampled) for a JPEG with standard tables."""
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        jpeg = None
+        if im.format == "JPEG":
+            quality = ijg_quality(tuple(im.quantization.get(0, ())))
+            if quality is not None:
+                jpeg = (quality, JpegImagePlugin.get_sampling(im) == 2)  # 2: 4:2:0
+        return np.asarray(im.convert("RGB"), dtype=np.uint8), jpeg
+
+
+# libjpeg's luminance quantization table at quality 50, row by row; quality q scales it.
+IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+
+
+@functools.lru_cache(maxsize=64)
+def ijg_quality(table: tuple[int, ...]) -> int | None:
+    """The libjpeg quality setting (1-100) that produces this luminance table, if any."""
+    for quality in range(1, 101):
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        if np.array_equal(np.clip((IJG_LUMINANCE * scale + 50) // 100, 1, 255), table):
+            return quality
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
