@@ -1,4 +1,4 @@
-"""Shared route dependencies: the app's settings, registry and decoders, and the API key.
+"""Shared route dependencies: the app's settings and registry, and the API key.
 
 All are `async def` although none awaits: FastAPI runs plain `def` dependencies in a thread
 pool, a hand-off that cost more than the rest of the request's routing together.
@@ -7,7 +7,6 @@ pool, a hand-off that cost more than the rest of the request's routing together.
 from __future__ import annotations
 
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -25,13 +24,8 @@ async def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-async def _decoders(request: Request) -> ThreadPoolExecutor:
-    return request.app.state.decoders
-
-
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
-DecodersDep = Annotated[ThreadPoolExecutor, Depends(_decoders)]
 
 
 async def require_api_key(

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from PIL import Image
@@ -62,8 +63,9 @@ def undo_enlargement(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray | 
         return max(_rms(rows @ (rows_inverse @ probe_columns) - probe_columns),
                    _rms((probe_rows @ columns_inverse.T) @ columns.T - probe_rows))
 
-    interpolator = min(INTERPOLATORS, key=misfit)
-    if misfit(interpolator) > ENLARGEMENT_RESIDUAL:
+    misfits = {interpolator: misfit(interpolator) for interpolator in INTERPOLATORS}
+    interpolator = min(misfits, key=misfits.get)
+    if misfits[interpolator] > ENLARGEMENT_RESIDUAL:
         return None
     rows, rows_inverse = enlargement(size[1], height, interpolator)
     columns, columns_inverse = enlargement(size[0], width, interpolator)
@@ -74,7 +76,7 @@ def undo_enlargement(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray | 
 
 
 def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(values))))
+    return math.sqrt(np.vdot(values, values) / values.size)  # np.mean's overhead showed in profiles
 
 
 @functools.lru_cache(maxsize=256)
