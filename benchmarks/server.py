@@ -44,11 +44,13 @@ def command(app: str, port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def serve(app: str, model_dir: str | Path, log_path: Path, ready_timeout: float = 300) -> Iterator[Running]:
+def serve(app: str, model_dir: str | Path, log_path: Path, ready_timeout: float = 300,
+          settings: dict[str, str] | None = None) -> Iterator[Running]:
     """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
     on exit. Its output goes to `log_path`, not a pipe, so a chatty server can never block."""
     port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(Path(model_dir).resolve()), "HOST": "127.0.0.1", "PORT": str(port)}
+    env = {**(settings or {}), **os.environ,
+           "MODEL_DIR": str(Path(model_dir).resolve()), "HOST": "127.0.0.1", "PORT": str(port)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command(app, port), cwd=REPO, env=env, stdout=log,
@@ -66,17 +68,23 @@ def serve(app: str, model_dir: str | Path, log_path: Path, ready_timeout: float 
                 process.wait()
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float, log_path: Path) -> None:
+def wait_ready(url: str, process: subprocess.Popen, timeout: float, log_path: Path,
+               in_a_row: int = 10) -> None:
+    """Until /readyz answers 200 `in_a_row` times on fresh connections: with several workers,
+    each connection reaches one of them, and all must have loaded their models."""
     deadline = time.monotonic() + timeout
+    ready = 0
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-                if response.status == 200:
+                ready = ready + 1 if response.status == 200 else 0
+                if ready == in_a_row:
                     return
+                continue
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass  # not listening yet, or loading models (503)
+            ready = 0  # not listening yet, or loading models (503)
         time.sleep(0.25)
     raise TimeoutError(f"{url}/readyz not 200 within {timeout:.0f} s; see {log_path}")
 

@@ -7,8 +7,9 @@ In one run, on this machine:
 
 1. in-process throughput of each model through its `serving_default` signature at batch sizes
    1, 8, 32 and 128; the best of these is the ceiling;
-2. the service (`python -m service`, as its container runs it, with its settings from the
-   environment), then the naive baseline (`benchmarks/baseline.py`), each driven by
+2. the service (`python -m service`, as its container runs it, tuned for CPUs as README says:
+   WORKERS = the core count, INTRA_OP_THREADS=1, unless the environment sets them), then the
+   naive baseline (`benchmarks/baseline.py`), each driven by
    `locustfile.py` one endpoint at a time at each user count for a fixed time, after a short
    unmeasured warm-up;
 3. a report in Markdown and JSON, beside locust's JSON, CSV and HTML for every run, with the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from benchmarks import report
@@ -50,9 +52,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# A worker per core, each calling TensorFlow on one thread: one event loop handles about a
+# core's worth of requests, so a single worker leaves the other core partly idle.
+SERVICE_SETTINGS = {"WORKERS": str(os.cpu_count() or 1), "INTRA_OP_THREADS": "1"}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     conditions = report.conditions("benchmarks.serving")
+    conditions["service_settings"] = {k: os.environ.get(k, v) for k, v in SERVICE_SETTINGS.items()}
     out = report.output_folder(args.out, "benchmarks")
     model_dir = Path(args.model_dir)
 
@@ -66,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
 
     runs: dict[tuple[str, str, int], LoadRun] = {}
     for server in APPS:
-        with serve(server, model_dir, out / f"{server}.log") as running:
+        settings = SERVICE_SETTINGS if server == "service" else None
+        with serve(server, model_dir, out / f"{server}.log", settings=settings) as running:
             for endpoint in ENDPOINTS:
                 run_locust(running.url, 1, args.warmup_seconds,
                            out / "locust" / f"{server}-{endpoint}-warmup", (endpoint,))

@@ -9,18 +9,25 @@ import sys
 
 import uvicorn
 
-from service.main import app, settings
+from service.settings import Settings
 
-# After its graceful shutdown uvicorn raises the signal again, which would end the process as
-# killed by SIGTERM (status 143); a clean drain is a successful exit.
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 
-uvicorn.run(
-    app,
-    host=settings.host,
-    port=settings.port,
-    log_level=settings.log_level,
-    access_log=settings.access_log,
-    timeout_keep_alive=settings.timeout_keep_alive_s,
-    timeout_graceful_shutdown=settings.shutdown_timeout_s,
-)
+def main() -> None:
+    settings = Settings()
+    # After its graceful shutdown uvicorn raises the signal again, which would end the process
+    # as killed by SIGTERM (status 143); a clean drain is a successful exit.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    uvicorn.run(
+        "service.main:app",  # by name, so that each worker process builds its own
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_keep_alive=settings.timeout_keep_alive_s,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )
+
+
+if __name__ == "__main__":  # worker processes import this module again; only the first serves
+    main()
