@@ -1,5 +1,6 @@
-"""Smoke test of the load-testing path: the real service, started as in production, serving the
-tiny exports of conftest under a few seconds of locust on both endpoints. It proves that the
+"""Smoke test of the load-testing path: the real service, started as the benchmark starts it
+(two worker processes), serving the tiny exports of conftest under a few seconds of locust on
+both endpoints. It proves that the
 locustfile, its payloads and the service agree; it measures nothing (see `benchmarks/`)."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from benchmarks.server import serve
 
 
 def test_service_answers_locust_without_failures(shared_models, tmp_path):
-    with serve("service", shared_models, tmp_path / "service.log", ready_timeout=180) as server:
+    workers = {"WORKERS": "2", "INTRA_OP_THREADS": "1"}
+    with serve("service", shared_models, tmp_path / "service.log", ready_timeout=180, settings=workers) as server:
         run = run_locust(server.url, users=4, seconds=8, prefix=tmp_path / "locust" / "smoke")
 
     failures = Path(f"{run.prefix}_failures.csv").read_text() + Path(f"{run.prefix}.log").read_text()
