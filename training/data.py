@@ -89,6 +89,7 @@ def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed
         (x, y), (x_test, y_test) = keras.datasets.cifar10.load_data()
         labels, test = CIFAR10_LABELS, Split(x_test, y_test.reshape(-1).astype(np.int64))
         x, y, source = x, y.reshape(-1).astype(np.int64), "keras.datasets.cifar10"
+        jpeg = None  # the official arrays, never compressed
     else:
         arrays = _cached(Path(data), _read_cifar_source)
         labels = [str(s) for s in arrays["labels"]]
@@ -98,7 +99,7 @@ def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed
         jpeg = ({"quality": int(arrays["jpeg_quality"]), "chroma_subsampled": bool(arrays["jpeg_subsampled"])}
                 if "jpeg_quality" in arrays else None)
     train, validation = hold_out_validation(x, y, validation_fraction, seed)
-    return Dataset(labels, train, validation, test, source, jpeg if data is not None else None)
+    return Dataset(labels, train, validation, test, source, jpeg)
 
 
 def _cached(path: Path, read) -> dict[str, np.ndarray]:
