@@ -2,12 +2,12 @@
 `training/cifar10.py`'s recipe (airbench94's, which that module ports to Keras) for sweeps on a
 GPU, where one 18-epoch run takes about 3 seconds instead of 40 minutes on two CPU cores.
 
-    python benchmarks/recipe_ceiling.py --data ../shared/datasets/cifar10-train.tar.gz
-    python benchmarks/recipe_ceiling.py --data ... --seeds 4 airbench94 epochs_30
+    python -m benchmarks.recipe_ceiling --data ../shared/datasets/cifar10-train.tar.gz
+    python -m benchmarks.recipe_ceiling --data ... --seeds 4 airbench94 epochs_30
 
 It is a measuring instrument, not part of the product: PyTorch (with CUDA) is not a project
-dependency, so run it where PyTorch is installed (the project's own `training.data` loader
-needs only NumPy and Pillow, and gives the same train / validation split as
+dependency, so run it, from the repository root, where PyTorch is installed (the project's own
+`training.data` loader needs only NumPy and Pillow, and gives the same train / validation split as
 `python -m training cifar10`). It prints, for each named experiment, the validation accuracy
 with no test-time augmentation, with flips, and with flips + 1-pixel translations, averaged over
 the seeds, and writes them as JSON under reports/recipe-ceiling/.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from math import ceil
@@ -33,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.data import load_cifar10  # noqa: E402  (runs as a script, outside the package)
+from training.data import load_cifar10
 
 AIRBENCH94 = dict(epochs=9.9, widths=(64, 256, 256), residual=False, batch_size=1024, lr=11.5,
                   weight_decay=0.0153, momentum=0.85, label_smoothing=0.2, batchnorm_momentum=0.6,
@@ -247,8 +245,10 @@ def main(argv=None):
         parser.error(f"unknown experiments: {', '.join(sorted(unknown))}")
     torch.backends.cudnn.benchmark = True
 
+    def to_device(images):  # uint8 NHWC -> float NCHW in [0, 1]
+        return torch.tensor(images, device=args.device).permute(0, 3, 1, 2).float() / 255
+
     data = load_cifar10(args.data)
-    to_device = lambda a: torch.tensor(a, device=args.device).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     train_x, val_x = to_device(data.train.x), to_device(data.validation.x)
     mean, std = train_x.mean((0, 2, 3), keepdim=True), train_x.std((0, 2, 3), keepdim=True)
     train_x, val_x = (((v - mean) / std).half().contiguous(memory_format=torch.channels_last)
