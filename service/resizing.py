@@ -13,7 +13,8 @@
   is solved for by least squares, a separable linear problem; when one explains the upload to
   within rounding (RMS residual about 0.4/255, about 1.2 after JPEG at quality 75), that is the
   original, recovered to about 0.05/255. Photos that are not enlargements leave residuals
-  of 5 and more and take the next path. Tried for uploads up to MAX_ENLARGEMENT times the model size.
+  of 5 and more and take the next path. Tried for uploads up to MAX_ENLARGEMENT times the
+  model size.
 * Everything else: Lanczos, antialiased (Pillow widens its support with the scale factor), the
   least-error Pillow filter on the same measurements. `reducing_gap` first shrinks huge images
   by an integer factor with a cheap box filter, bounding the cost at no measurable loss.

@@ -1,7 +1,7 @@
 """Smoke test of the load-testing path: the real service, started as the benchmark starts it
 (two worker processes), serving the tiny exports of conftest under a few seconds of locust on
-both endpoints. It proves that the
-locustfile, its payloads and the service agree; it measures nothing (see `benchmarks/`)."""
+both endpoints. It proves that the locustfile, its payloads and the service agree; it measures
+nothing (see `benchmarks/`)."""
 
 from __future__ import annotations
 

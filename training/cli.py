@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "training", *(sys.argv[1:] if argv is None else argv)])
     keras.utils.set_random_seed(args.seed)
-    if args.model == "cifar10":
-        version_dir = train_cifar10(args, command)
-    else:
-        version_dir = train_iris(args, command)
+    # The precision policy is process-wide: a caller that goes on (tests, a notebook, a second
+    # model) must not build its next models in this run's mixed precision.
+    policy = keras.mixed_precision.global_policy()
+    try:
+        version_dir = train_cifar10(args, command) if args.model == "cifar10" else train_iris(args, command)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     metrics = export.load_metadata(version_dir)["metrics"]
     print(f"exported {version_dir}")
     print(f"metrics {metrics}")
@@ -77,9 +80,9 @@ def cpu_has_bfloat16() -> bool:
 def float32_twin(build, trained: keras.Model) -> keras.Model:
     """The trained network rebuilt in float32 with its weights (which mixed precision keeps in
     float32 anyway): exports serve in full precision on any CPU or GPU, whatever trained them."""
-    if keras.mixed_precision.global_policy().name == "float32":
-        return trained
     policy = keras.mixed_precision.global_policy()
+    if policy.name == "float32":
+        return trained
     keras.mixed_precision.set_global_policy("float32")
     try:
         twin = build()
