@@ -52,8 +52,10 @@ def synthetic_image(width: int, height: int, mode: str, fmt: str, rng: np.random
 def multipart(field: str, filename: str, content: bytes, content_type: str) -> tuple[bytes, str]:
     """A multipart/form-data body with one file; FastHttpUser has no `files=` argument."""
     boundary = uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-            f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n').encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
+    ).encode()
     return head + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -85,8 +87,9 @@ class ServiceUser(FastHttpUser):
     @task
     def predict_image(self) -> None:
         body, content_type = random.choice(IMAGE_REQUESTS)
-        with self.client.post("/predict/image", data=body, headers={"Content-Type": content_type},
-                              catch_response=True) as response:
+        with self.client.post(
+            "/predict/image", data=body, headers={"Content-Type": content_type}, catch_response=True
+        ) as response:
             check_predictions(response)
 
     @tag("iris")

@@ -46,9 +46,12 @@ app = FastAPI(title="Naive baseline")
 
 def prediction(metadata: dict, probabilities: np.ndarray) -> dict:
     labels = metadata["labels"]
-    return {"model": metadata["name"], "version": metadata["version"],
-            "label": labels[int(probabilities.argmax())],
-            "probabilities": dict(zip(labels, probabilities.tolist(), strict=True))}
+    return {
+        "model": metadata["name"],
+        "version": metadata["version"],
+        "label": labels[int(probabilities.argmax())],
+        "probabilities": dict(zip(labels, probabilities.tolist(), strict=True)),
+    }
 
 
 @app.post("/predict/image")

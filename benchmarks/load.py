@@ -32,6 +32,7 @@ class Stats:
     """Requests of one name, or all of them; times in ms. Locust records response times
     rounded (whole ms under 100 ms, two significant digits above), and percentiles inherit
     that resolution."""
+
     requests: int
     failures: int
     requests_per_s: float
@@ -43,26 +44,54 @@ class Stats:
 @dataclass(frozen=True)
 class LoadRun:
     users: int
-    seconds: float               # of load, as asked
-    wall_s: float                # of the whole locust process, start-up included
+    seconds: float  # of load, as asked
+    wall_s: float  # of the whole locust process, start-up included
     exit_code: int
     total: Stats
     by_name: dict[str, Stats]
-    client_cpu_s: float          # CPU time locust itself used
-    server_cpu_s: float | None   # CPU time the server used meanwhile, if its pid was given
-    prefix: str                  # of locust's files
+    client_cpu_s: float  # CPU time locust itself used
+    server_cpu_s: float | None  # CPU time the server used meanwhile, if its pid was given
+    prefix: str  # of locust's files
 
 
-def run_locust(url: str, users: int, seconds: float, prefix: Path, tags: tuple[str, ...] = (),
-               server_pid: int | None = None, every: float = 5,
-               on_tick: Callable[[float], None] | None = None) -> LoadRun:
+def run_locust(
+    url: str,
+    users: int,
+    seconds: float,
+    prefix: Path,
+    tags: tuple[str, ...] = (),
+    server_pid: int | None = None,
+    every: float = 5,
+    on_tick: Callable[[float], None] | None = None,
+) -> LoadRun:
     """Run `users` closed-loop users for `seconds` against `url`; locust's JSON, CSV, HTML and
     log go to `prefix`*. `on_tick(elapsed_s)` is called about every `every` seconds meanwhile."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-               "--host", url, "-u", str(users), "-r", str(users), "-t", f"{seconds:g}s",
-               "--json-file", str(prefix), "--csv", str(prefix), "--html", f"{prefix}.html",
-               "--only-summary", "--loglevel", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        url,
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        f"{seconds:g}s",
+        "--json-file",
+        str(prefix),
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
     if tags:
         command += ["--tags", *tags]
     server_cpu_before = cpu_seconds(server_pid) if server_pid else None
@@ -80,8 +109,9 @@ def run_locust(url: str, users: int, seconds: float, prefix: Path, tags: tuple[s
                     break
                 except subprocess.TimeoutExpired:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"locust still running after {seconds + 60:.0f} s; "
-                                           f"see {prefix}.log") from None
+                        raise TimeoutError(
+                            f"locust still running after {seconds + 60:.0f} s; see {prefix}.log"
+                        ) from None
                     if on_tick:
                         on_tick(time.monotonic() - started)
         finally:
@@ -92,8 +122,17 @@ def run_locust(url: str, users: int, seconds: float, prefix: Path, tags: tuple[s
     server_cpu = cpu_seconds(server_pid) - server_cpu_before if server_pid else None
     entries = json.loads(Path(f"{prefix}.json").read_text())
     by_name = {entry["name"]: summarize(entry) for entry in entries}
-    return LoadRun(users, seconds, wall_s, process.returncode, summarize(*entries), by_name,
-                   _children_cpu_seconds() - client_cpu_before, server_cpu, str(prefix))
+    return LoadRun(
+        users,
+        seconds,
+        wall_s,
+        process.returncode,
+        summarize(*entries),
+        by_name,
+        _children_cpu_seconds() - client_cpu_before,
+        server_cpu,
+        str(prefix),
+    )
 
 
 def _children_cpu_seconds() -> float:
@@ -111,9 +150,14 @@ def summarize(*entries: dict) -> Stats:
     requests = sum(entry["num_requests"] for entry in entries)
     started = min((entry["start_time"] for entry in entries), default=0)
     ended = max((entry["last_request_timestamp"] or started for entry in entries), default=0)
-    return Stats(requests, sum(entry["num_failures"] for entry in entries),
-                 requests / (ended - started) if ended > started else 0.0,
-                 percentile(times, 0.50), percentile(times, 0.95), percentile(times, 0.99))
+    return Stats(
+        requests,
+        sum(entry["num_failures"] for entry in entries),
+        requests / (ended - started) if ended > started else 0.0,
+        percentile(times, 0.50),
+        percentile(times, 0.95),
+        percentile(times, 0.99),
+    )
 
 
 def percentile(times: dict[int, int], q: float) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from math import ceil
 from pathlib import Path
 
@@ -34,16 +34,41 @@ from torch import nn
 
 from training.data import load_cifar10
 
-AIRBENCH94 = dict(epochs=9.9, widths=(64, 256, 256), residual=False, batch_size=1024, lr=11.5,
-                  weight_decay=0.0153, momentum=0.85, label_smoothing=0.2, batchnorm_momentum=0.6,
-                  translate=2, cutout=0, lookahead_from_epoch=3, whiten_bias_epochs=3,
-                  whiten_eps=5e-4, lr_start=0.2, lr_peak_at=0.23, lr_end=0.07, train_images=None)
-AIRBENCH96 = dict(epochs=31, widths=(128, 512, 512), residual=True, lr=9.0, weight_decay=0.012,
-                  batchnorm_momentum=0.9, translate=4, cutout=12, lr_end=0.0)
+AIRBENCH94 = dict(
+    epochs=9.9,
+    widths=(64, 256, 256),
+    residual=False,
+    batch_size=1024,
+    lr=11.5,
+    weight_decay=0.0153,
+    momentum=0.85,
+    label_smoothing=0.2,
+    batchnorm_momentum=0.6,
+    translate=2,
+    cutout=0,
+    lookahead_from_epoch=3,
+    whiten_bias_epochs=3,
+    whiten_eps=5e-4,
+    lr_start=0.2,
+    lr_peak_at=0.23,
+    lr_end=0.07,
+    train_images=None,
+)
+AIRBENCH96 = dict(
+    epochs=31,
+    widths=(128, 512, 512),
+    residual=True,
+    lr=9.0,
+    weight_decay=0.012,
+    batchnorm_momentum=0.9,
+    translate=4,
+    cutout=12,
+    lr_end=0.0,
+)
 
 EXPERIMENTS = {
     "airbench94": {},
-    "epochs_18": dict(epochs=18),                 # the shipped recipe's length
+    "epochs_18": dict(epochs=18),  # the shipped recipe's length
     "epochs_18_lookahead_from_0": dict(epochs=18, lookahead_from_epoch=0),
     "epochs_20": dict(epochs=20),
     "epochs_30": dict(epochs=30),
@@ -74,6 +99,7 @@ TTA_LEVELS = ("none", "flip", "flip_translate")
 # Network (airbench's: whitening, conv-pool-BN-GELU blocks, identity-initialised convolutions)
 # ---------------------------------------------------------------------------------------------
 
+
 class BatchNorm(nn.BatchNorm2d):
     def __init__(self, channels, momentum):
         super().__init__(channels, eps=1e-12, momentum=1 - momentum)
@@ -88,7 +114,7 @@ class Conv(nn.Conv2d):
         super().reset_parameters()
         if self.bias is not None:
             self.bias.data.zero_()
-        nn.init.dirac_(self.weight.data[:self.weight.size(1)])  # an implicit residual
+        nn.init.dirac_(self.weight.data[: self.weight.size(1)])  # an implicit residual
 
 
 class Block(nn.Module):
@@ -110,9 +136,16 @@ class Block(nn.Module):
 
 def make_net(config, whitening_images, device):
     w, m, r = config["widths"], config["batchnorm_momentum"], config["residual"]
-    net = nn.Sequential(Conv(3, 24, 2, padding=0, bias=True), nn.GELU(),
-                        Block(24, w[0], m, r), Block(w[0], w[1], m, r), Block(w[1], w[2], m, r),
-                        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(w[2], 10, bias=False))
+    net = nn.Sequential(
+        Conv(3, 24, 2, padding=0, bias=True),
+        nn.GELU(),
+        Block(24, w[0], m, r),
+        Block(w[0], w[1], m, r),
+        Block(w[1], w[2], m, r),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(w[2], 10, bias=False),
+    )
     net[0].weight.requires_grad = False
     patches = whitening_images.float().unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, 12)
     eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
@@ -133,6 +166,7 @@ def logits(net, x):
 # Augmentation, training, evaluation
 # ---------------------------------------------------------------------------------------------
 
+
 def translate(images, r):
     padded = F.pad(images, (r,) * 4, "reflect")
     dy, dx = (torch.randint(0, 2 * r + 1, (len(images),), device=images.device) for _ in range(2))
@@ -140,7 +174,7 @@ def translate(images, r):
     for a in range(2 * r + 1):
         for b in range(2 * r + 1):
             chosen = (dy == a) & (dx == b)
-            out[chosen] = padded[chosen, :, a:a + 32, b:b + 32]
+            out[chosen] = padded[chosen, :, a : a + 32, b : b + 32]
     return out
 
 
@@ -158,16 +192,21 @@ def train(config, x, y, seed):
     units (lr and weight decay per 1024 examples of a summed loss), as in the Keras recipe."""
     torch.manual_seed(seed)
     if config["train_images"]:
-        x, y = x[:config["train_images"]], y[:config["train_images"]]
+        x, y = x[: config["train_images"]], y[: config["train_images"]]
     batch, momentum = config["batch_size"], config["momentum"]
     kilostep = 1024 * (1 + 1 / (1 - momentum))
     lr, decay = config["lr"] / kilostep, config["weight_decay"] * batch / kilostep
     net = make_net(config, x[:5000], x.device)
     shifts = [p for k, p in net.named_parameters() if "norm" in k and p.requires_grad]
     others = [p for k, p in net.named_parameters() if "norm" not in k and p.requires_grad]
-    optimizer = torch.optim.SGD([dict(params=shifts, lr=lr * 64, weight_decay=decay / (lr * 64)),
-                                 dict(params=others, lr=lr, weight_decay=decay / lr)],
-                                momentum=momentum, nesterov=True)
+    optimizer = torch.optim.SGD(
+        [
+            dict(params=shifts, lr=lr * 64, weight_decay=decay / (lr * 64)),
+            dict(params=others, lr=lr, weight_decay=decay / lr),
+        ],
+        momentum=momentum,
+        nesterov=True,
+    )
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     steps_per_epoch = len(x) // batch
     total = ceil(steps_per_epoch * config["epochs"])
@@ -186,11 +225,14 @@ def train(config, x, y, seed):
         order = torch.randperm(len(x), device=x.device)
         net.train()
         for i in range(steps_per_epoch):
-            scale = (start + (1 - start) * step / peak if step < peak
-                     else 1 + (end - 1) * (step - peak) / (total - peak))
-            for group, base in zip(optimizer.param_groups, base_lrs):
+            scale = (
+                start + (1 - start) * step / peak
+                if step < peak
+                else 1 + (end - 1) * (step - peak) / (total - peak)
+            )
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * scale
-            chosen = order[i * batch:(i + 1) * batch]
+            chosen = order[i * batch : (i + 1) * batch]
             loss = loss_fn(logits(net, images[chosen]), y[chosen]).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,7 +242,7 @@ def train(config, x, y, seed):
                 if average is None:
                     average = {k: v.clone() for k, v in net.state_dict().items()}
                 else:
-                    _lookahead(net, average, 0.95 ** 5 * (step / total) ** 3)
+                    _lookahead(net, average, 0.95**5 * (step / total) ** 3)
             if step >= total:
                 break
         if average is not None:
@@ -209,7 +251,7 @@ def train(config, x, y, seed):
 
 
 def _lookahead(net, average, decay):
-    for (_, mean), value in zip(average.items(), net.state_dict().values()):
+    for (_, mean), value in zip(average.items(), net.state_dict().values(), strict=True):
         if value.dtype in (torch.half, torch.float):
             mean.lerp_(value, 1 - decay)
             value.copy_(mean)
@@ -227,8 +269,9 @@ def accuracies(net, x, y) -> dict[str, float]:
         padded = F.pad(v, (1,) * 4, "reflect")
         scores["none"].append(logits(net, v))
         scores["flip"].append(mirrored(v))
-        scores["flip_translate"].append(mirrored(v) / 2 + (mirrored(padded[:, :, :32, :32])
-                                                          + mirrored(padded[:, :, 2:, 2:])) / 4)
+        scores["flip_translate"].append(
+            mirrored(v) / 2 + (mirrored(padded[:, :, :32, :32]) + mirrored(padded[:, :, 2:, 2:])) / 4
+        )
     return {level: (torch.cat(s).argmax(1) == y).float().mean().item() for level, s in scores.items()}
 
 
@@ -251,12 +294,15 @@ def main(argv=None):
     data = load_cifar10(args.data)
     train_x, val_x = to_device(data.train.x), to_device(data.validation.x)
     mean, std = train_x.mean((0, 2, 3), keepdim=True), train_x.std((0, 2, 3), keepdim=True)
-    train_x, val_x = (((v - mean) / std).half().contiguous(memory_format=torch.channels_last)
-                      for v in (train_x, val_x))
+    train_x, val_x = (
+        ((v - mean) / std).half().contiguous(memory_format=torch.channels_last) for v in (train_x, val_x)
+    )
     train_y = torch.tensor(data.train.y, device=args.device)
     val_y = torch.tensor(data.validation.y, device=args.device)
-    print(f"{len(train_x)} training / {len(val_x)} validation images from {data.source}, "
-          f"JPEG {data.jpeg}, on {torch.cuda.get_device_name() if args.device == 'cuda' else args.device}")
+    print(
+        f"{len(train_x)} training / {len(val_x)} validation images from {data.source}, "
+        f"JPEG {data.jpeg}, on {torch.cuda.get_device_name() if args.device == 'cuda' else args.device}"
+    )
 
     train(dict(AIRBENCH94, epochs=1), train_x, train_y, seed=99)  # warm-up: cuDNN picks its kernels
     results = {}
@@ -273,13 +319,20 @@ def main(argv=None):
             runs.append({"seed": seed, "seconds": seconds, **accuracies(net, val_x, val_y)})
         mean_acc = {level: 100 * float(np.mean([r[level] for r in runs])) for level in TTA_LEVELS}
         results[name] = {"config": config, "validation_accuracy_percent": mean_acc, "runs": runs}
-        print(f"{name:34s} " + " ".join(f"{mean_acc[level]:6.2f}" for level in TTA_LEVELS)
-              + f"  {np.mean([r['seconds'] for r in runs]):.1f}", flush=True)
+        print(
+            f"{name:34s} "
+            + " ".join(f"{mean_acc[level]:6.2f}" for level in TTA_LEVELS)
+            + f"  {np.mean([r['seconds'] for r in runs]):.1f}",
+            flush=True,
+        )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps({"data": data.source, "jpeg": data.jpeg, "seeds": args.seeds,
-                                "results": results}, indent=1))
+    path = args.out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(
+        json.dumps(
+            {"data": data.source, "jpeg": data.jpeg, "seeds": args.seeds, "results": results}, indent=1
+        )
+    )
     print(f"report: {path}")
 
 

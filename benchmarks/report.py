@@ -43,10 +43,15 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def conditions_markdown(c: dict) -> str:
-    return (f"`{c['command']}`, {c['date']}, {c['cpus']} CPUs, load average {c['load_average_1m']} "
-            f"at start, {c['platform']}, Python {c['python']}."
-            + (f" Service settings: {', '.join(f'{k}={v}' for k, v in c['service_settings'].items())}."
-               if c.get("service_settings") else ""))
+    return (
+        f"`{c['command']}`, {c['date']}, {c['cpus']} CPUs, load average {c['load_average_1m']} "
+        f"at start, {c['platform']}, Python {c['python']}."
+        + (
+            f" Service settings: {', '.join(f'{k}={v}' for k, v in c['service_settings'].items())}."
+            if c.get("service_settings")
+            else ""
+        )
+    )
 
 
 def write(folder: Path, stem: str, data: dict, markdown: str) -> None:

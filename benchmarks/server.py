@@ -39,22 +39,41 @@ def command(app: str, port: int) -> list[str]:
     uvicorn's default access log."""
     if app == "service":
         return [sys.executable, "-m", "service"]
-    return [sys.executable, "-m", "uvicorn", "benchmarks.baseline:app", "--host", "127.0.0.1",
-            "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.baseline:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 @contextlib.contextmanager
-def serve(app: str, model_dir: str | Path, log_path: Path, ready_timeout: float = 300,
-          settings: dict[str, str] | None = None) -> Iterator[Running]:
+def serve(
+    app: str,
+    model_dir: str | Path,
+    log_path: Path,
+    ready_timeout: float = 300,
+    settings: dict[str, str] | None = None,
+) -> Iterator[Running]:
     """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
     on exit. Its output goes to `log_path`, not a pipe, so a chatty server can never block."""
     port = free_port()
-    env = {**(settings or {}), **os.environ,
-           "MODEL_DIR": str(Path(model_dir).resolve()), "HOST": "127.0.0.1", "PORT": str(port)}
+    env = {
+        **(settings or {}),
+        **os.environ,
+        "MODEL_DIR": str(Path(model_dir).resolve()),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command(app, port), cwd=REPO, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command(app, port), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, process, ready_timeout, log_path)
@@ -68,8 +87,9 @@ def serve(app: str, model_dir: str | Path, log_path: Path, ready_timeout: float 
                 process.wait()
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float, log_path: Path,
-               in_a_row: int = 10) -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen, timeout: float, log_path: Path, in_a_row: int = 10
+) -> None:
     """Until /readyz answers 200 `in_a_row` times on fresh connections: with several workers,
     each connection reaches one of them, and all must have loaded their models."""
     deadline = time.monotonic() + timeout

@@ -37,8 +37,7 @@ BATCH_SIZES = [1, 8, 32, 128]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.split("\n")[0])
     parser.add_argument("--users", help="comma-separated user counts (default 1,8,32,64; quick 1,4)")
     parser.add_argument("--seconds", type=float, help="per user count (default 30; quick 3)")
     parser.add_argument("--model-dir", default="models", help="default: models")
@@ -48,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.users = [int(u) for u in (args.users or ("1,4" if args.quick else "1,8,32,64")).split(",")]
     args.seconds = args.seconds or (3 if args.quick else 30)
     args.inprocess_seconds = 0.5 if args.quick else 5  # per batch size
-    args.warmup_seconds = 1 if args.quick else 5       # per server and endpoint, unmeasured
+    args.warmup_seconds = 1 if args.quick else 5  # per server and endpoint, unmeasured
     return args
 
 
@@ -69,24 +68,40 @@ def main(argv: list[str] | None = None) -> None:
         version_dir = latest_version(model_dir, name)
         models[endpoint] = {"name": name, "version": load_metadata(version_dir)["version"]}
         ceilings[endpoint] = signature_throughput(version_dir, BATCH_SIZES, args.inprocess_seconds)
-        print(f"in-process {name} v{models[endpoint]['version']}: "
-              + ", ".join(f"batch {b}: {r:,.0f}/s" for b, r in ceilings[endpoint].items()), flush=True)
+        print(
+            f"in-process {name} v{models[endpoint]['version']}: "
+            + ", ".join(f"batch {b}: {r:,.0f}/s" for b, r in ceilings[endpoint].items()),
+            flush=True,
+        )
 
     runs: dict[tuple[str, str, int], LoadRun] = {}
     for server in APPS:
         settings = SERVICE_SETTINGS if server == "service" else None
         with serve(server, model_dir, out / f"{server}.log", settings=settings) as running:
             for endpoint in ENDPOINTS:
-                run_locust(running.url, 1, args.warmup_seconds,
-                           out / "locust" / f"{server}-{endpoint}-warmup", (endpoint,))
+                run_locust(
+                    running.url,
+                    1,
+                    args.warmup_seconds,
+                    out / "locust" / f"{server}-{endpoint}-warmup",
+                    (endpoint,),
+                )
                 for users in args.users:
-                    run = run_locust(running.url, users, args.seconds,
-                                     out / "locust" / f"{server}-{endpoint}-u{users}", (endpoint,),
-                                     server_pid=running.pid)
+                    run = run_locust(
+                        running.url,
+                        users,
+                        args.seconds,
+                        out / "locust" / f"{server}-{endpoint}-u{users}",
+                        (endpoint,),
+                        server_pid=running.pid,
+                    )
                     runs[server, endpoint, users] = run
-                    print(f"{server} {ENDPOINTS[endpoint][0]} {users} users: "
-                          f"{run.total.requests_per_s:,.1f} req/s, p50 {run.total.p50_ms:g} ms, "
-                          f"p99 {run.total.p99_ms:g} ms, {run.total.failures} failures", flush=True)
+                    print(
+                        f"{server} {ENDPOINTS[endpoint][0]} {users} users: "
+                        f"{run.total.requests_per_s:,.1f} req/s, p50 {run.total.p50_ms:g} ms, "
+                        f"p99 {run.total.p99_ms:g} ms, {run.total.failures} failures",
+                        flush=True,
+                    )
 
     results = summarize(conditions, args, models, ceilings, runs)
     markdown = to_markdown(results)
@@ -100,33 +115,54 @@ def summarize(conditions, args, models, ceilings, runs) -> dict:
     ceiling = {e: ceilings[e][best[e]] for e in ceilings}
     rows = []
     for (server, endpoint, users), run in runs.items():
-        rows.append({
-            "server": server, "endpoint": ENDPOINTS[endpoint][0], "users": users,
-            "requests": run.total.requests, "failures": run.total.failures,
-            "requests_per_s": round(run.total.requests_per_s, 1),
-            "p50_ms": run.total.p50_ms, "p95_ms": run.total.p95_ms, "p99_ms": run.total.p99_ms,
-            "server_cpu_percent": round(100 * run.server_cpu_s / run.wall_s),
-            "locust_cpu_percent": round(100 * run.client_cpu_s / run.wall_s),
-            "locust_exit_code": run.exit_code,
-            "locust_files": f"locust/{Path(run.prefix).name}.*",
-        })
+        rows.append(
+            {
+                "server": server,
+                "endpoint": ENDPOINTS[endpoint][0],
+                "users": users,
+                "requests": run.total.requests,
+                "failures": run.total.failures,
+                "requests_per_s": round(run.total.requests_per_s, 1),
+                "p50_ms": run.total.p50_ms,
+                "p95_ms": run.total.p95_ms,
+                "p99_ms": run.total.p99_ms,
+                "server_cpu_percent": round(100 * run.server_cpu_s / run.wall_s),
+                "locust_cpu_percent": round(100 * run.client_cpu_s / run.wall_s),
+                "locust_exit_code": run.exit_code,
+                "locust_files": f"locust/{Path(run.prefix).name}.*",
+            }
+        )
     ratios = []
     for endpoint in ENDPOINTS:
         for users in args.users:
             service, baseline = runs[("service", endpoint, users)], runs[("baseline", endpoint, users)]
-            ratios.append({
-                "endpoint": ENDPOINTS[endpoint][0], "users": users,
-                "service_over_baseline": _ratio(service.total.requests_per_s, baseline.total.requests_per_s),
-                "service_over_ceiling": _ratio(service.total.requests_per_s, ceiling[endpoint]),
-            })
+            ratios.append(
+                {
+                    "endpoint": ENDPOINTS[endpoint][0],
+                    "users": users,
+                    "service_over_baseline": _ratio(
+                        service.total.requests_per_s, baseline.total.requests_per_s
+                    ),
+                    "service_over_ceiling": _ratio(service.total.requests_per_s, ceiling[endpoint]),
+                }
+            )
     return {
         "conditions": conditions,
-        "settings": {"users": args.users, "seconds": args.seconds, "model_dir": args.model_dir,
-                     "in_process_seconds_per_batch": args.inprocess_seconds},
+        "settings": {
+            "users": args.users,
+            "seconds": args.seconds,
+            "model_dir": args.model_dir,
+            "in_process_seconds_per_batch": args.inprocess_seconds,
+        },
         "models": models,
-        "in_process": {e: {"examples_per_s": {str(b): round(r, 1) for b, r in rates.items()},
-                           "ceiling_batch": best[e], "ceiling": round(rates[best[e]], 1)}
-                       for e, rates in ceilings.items()},
+        "in_process": {
+            e: {
+                "examples_per_s": {str(b): round(r, 1) for b, r in rates.items()},
+                "ceiling_batch": best[e],
+                "ceiling": round(rates[best[e]], 1),
+            }
+            for e, rates in ceilings.items()
+        },
         "runs": rows,
         "ratios": ratios,
         "targets": targets(runs, ceiling["image"]),
@@ -140,6 +176,7 @@ def _ratio(a: float, b: float) -> float:
 def targets(runs: dict[tuple[str, str, int], LoadRun], image_ceiling: float) -> list[dict]:
     """The service's performance targets (issue 4), each PASS, FAIL, or "not measured" when
     the run did not include the user count it needs. `image_ceiling`: in-process images/s."""
+
     def rps(server, endpoint, users):
         run = runs.get((server, endpoint, users))
         return run.total.requests_per_s if run else None
@@ -156,19 +193,33 @@ def targets(runs: dict[tuple[str, str, int], LoadRun], image_ceiling: float) -> 
     # A run that completed no request has no failures either, and must not pass for it.
     all_answered = all(r.total.requests > 0 for r in service_runs)
     checks = [
-        ("/predict/image at 32 users: service ≥ 20 × baseline req/s",
-         ratio(rps("service", "image", 32), rps("baseline", "image", 32)), lambda v: v >= 20),
-        ("/predict/image at 32 users: service ≥ 0.5 × in-process ceiling",
-         ratio(rps("service", "image", 32), image_ceiling), lambda v: v >= 0.5),
+        (
+            "/predict/image at 32 users: service ≥ 20 × baseline req/s",
+            ratio(rps("service", "image", 32), rps("baseline", "image", 32)),
+            lambda v: v >= 20,
+        ),
+        (
+            "/predict/image at 32 users: service ≥ 0.5 × in-process ceiling",
+            ratio(rps("service", "image", 32), image_ceiling),
+            lambda v: v >= 0.5,
+        ),
         ("/predict/image at 8 users: p99 ≤ 100 ms", latency("image", 8, "p99_ms"), lambda v: v <= 100),
         ("/predict/image at 1 user: p50 ≤ 15 ms", latency("image", 1, "p50_ms"), lambda v: v <= 15),
         ("/predict/iris at 1 user: p50 ≤ 3 ms", latency("iris", 1, "p50_ms"), lambda v: v <= 3),
-        ("service: 0 failed requests, and requests completed in every run", failures,
-         lambda v: v == 0 and all_answered),
+        (
+            "service: 0 failed requests, and requests completed in every run",
+            failures,
+            lambda v: v == 0 and all_answered,
+        ),
     ]
-    return [{"target": name, "measured": None if value is None else float(f"{value:.3g}"),
-             "verdict": "not measured" if value is None else "PASS" if passes(value) else "FAIL"}
-            for name, value, passes in checks]
+    return [
+        {
+            "target": name,
+            "measured": None if value is None else float(f"{value:.3g}"),
+            "verdict": "not measured" if value is None else "PASS" if passes(value) else "FAIL",
+        }
+        for name, value, passes in checks
+    ]
 
 
 def to_markdown(r: dict) -> str:
@@ -179,30 +230,68 @@ def to_markdown(r: dict) -> str:
         f"Models from `{r['settings']['model_dir']}`: {models}. Each load step: "
         f"{r['settings']['seconds']:g} s of closed-loop users (no think time), one endpoint at a time.",
         "## Targets",
-        report.markdown_table(["target", "measured", "verdict"],
-                              [[t["target"], "–" if t["measured"] is None else f"{t['measured']:g}",
-                                t["verdict"]] for t in r["targets"]]),
+        report.markdown_table(
+            ["target", "measured", "verdict"],
+            [
+                [t["target"], "–" if t["measured"] is None else f"{t['measured']:g}", t["verdict"]]
+                for t in r["targets"]
+            ],
+        ),
         "## In-process throughput (examples/s through `serving_default`)",
         report.markdown_table(
             ["model", *[f"batch {b}" for b in BATCH_SIZES], "ceiling"],
-            [[r["models"][e]["name"], *[f"{v:,.0f}" for v in ip["examples_per_s"].values()],
-              f"{ip['ceiling']:,.0f} (batch {ip['ceiling_batch']})"] for e, ip in r["in_process"].items()]),
+            [
+                [
+                    r["models"][e]["name"],
+                    *[f"{v:,.0f}" for v in ip["examples_per_s"].values()],
+                    f"{ip['ceiling']:,.0f} (batch {ip['ceiling_batch']})",
+                ]
+                for e, ip in r["in_process"].items()
+            ],
+        ),
         "## HTTP load",
         report.markdown_table(
-            ["server", "endpoint", "users", "requests", "failures", "req/s", "p50 ms", "p95 ms",
-             "p99 ms", "server CPU %", "locust CPU %"],
-            [[x["server"], x["endpoint"], x["users"], x["requests"], x["failures"],
-              x["requests_per_s"], f"{x['p50_ms']:g}", f"{x['p95_ms']:g}", f"{x['p99_ms']:g}",
-              x["server_cpu_percent"],
-              x["locust_cpu_percent"]] for x in r["runs"]]),
+            [
+                "server",
+                "endpoint",
+                "users",
+                "requests",
+                "failures",
+                "req/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "server CPU %",
+                "locust CPU %",
+            ],
+            [
+                [
+                    x["server"],
+                    x["endpoint"],
+                    x["users"],
+                    x["requests"],
+                    x["failures"],
+                    x["requests_per_s"],
+                    f"{x['p50_ms']:g}",
+                    f"{x['p95_ms']:g}",
+                    f"{x['p99_ms']:g}",
+                    x["server_cpu_percent"],
+                    x["locust_cpu_percent"],
+                ]
+                for x in r["runs"]
+            ],
+        ),
         "CPU % is CPU time over the locust process's wall time (its start-up included), so "
         "100 % is one core. Latency percentiles are locust's: whole milliseconds below 100 ms, "
         "two significant digits above.",
         "## Ratios",
-        report.markdown_table(["endpoint", "users", "service ÷ baseline (req/s)",
-                               "service ÷ in-process ceiling"],
-                              [[x["endpoint"], x["users"], x["service_over_baseline"],
-                                x["service_over_ceiling"]] for x in r["ratios"]]),
+        report.markdown_table(
+            ["endpoint", "users", "service ÷ baseline (req/s)", "service ÷ in-process ceiling"],
+            [
+                [x["endpoint"], x["users"], x["service_over_baseline"], x["service_over_ceiling"]]
+                for x in r["ratios"]
+            ],
+        ),
         "An image request carries one image, so its req/s compare directly with images/s. "
         "An iris request carries 1, 3 or 24 flowers (see `locustfile.py`), so its ratio to "
         "the in-process rows/s understates the service.",

@@ -21,8 +21,11 @@ def requirements(pyproject: dict, extras: list[str]) -> list[str]:
     unknown = sorted(set(extras) - set(optional))
     if unknown:
         raise ValueError(f"unknown extras: {', '.join(unknown)} (known: {', '.join(optional)})")
-    return [*pyproject["build-system"]["requires"], *project["dependencies"],
-            *(requirement for extra in extras for requirement in optional[extra])]
+    return [
+        *pyproject["build-system"]["requires"],
+        *project["dependencies"],
+        *(requirement for extra in extras for requirement in optional[extra]),
+    ]
 
 
 def main() -> None:

@@ -26,7 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         device = configure_device(settings.device, settings.intra_op_threads, settings.inter_op_threads)
         app.state.registry = registry = ModelRegistry(settings, device, metrics)
-        app.state.decoders = decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        app.state.decoders = decoders = ThreadPoolExecutor(
+            settings.decode_threads, thread_name_prefix="decode"
+        )
         registry.start()
         try:
             yield
@@ -50,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_error_handlers(app, metrics)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type", "X-API-Key"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost of ours: sees every status
     return app

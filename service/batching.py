@@ -48,9 +48,15 @@ class _Job:
 class MicroBatcher:
     """Batches the model calls of one model's requests."""
 
-    def __init__(self, name: str, max_batch_size: int, max_wait_s: float, max_queue_size: int,
-                 on_batch: Callable[[int, float], None] = lambda size, seconds: None,
-                 on_error: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        name: str,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue_size: int,
+        on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+        on_error: Callable[[], None] = lambda: None,
+    ):
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -138,8 +144,11 @@ class MicroBatcher:
     def _take_batch(self) -> list[_Job]:
         jobs, rows = [], 0
         predictor = self._jobs[0].predictor
-        while (self._jobs and self._jobs[0].predictor is predictor
-               and rows + len(self._jobs[0].rows) <= self.max_batch_size):
+        while (
+            self._jobs
+            and self._jobs[0].predictor is predictor
+            and rows + len(self._jobs[0].rows) <= self.max_batch_size
+        ):
             job = self._jobs.popleft()
             jobs.append(job)
             rows += len(job.rows)

@@ -48,7 +48,9 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise UnsupportedImage(f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})") from None
+        raise UnsupportedImage(
+            f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
+        ) from None
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(str(error)) from None
     except Exception as error:  # a corrupt header can fail inside any of the format parsers
@@ -76,4 +78,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     return image.convert("RGB")
-

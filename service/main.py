@@ -8,7 +8,9 @@ from service.app import create_app
 from service.settings import Settings
 
 settings = Settings()
-logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.basicConfig(
+    level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+)
 # python-multipart logs every malformed upload as a warning; those are the client's errors,
 # answered with a 400, not the server's.
 logging.getLogger("python_multipart").setLevel(logging.ERROR)

@@ -17,18 +17,34 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("http_requests", "HTTP requests by route template, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("http_request_duration_seconds", "Time to answer, by route template",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("model_batch_size", "Rows per model call", ["model"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("model_batch_duration_seconds", "Time per model call",
-                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer, by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "model_batch_size", "Rows per model call", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "model_batch_duration_seconds",
+            "Time per model call",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge("model_queue_depth", "Rows waiting for a model call", ["model"], registry=r)
         self.live_version = Gauge("model_live_version", "Version being served", ["model"], registry=r)
-        self.errors = Counter("service_errors", "Failures: model_load, inference, unhandled",
-                              ["kind"], registry=r)
+        self.errors = Counter(
+            "service_errors", "Failures: model_load, inference, unhandled", ["kind"], registry=r
+        )
 
 
 class RequestMetrics:

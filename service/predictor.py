@@ -85,5 +85,7 @@ def _input_kind(shape: tuple, dtype: np.dtype) -> str:
         return "image"
     if len(shape) == 1 and dtype == np.float32 and isinstance(shape[0], int):
         return "vector"
-    raise ModelError(f"unsupported input: shape [None, {', '.join(map(str, shape))}] of {dtype}; "
-                     "expected uint8 [None, H, W, 3] images or float32 [None, N] features")
+    raise ModelError(
+        f"unsupported input: shape [None, {', '.join(map(str, shape))}] of {dtype}; "
+        "expected uint8 [None, H, W, 3] images or float32 [None, N] features"
+    )

@@ -116,8 +116,11 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        return self.scanned and bool(self.models) and all(
-            served.problem is None for served in self.models.values())
+        return (
+            self.scanned
+            and bool(self.models)
+            and all(served.problem is None for served in self.models.values())
+        )
 
     async def refresh(self) -> None:
         """Scan MODEL_DIR once and load what should be live but is not."""
@@ -130,7 +133,8 @@ class ModelRegistry:
             served = self.models.get(name)
             if served is None:
                 served = self.models[name] = ServedModel(
-                    name, self.settings.model_dir / name, self.settings.model_versions.get(name))
+                    name, self.settings.model_dir / name, self.settings.model_versions.get(name)
+                )
             served.versions = versions
         self.scanned = True
         for name in found:
@@ -156,8 +160,11 @@ class ModelRegistry:
             if not self.scanned:
                 log.error("MODEL_DIR %s is not a folder: no models to serve", root)
             return {}
-        return {path.name: existing_versions(path) for path in sorted(root.iterdir())
-                if path.is_dir() and not path.name.startswith(".")}
+        return {
+            path.name: existing_versions(path)
+            for path in sorted(root.iterdir())
+            if path.is_dir() and not path.name.startswith(".")
+        }
 
     def _candidates(self, served: ServedModel) -> list[int]:
         """Versions to try, best first: the pinned one, or those newer than the live one."""
@@ -184,9 +191,15 @@ class ModelRegistry:
             served.batcher = self._new_batcher(served.name)
         served.predictor = predictor  # the swap: requests from now on get the new version
         self.metrics.live_version.labels(served.name).set(version)
-        log.info("serving %s version %d (%s) on %s, loaded and warmed up in %.1fs%s",
-                 served.name, version, predictor.kind, self.device, time.perf_counter() - started,
-                 f", replacing version {live.version}" if live else "")
+        log.info(
+            "serving %s version %d (%s) on %s, loaded and warmed up in %.1fs%s",
+            served.name,
+            version,
+            predictor.kind,
+            self.device,
+            time.perf_counter() - started,
+            f", replacing version {live.version}" if live else "",
+        )
         return True
 
     def _new_batcher(self, name: str) -> MicroBatcher:
@@ -198,7 +211,13 @@ class ModelRegistry:
             batch_sizes.observe(size)
             batch_seconds.observe(seconds)
 
-        batcher = MicroBatcher(name, s.max_batch_size, s.max_batch_wait_ms / 1000, s.max_queue_size,
-                               on_batch, self.metrics.errors.labels("inference").inc)
+        batcher = MicroBatcher(
+            name,
+            s.max_batch_size,
+            s.max_batch_wait_ms / 1000,
+            s.max_queue_size,
+            on_batch,
+            self.metrics.errors.labels("inference").inc,
+        )
         self.metrics.queue_depth.labels(name).set_function(lambda: batcher.queued)
         return batcher

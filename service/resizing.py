@@ -29,8 +29,12 @@ import numpy as np
 from PIL import Image
 
 MAX_ENLARGEMENT = 8
-INTERPOLATORS = (Image.Resampling.NEAREST, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
-                 Image.Resampling.LANCZOS)
+INTERPOLATORS = (
+    Image.Resampling.NEAREST,
+    Image.Resampling.BILINEAR,
+    Image.Resampling.BICUBIC,
+    Image.Resampling.LANCZOS,
+)
 ENLARGEMENT_RESIDUAL = 2.0  # RMS, out of 255; see above
 PROBES = 16  # rows and columns looked at before solving
 REDUCING_GAP = 3.0
@@ -40,7 +44,7 @@ def to_model_size(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """`image` (RGB) as [height, width, 3] uint8 pixels at `size` = (width, height)."""
     if image.size == size:
         return np.asarray(image)
-    if all(target <= side <= MAX_ENLARGEMENT * target for side, target in zip(image.size, size)):
+    if all(target <= side <= MAX_ENLARGEMENT * target for side, target in zip(image.size, size, strict=True)):
         original = undo_enlargement(np.asarray(image), size)
         if original is not None:
             return original
@@ -61,8 +65,10 @@ def undo_enlargement(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray | 
     def misfit(interpolator) -> float:
         rows, rows_inverse = enlargement(size[1], height, interpolator)
         columns, columns_inverse = enlargement(size[0], width, interpolator)
-        return max(_rms(rows @ (rows_inverse @ probe_columns) - probe_columns),
-                   _rms((probe_rows @ columns_inverse.T) @ columns.T - probe_rows))
+        return max(
+            _rms(rows @ (rows_inverse @ probe_columns) - probe_columns),
+            _rms((probe_rows @ columns_inverse.T) @ columns.T - probe_rows),
+        )
 
     misfits = {interpolator: misfit(interpolator) for interpolator in INTERPOLATORS}
     interpolator = min(misfits, key=misfits.get)
@@ -85,6 +91,11 @@ def enlargement(length: int, enlarged: int, interpolator: Image.Resampling) -> t
     """The matrix of Pillow's 1-D enlargement from `length` to `enlarged` samples (each column
     the enlargement of one unit impulse, computed in floating point) and its pseudo-inverse."""
     impulses = np.eye(length, dtype=np.float32)
-    matrix = np.stack([np.asarray(Image.fromarray(impulse[None]).resize((enlarged, 1), interpolator))[0]
-                       for impulse in impulses], axis=1)
+    matrix = np.stack(
+        [
+            np.asarray(Image.fromarray(impulse[None]).resize((enlarged, 1), interpolator))[0]
+            for impulse in impulses
+        ],
+        axis=1,
+    )
     return matrix, np.linalg.pinv(matrix).astype(np.float32)

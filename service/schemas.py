@@ -17,12 +17,16 @@ class Strict(BaseModel):
 
 class OneInstance(Strict):
     """One example, its features in the order of the model's `feature_names`."""
+
     features: list[Feature] = Field(examples=[[5.1, 3.5, 1.4, 0.2]])
 
 
 class Instances(Strict):
     """Several examples, each a list of features, answered in order."""
-    instances: list[list[Feature]] = Field(min_length=1, examples=[[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]])
+
+    instances: list[list[Feature]] = Field(
+        min_length=1, examples=[[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]]
+    )
 
 
 # One example by feature name, e.g. {"sepal_length": 5.1, ...}; names come from the model.
@@ -37,11 +41,15 @@ def _request_form(body: Any) -> str | None:
 
 # The form is chosen by its keys, so a mistake is reported against that form alone.
 FeaturesRequest = Annotated[
-    Annotated[OneInstance, Tag("features")] | Annotated[Instances, Tag("instances")]
+    Annotated[OneInstance, Tag("features")]
+    | Annotated[Instances, Tag("instances")]
     | Annotated[NamedFeatures, Tag("named")],
-    Discriminator(_request_form, custom_error_type="invalid_request",
-                  custom_error_message='expected {"features": [...]}, {"instances": [[...], ...]} '
-                                       "or an object of features by name"),
+    Discriminator(
+        _request_form,
+        custom_error_type="invalid_request",
+        custom_error_message='expected {"features": [...]}, {"instances": [[...], ...]} '
+        "or an object of features by name",
+    ),
 ]
 
 

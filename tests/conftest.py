@@ -38,13 +38,22 @@ def tiny_feature_model(features: int, classes: int, seed: int) -> keras.Model:
 
 
 def export(model: keras.Model, root: Path, name: str, input_spec: dict, labels: list[str]) -> Path:
-    metadata = {"labels": labels, "metrics": {"test": {"accuracy": 0.5, "examples": 10}},
-                "training": {"command": "pytest tests/conftest.py", "seed": 0}}
+    metadata = {
+        "labels": labels,
+        "metrics": {"test": {"accuracy": 0.5, "examples": 10}},
+        "training": {"command": "pytest tests/conftest.py", "seed": 0},
+    }
     return export_model(model, lambda x: model(x, training=False), root, name, input_spec, metadata)
 
 
 IMAGE_SPEC = {"name": "image", "shape": [32, 32, 3], "dtype": "uint8", "color": "RGB", "range": [0, 255]}
-IRIS_SPEC = {"name": "features", "shape": [4], "dtype": "float32", "feature_names": IRIS_FEATURES, "unit": "cm"}
+IRIS_SPEC = {
+    "name": "features",
+    "shape": [4],
+    "dtype": "float32",
+    "feature_names": IRIS_FEATURES,
+    "unit": "cm",
+}
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +62,17 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exports")
     return {
         "cifar10": export(tiny_image_model(32, 32, 10, seed=1), root, "cifar10", IMAGE_SPEC, CIFAR10_LABELS),
-        "cifar10-v2": export(tiny_image_model(32, 32, 10, seed=2), root, "cifar10", IMAGE_SPEC, CIFAR10_LABELS),
+        "cifar10-v2": export(
+            tiny_image_model(32, 32, 10, seed=2), root, "cifar10", IMAGE_SPEC, CIFAR10_LABELS
+        ),
         "iris": export(tiny_feature_model(4, 3, seed=3), root, "iris", IRIS_SPEC, IRIS_LABELS),
-        "wide": export(tiny_image_model(16, 24, 2, seed=4), root, "wide",
-                       {**IMAGE_SPEC, "shape": [16, 24, 3]}, ["left", "right"]),
+        "wide": export(
+            tiny_image_model(16, 24, 2, seed=4),
+            root,
+            "wide",
+            {**IMAGE_SPEC, "shape": [16, 24, 3]},
+            ["left", "right"],
+        ),
     }
 
 

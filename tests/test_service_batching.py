@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import serving
-from service.batching import Closed, MicroBatcher, QueueFull
 from test_service_predict import images, png
+
+from service.batching import Closed, MicroBatcher, QueueFull
 
 
 class FakePredictor:
@@ -42,7 +42,9 @@ def test_concurrent_requests_share_a_call_and_get_their_own_rows():
         predictor.gate.clear()  # the first request occupies the model while the others queue
         first = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
         await asyncio.sleep(0.05)
-        rest = [asyncio.create_task(batcher.predict(np.array([[i], [i + 0.5]]), predictor)) for i in range(1, 10)]
+        rest = [
+            asyncio.create_task(batcher.predict(np.array([[i], [i + 0.5]]), predictor)) for i in range(1, 10)
+        ]
         await asyncio.sleep(0.05)
         predictor.gate.set()
         results = await asyncio.gather(first, *rest)
@@ -145,7 +147,9 @@ def batch_size_samples(client, model: str) -> tuple[float, float]:
 def test_concurrent_http_requests_are_batched_and_match_single_requests(shared_models, monkeypatch):
     pixels = images(24, seed=5)
     with serving(shared_models) as client:
-        alone = [client.post("/predict/image", files={"file": png(p)}).json()["probabilities"] for p in pixels]
+        alone = [
+            client.post("/predict/image", files={"file": png(p)}).json()["probabilities"] for p in pixels
+        ]
         count_before, rows_before = batch_size_samples(client, "cifar10")
         assert rows_before == count_before  # so far one image per model call
 
@@ -164,8 +168,10 @@ def test_concurrent_http_requests_are_batched_and_match_single_requests(shared_m
         with ThreadPoolExecutor(24) as pool:
             together = list(pool.map(lambda p: client.post("/predict/image", files={"file": png(p)}), pixels))
         assert all(r.status_code == 200 for r in together)
-        for single, batched in zip(alone, together):
-            assert np.allclose(list(single.values()), list(batched.json()["probabilities"].values()), atol=1e-5)
+        for single, batched in zip(alone, together, strict=True):
+            assert np.allclose(
+                list(single.values()), list(batched.json()["probabilities"].values()), atol=1e-5
+            )
         count, rows = batch_size_samples(client, "cifar10")
         assert rows - rows_before == 24
         assert count - count_before < 24  # some calls carried several requests
@@ -177,8 +183,10 @@ def test_concurrent_feature_requests_match_single_requests(client):
     alone = [client.post("/predict/iris", json={"features": r}).json() for r in rows]
     with ThreadPoolExecutor(20) as pool:
         together = list(pool.map(lambda r: client.post("/predict/iris", json={"features": r}).json(), rows))
-    for single, batched in zip(alone, together):
-        assert np.allclose(list(single["probabilities"].values()), list(batched["probabilities"].values()), atol=1e-5)
+    for single, batched in zip(alone, together, strict=True):
+        assert np.allclose(
+            list(single["probabilities"].values()), list(batched["probabilities"].values()), atol=1e-5
+        )
 
 
 def test_a_request_larger_than_a_batch_is_refused():

@@ -6,7 +6,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import serving
 from test_service_images import encode, photo, png_declaring
 
@@ -30,13 +29,17 @@ def still_serving(client):
 
 # --- images ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("data, status, detail", [
-    (b"", 400, "empty"),
-    (GOOD_IMAGE[: len(GOOD_IMAGE) // 2], 400, "cannot decode"),
-    (b"this is text, not an image\n", 415, "not an image"),
-    (encode(photo(), "PCX"), 415, "accepted format"),
-    (png_declaring(50_000, 50_000), 413, "pixels"),
-])
+
+@pytest.mark.parametrize(
+    "data, status, detail",
+    [
+        (b"", 400, "empty"),
+        (GOOD_IMAGE[: len(GOOD_IMAGE) // 2], 400, "cannot decode"),
+        (b"this is text, not an image\n", 415, "not an image"),
+        (encode(photo(), "PCX"), 415, "accepted format"),
+        (png_declaring(50_000, 50_000), 413, "pixels"),
+    ],
+)
 def test_bad_images(client, data, status, detail):
     assert_error(client.post("/predict/image", files={"file": ("x.png", data, "image/png")}), status, detail)
 
@@ -60,16 +63,21 @@ def test_too_many_parts(client):
     assert_error(client.post("/predict/image", files=files), 413, "more than 16 parts")
 
 
-@pytest.mark.parametrize("body", [
-    b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",  # no closing boundary
-    b"garbage without any boundary",
-    # a part header of 100 kB
-    b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\nX-Junk: " + b"j" * 100_000
-    + b"\r\n\r\nabc\r\n--XYZ--\r\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'--XYZ\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',  # no closing boundary
+        b"garbage without any boundary",
+        # a part header of 100 kB
+        b'--XYZ\r\nContent-Disposition: form-data; name="file"\r\nX-Junk: '
+        + b"j" * 100_000
+        + b"\r\n\r\nabc\r\n--XYZ--\r\n",
+    ],
+)
 def test_malformed_multipart(client, body):
-    response = client.post("/predict/image", content=body,
-                           headers={"content-type": "multipart/form-data; boundary=XYZ"})
+    response = client.post(
+        "/predict/image", content=body, headers={"content-type": "multipart/form-data; boundary=XYZ"}
+    )
     assert_error(response, 400, "multipart")
 
 
@@ -85,49 +93,71 @@ def test_file_names_are_never_used(client):
 
 # --- features -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body, detail", [
-    ({"features": [1, 2, 3]}, "3 features; expected 4"),
-    ({"features": [1, 2, 3, 4, 5]}, "5 features"),
-    ({"features": []}, "0 features"),
-    ({"features": ["5.1", 3.5, 1.4, 0.2]}, "valid number"),
-    ({"features": [True, 3.5, 1.4, 0.2]}, "valid number"),
-    ({"features": [None, 3.5, 1.4, 0.2]}, "valid number"),
-    ({"features": [[5.1], 3.5, 1.4, 0.2]}, "valid number"),
-    ({"features": "5.1,3.5,1.4,0.2"}, "valid list"),
-    ({"features": [5.1, 3.5, 1.4, 0.2], "model": "iris"}, "extra"),
-    ({"instances": []}, "at least 1"),
-    ({"instances": [[5.1, 3.5, 1.4, 0.2]] * 17}, "at most 16"),
-    ({"instances": [[5.1, 3.5, 1.4, 0.2], [1, 2]]}, "instance 2 has 2 features"),
-    ({"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4}, "got petal_length, sepal_length, sepal_width"),
-    ({"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2, "colour": 1}, "colour"),
-    ({}, "got none"),
-    ([5.1, 3.5, 1.4, 0.2], "expected"),
-    ("5.1", "expected"),
-    (5.1, "expected"),
-    ({"features": [3e38, 3e38, 3e38, 3e38]}, ""),  # finite, but the model overflows
-    ({"features": [1e39, 1, 1, 1]}, "finite as float32"),
-])
+
+@pytest.mark.parametrize(
+    "body, detail",
+    [
+        ({"features": [1, 2, 3]}, "3 features; expected 4"),
+        ({"features": [1, 2, 3, 4, 5]}, "5 features"),
+        ({"features": []}, "0 features"),
+        ({"features": ["5.1", 3.5, 1.4, 0.2]}, "valid number"),
+        ({"features": [True, 3.5, 1.4, 0.2]}, "valid number"),
+        ({"features": [None, 3.5, 1.4, 0.2]}, "valid number"),
+        ({"features": [[5.1], 3.5, 1.4, 0.2]}, "valid number"),
+        ({"features": "5.1,3.5,1.4,0.2"}, "valid list"),
+        ({"features": [5.1, 3.5, 1.4, 0.2], "model": "iris"}, "extra"),
+        ({"instances": []}, "at least 1"),
+        ({"instances": [[5.1, 3.5, 1.4, 0.2]] * 17}, "at most 16"),
+        ({"instances": [[5.1, 3.5, 1.4, 0.2], [1, 2]]}, "instance 2 has 2 features"),
+        (
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4},
+            "got petal_length, sepal_length, sepal_width",
+        ),
+        (
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2, "colour": 1},
+            "colour",
+        ),
+        ({}, "got none"),
+        ([5.1, 3.5, 1.4, 0.2], "expected"),
+        ("5.1", "expected"),
+        (5.1, "expected"),
+        ({"features": [3e38, 3e38, 3e38, 3e38]}, ""),  # finite, but the model overflows
+        ({"features": [1e39, 1, 1, 1]}, "finite as float32"),
+    ],
+)
 def test_bad_features(client, body, detail):
     assert_error(client.post("/predict/iris", json=body), 422, detail)
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_json_literals(client, token):
-    response = client.post("/predict/iris", content=f'{{"features": [{token}, 3.5, 1.4, 0.2]}}',
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/predict/iris",
+        content=f'{{"features": [{token}, 3.5, 1.4, 0.2]}}',
+        headers={"content-type": "application/json"},
+    )
     assert_error(response, 422, "finite")
 
 
-@pytest.mark.parametrize("body", [b'{"features": [5.1, 3.5', b"", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000,
-                                  b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"features": [5.1, 3.5',
+        b"",
+        b"\xff\xfe",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+)
 def test_malformed_or_deeply_nested_json(client, body):
     response = client.post("/predict/iris", content=body, headers={"content-type": "application/json"})
     assert response.status_code in (400, 422), response.text
     assert "detail" in response.json()
 
 
-@pytest.mark.parametrize("headers", [{}, {"content-type": "text/plain"},
-                                     {"content-type": "application/x-www-form-urlencoded"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}]
+)
 def test_features_must_be_declared_json(client, headers):
     body = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
     assert_error(client.post("/predict/iris", content=body, headers=headers), 415, "JSON")
@@ -141,18 +171,22 @@ def test_bad_top_k(client, query):
 
 # --- routing --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, path, status, detail", [
-    ("get", "/nowhere", 404, "not found"),
-    ("post", "/predict/unknown", 404, "no model named 'unknown'"),
-    ("post", "/predict/image/unknown", 404, "no model named 'unknown'"),
-    ("post", "/predict/..%2F..%2Fetc", 404, ""),
-    ("post", "/predict/%2E%2E", 404, "no model named '..'"),
-    ("post", "/predict/cifar10", 404, "takes images"),
-    ("post", "/predict/image/iris", 404, "takes features"),
-    ("get", "/predict/iris", 405, "method not allowed"),
-    ("delete", "/models", 405, "method not allowed"),
-    ("put", "/predict/image", 405, "method not allowed"),
-])
+
+@pytest.mark.parametrize(
+    "method, path, status, detail",
+    [
+        ("get", "/nowhere", 404, "not found"),
+        ("post", "/predict/unknown", 404, "no model named 'unknown'"),
+        ("post", "/predict/image/unknown", 404, "no model named 'unknown'"),
+        ("post", "/predict/..%2F..%2Fetc", 404, ""),
+        ("post", "/predict/%2E%2E", 404, "no model named '..'"),
+        ("post", "/predict/cifar10", 404, "takes images"),
+        ("post", "/predict/image/iris", 404, "takes features"),
+        ("get", "/predict/iris", 405, "method not allowed"),
+        ("delete", "/models", 405, "method not allowed"),
+        ("put", "/predict/image", 405, "method not allowed"),
+    ],
+)
 def test_routing_errors(client, method, path, status, detail):
     kwargs = {"json": GOOD_FEATURES} if method == "post" and "image/" not in path else {}
     if path.startswith("/predict/image/"):
@@ -161,6 +195,7 @@ def test_routing_errors(client, method, path, status, detail):
 
 
 # --- sizes ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def small_body_client(shared_models):
@@ -176,16 +211,21 @@ def test_body_over_the_cap_by_content_length(small_body_client):
 
 def test_body_over_the_cap_while_streaming(small_body_client):
     def chunks():  # no Content-Length: chunked transfer, counted as it arrives
-        yield b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n"
+        yield b'--XYZ\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
         for _ in range(200):
             yield bytes(1000)
 
-    response = small_body_client.post("/predict/image", content=chunks(),
-                                      headers={"content-type": "multipart/form-data; boundary=XYZ"})
+    response = small_body_client.post(
+        "/predict/image", content=chunks(), headers={"content-type": "multipart/form-data; boundary=XYZ"}
+    )
     assert "content-length" not in response.request.headers
     assert_error(response, 413, "over 100000 bytes")
-    assert_error(small_body_client.post("/predict/iris", content=chunks(),
-                                        headers={"content-type": "application/json"}), 413)
+    assert_error(
+        small_body_client.post(
+            "/predict/iris", content=chunks(), headers={"content-type": "application/json"}
+        ),
+        413,
+    )
 
 
 def test_body_under_the_cap_is_fine(small_body_client):
@@ -193,6 +233,7 @@ def test_body_under_the_cap_is_fine(small_body_client):
 
 
 # --- load and readiness ---------------------------------------------------------------------
+
 
 def test_full_queue_answers_503_with_retry_after(shared_models, monkeypatch):
     with serving(shared_models, max_batch_size=1, max_queue_size=2) as client:
@@ -220,6 +261,7 @@ def test_full_queue_answers_503_with_retry_after(shared_models, monkeypatch):
 
 
 # --- last resort ----------------------------------------------------------------------------
+
 
 def test_an_unexpected_failure_is_a_json_500_and_the_service_carries_on(shared_models, monkeypatch):
     with serving(shared_models) as client:

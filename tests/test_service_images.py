@@ -45,9 +45,17 @@ def halves(size: tuple[int, int], first=(255, 0, 0), second=(0, 0, 255), vertica
 
 # --- formats --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("format, params", [
-    ("PNG", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}), ("WEBP", {"lossless": True}),
-])
+
+@pytest.mark.parametrize(
+    "format, params",
+    [
+        ("PNG", {}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("WEBP", {"lossless": True}),
+    ],
+)
 def test_lossless_formats_at_model_size_arrive_bit_exact(format, params):
     original = photo()
     assert np.array_equal(decode(encode(original, format, **params)), np.asarray(original))
@@ -96,6 +104,7 @@ def test_corrupt_data_after_a_valid_header_is_undecodable():
 
 
 # --- colour modes ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["L", "1", "P", "CMYK"])
 def test_other_colour_modes_become_rgb_as_pillow_converts_them(mode):
@@ -149,6 +158,7 @@ def test_opaque_rgba_at_model_size_arrives_bit_exact():
 
 # --- orientation ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("orientation, top", [(1, None), (6, "red"), (8, "blue"), (3, None)])
 def test_exif_orientation_is_applied(orientation, top):
     # Stored wide: red left, blue right. Orientation 6 means "rotate 90 clockwise to view",
@@ -171,6 +181,7 @@ def test_exif_orientation_is_applied(orientation, top):
 
 
 # --- hostile files --------------------------------------------------------------------------
+
 
 def png_declaring(width: int, height: int) -> bytes:
     """A valid 1x1 PNG whose header is rewritten to claim width x height (a decompression bomb)."""
@@ -197,8 +208,13 @@ def test_pixel_cap_is_the_configured_one():
 @pytest.mark.parametrize("format", ["GIF", "TIFF", "WEBP"])
 def test_only_the_first_frame_of_many_is_decoded(format):
     frames = [Image.new("RGB", SIZE, (i % 256, 0, 0)) for i in range(1, 600)]
-    data = encode(frames[0], format, save_all=True, append_images=frames[1:], **(
-        {"lossless": True} if format == "WEBP" else {}))
+    data = encode(
+        frames[0],
+        format,
+        save_all=True,
+        append_images=frames[1:],
+        **({"lossless": True} if format == "WEBP" else {}),
+    )
     started = time.perf_counter()
     pixels = decode(data)
     assert time.perf_counter() - started < 0.5

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
-
 from test_service_errors import GOOD_FEATURES, GOOD_IMAGE
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:
     text = client.get("/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(all_samples, name, **labels) -> float:

@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import IRIS_LABELS, install, serving
 from PIL import Image
 
-from conftest import IRIS_LABELS, install, serving
 from training.data import CIFAR10_LABELS, IRIS_FEATURES
 
 
@@ -48,8 +48,9 @@ def test_top_k_lists_the_most_probable_first(client):
     response = client.post("/predict/image?top_k=3", files={"file": png(images(1)[0])})
     body = response.json()
     top = body["top_k"]
-    assert [entry["label"] for entry in top] == sorted(body["probabilities"], key=body["probabilities"].get,
-                                                       reverse=True)[:3]
+    assert [entry["label"] for entry in top] == sorted(
+        body["probabilities"], key=body["probabilities"].get, reverse=True
+    )[:3]
     assert top[0]["label"] == body["label"]
     everything = client.post("/predict/image?top_k=50", files={"file": png(images(1)[0])}).json()
     assert len(everything["top_k"]) == len(CIFAR10_LABELS)
@@ -87,7 +88,7 @@ def test_non_square_model_gets_its_own_input_size(tmp_path, exports):
 def test_one_instance_by_features_or_by_name(client, exports):
     features = [5.1, 3.5, 1.4, 0.2]
     by_list = client.post("/predict/iris", json={"features": features})
-    by_name = client.post("/predict/iris", json=dict(zip(IRIS_FEATURES, features)))
+    by_name = client.post("/predict/iris", json=dict(zip(IRIS_FEATURES, features, strict=True)))
     assert by_list.status_code == by_name.status_code == 200
     assert by_list.json() == by_name.json()
     body = by_list.json()
@@ -98,9 +99,12 @@ def test_one_instance_by_features_or_by_name(client, exports):
 
 
 def test_named_features_may_come_in_any_order(client):
-    features = dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3]))
+    features = dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3], strict=True))
     shuffled = dict(reversed(list(features.items())))
-    assert client.post("/predict/iris", json=features).json() == client.post("/predict/iris", json=shuffled).json()
+    assert (
+        client.post("/predict/iris", json=features).json()
+        == client.post("/predict/iris", json=shuffled).json()
+    )
 
 
 def test_instances_are_answered_in_order(client, exports):

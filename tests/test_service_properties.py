@@ -7,20 +7,24 @@ import math
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from conftest import settings as service_settings
 from conftest import wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
 from service.app import create_app
 from training.data import IRIS_FEATURES
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
     max_leaves=30,
 )
 feature_keys = st.sampled_from(["features", "instances", *IRIS_FEATURES]) | st.text(max_size=12)
@@ -31,9 +35,13 @@ shaped_bodies = st.dictionaries(feature_keys, json_values, max_size=5)
 @given(body=json_values | shaped_bodies)
 def test_any_json_body_gets_an_answer_never_a_server_error(client, body):
     # Python's encoder writes NaN and Infinity as the bare literals many JSON parsers accept.
-    response = client.post("/predict/iris", content=json.dumps(body), headers={"content-type": "application/json"})
+    response = client.post(
+        "/predict/iris", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert response.status_code in (200, 422), response.text
-    assert "detail" in response.json() or "probabilities" in response.json() or "predictions" in response.json()
+    assert (
+        "detail" in response.json() or "probabilities" in response.json() or "predictions" in response.json()
+    )
 
 
 @PROPERTY
@@ -49,8 +57,13 @@ def test_plausible_features_get_probabilities_that_sum_to_one(client, features):
 
 
 @PROPERTY
-@given(rows=st.lists(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
-                     min_size=1, max_size=16))
+@given(
+    rows=st.lists(
+        st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
+        min_size=1,
+        max_size=16,
+    )
+)
 def test_any_finite_features_are_scored_or_refused_clearly(client, rows):
     response = client.post("/predict/iris", json={"instances": rows})
     if response.status_code == 422:  # too large for float32, or overflowing inside the model
@@ -63,9 +76,29 @@ def test_any_finite_features_are_scored_or_refused_clearly(client, rows):
 
 # Schema-violating requests must be refused with a 4xx, and 413 is one: an upload of more than
 # MAX_BATCH_SIZE parts is refused as too large before its missing `file` part would be noticed.
-CONFIG = schemathesis.config.SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
-                          "428", "429", "5xx"]}}})
+CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    "400",
+                    "401",
+                    "403",
+                    "404",
+                    "405",
+                    "406",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
+                    "428",
+                    "429",
+                    "5xx",
+                ]
+            }
+        }
+    }
+)
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import serving
+from PIL import Image
 from test_service_predict import offline
+
 from training.export import existing_versions, load_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def cifar10_sample() -> tuple[list[bytes], np.ndarray, list[str]]:
 def predict_labels(client, files: list[bytes], model: str) -> list[str]:
     labels = []
     for start in range(0, len(files), 32):
-        parts = [("file", data) for data in files[start:start + 32]]
+        parts = [("file", data) for data in files[start : start + 32]]
         response = client.post(f"/predict/image/{model}", files=parts)
         assert response.status_code == 200, response.text
         body = response.json()
@@ -96,8 +96,9 @@ def test_cifar10_over_http_matches_offline_at_32x32(real_client, cifar10_sample)
     assert http_labels == offline_labels  # the same pixels reach the model
 
 
-@pytest.mark.parametrize("interpolator, scale", [(Image.BICUBIC, 2), (Image.BICUBIC, 3.5), (Image.BICUBIC, 8),
-                                                  (Image.NEAREST, 4)])
+@pytest.mark.parametrize(
+    "interpolator, scale", [(Image.BICUBIC, 2), (Image.BICUBIC, 3.5), (Image.BICUBIC, 8), (Image.NEAREST, 4)]
+)
 def test_cifar10_over_http_survives_enlarged_uploads(real_client, cifar10_sample, interpolator, scale):
     version = newest("cifar10")
     _, pixels, truth = cifar10_sample

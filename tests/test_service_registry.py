@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import install, publish, serving, wait_for
+from test_service_predict import images, offline, png
+
 from service import registry as registry_module
 from service.predictor import Predictor
-from test_service_predict import images, offline, png
 from training.data import CIFAR10_LABELS
 
 IMAGE = png(images(1, seed=3)[0])
@@ -58,7 +58,10 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypa
         response = client.get("/readyz")
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["ready"] is False
-        assert wait_for(lambda: client.get("/readyz").json()["models"]) == {"cifar10": "loading", "iris": "loading"}
+        assert wait_for(lambda: client.get("/readyz").json()["models"]) == {
+            "cifar10": "loading",
+            "iris": "loading",
+        }
         refused = client.post("/predict/iris", json=FEATURES)
         assert refused.status_code == 503 and "loading" in refused.json()["detail"]
         assert refused.headers["retry-after"] == "1"
@@ -66,24 +69,38 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypa
         gate.set()
         wait_for(lambda: client.get("/readyz").status_code == 200)
         assert sorted(warmed) == [("cifar10", [1, 8, 16]), ("iris", [1, 8, 16])]
-        assert client.get("/readyz").json() == {"ready": True, "detail": "all models ready",
-                                                "models": {"cifar10": "ready", "iris": "ready"}}
+        assert client.get("/readyz").json() == {
+            "ready": True,
+            "detail": "all models ready",
+            "models": {"cifar10": "ready", "iris": "ready"},
+        }
 
 
 def test_models_describes_what_is_live(client, exports):
     metadata = json.loads((exports["cifar10"] / "assets.extra" / "metadata.json").read_text())
     cifar10 = models_by_name(client)["cifar10"]
     assert cifar10 == {
-        "name": "cifar10", "ready": True, "status": "ready", "live_version": "1", "versions": ["1"],
-        "pinned_version": None, "rejected_versions": {}, "kind": "image", "device": "/CPU:0",
-        "labels": CIFAR10_LABELS, "input": metadata["input"], "output": metadata["output"],
+        "name": "cifar10",
+        "ready": True,
+        "status": "ready",
+        "live_version": "1",
+        "versions": ["1"],
+        "pinned_version": None,
+        "rejected_versions": {},
+        "kind": "image",
+        "device": "/CPU:0",
+        "labels": CIFAR10_LABELS,
+        "input": metadata["input"],
+        "output": metadata["output"],
         "metrics": metadata["metrics"],
     }
     assert models_by_name(client)["iris"]["input"]["feature_names"] == metadata_features(exports)
 
 
 def metadata_features(exports):
-    return json.loads((exports["iris"] / "assets.extra" / "metadata.json").read_text())["input"]["feature_names"]
+    return json.loads((exports["iris"] / "assets.extra" / "metadata.json").read_text())["input"][
+        "feature_names"
+    ]
 
 
 def test_missing_model_dir_serves_health_but_is_not_ready(tmp_path):
@@ -95,11 +112,14 @@ def test_missing_model_dir_serves_health_but_is_not_ready(tmp_path):
         assert client.post("/predict/image", files={"file": IMAGE}).status_code == 404
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (None, "no version folder"),
-    (break_saved_model, "version 1 failed to load"),
-    (remove_metadata, "version 1 failed to load"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (None, "no version folder"),
+        (break_saved_model, "version 1 failed to load"),
+        (remove_metadata, "version 1 failed to load"),
+    ],
+)
 def test_a_broken_model_is_named_and_the_others_still_serve(model_dir, damage, reason, caplog):
     iris = model_dir / "iris"
     if damage is None:
@@ -107,7 +127,9 @@ def test_a_broken_model_is_named_and_the_others_still_serve(model_dir, damage, r
     else:
         damage(iris / "1")
     with serving(model_dir, ready=False) as client:
-        body = wait_for(lambda: (r := client.get("/readyz").json())["models"].get("iris", "loading") != "loading" and r)
+        body = wait_for(
+            lambda: (r := client.get("/readyz").json())["models"].get("iris", "loading") != "loading" and r
+        )
         assert reason in body["models"]["iris"] and "iris" in body["detail"]
         assert client.get("/readyz").status_code == 503
         wait_for(lambda: models_by_name(client)["cifar10"]["ready"])
@@ -171,7 +193,9 @@ def test_hot_reload_swaps_versions_under_load_without_failures(model_dir, export
             workers = [pool.submit(hammer) for _ in range(6)]
             wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "1")
             publish(exports["cifar10-v2"], model_dir, 2)
-            wait_for(lambda: client.post("/predict/image", files={"file": png(pixels[0])}).json()["version"] == "2")
+            wait_for(
+                lambda: client.post("/predict/image", files={"file": png(pixels[0])}).json()["version"] == "2"
+            )
             threading.Event().wait(0.3)  # keep the load on after the swap
             stop.set()
             answers = [answer for worker in workers for answer in worker.result()]
@@ -179,7 +203,9 @@ def test_hot_reload_swaps_versions_under_load_without_failures(model_dir, export
         assert {version for _, version in answers} == {"1", "2"}
         assert models_by_name(client)["cifar10"]["live_version"] == "2"
         body = client.post("/predict/image", files={"file": png(pixels[0])}).json()
-        assert np.allclose(list(body["probabilities"].values()), offline(exports["cifar10-v2"], pixels)[0], atol=1e-5)
+        assert np.allclose(
+            list(body["probabilities"].values()), offline(exports["cifar10-v2"], pixels)[0], atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("damage", [break_saved_model, break_metadata_labels, remove_metadata])
@@ -190,10 +216,16 @@ def test_broken_new_version_is_rejected_and_the_old_keeps_serving(model_dir, exp
         damage(broken)
         broken.rename(model_dir / "cifar10" / "2")
         cifar10 = wait_for(lambda: (m := models_by_name(client)["cifar10"])["rejected_versions"] and m)
-        assert cifar10["live_version"] == "1" and cifar10["ready"] and list(cifar10["rejected_versions"]) == ["2"]
+        assert (
+            cifar10["live_version"] == "1"
+            and cifar10["ready"]
+            and list(cifar10["rejected_versions"]) == ["2"]
+        )
         assert client.get("/readyz").status_code == 200
         assert client.post("/predict/image", files={"file": IMAGE}).json()["version"] == "1"
-        assert any("rejected cifar10 version 2" in r.getMessage() and "still serving version 1" in r.getMessage()
-                   for r in caplog.records)
+        assert any(
+            "rejected cifar10 version 2" in r.getMessage() and "still serving version 1" in r.getMessage()
+            for r in caplog.records
+        )
         publish(exports["cifar10-v2"], model_dir, 3)  # a fixed export, as a new version
         wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "3")

@@ -8,12 +8,14 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-
-from service.resizing import MAX_ENLARGEMENT, undo_enlargement
 from test_service_images import decode, encode, halves, photo
 
+from service.resizing import MAX_ENLARGEMENT, undo_enlargement
 
-def round_trip_error(original: Image.Image, size: tuple[int, int], interpolator, format="PNG", **params) -> float:
+
+def round_trip_error(
+    original: Image.Image, size: tuple[int, int], interpolator, format="PNG", **params
+) -> float:
     """Mean absolute difference, out of 255, between an image and its enlarged copy decoded."""
     enlarged = encode(original.resize(size, interpolator), format, **params)
     return float(np.abs(decode(enlarged).astype(int) - np.asarray(original)).mean())
@@ -48,10 +50,12 @@ def test_compressed_enlargements_come_back_closer_than_lanczos_would(factor):
 def test_photos_that_are_not_enlargements_are_resized_with_lanczos():
     # Detail at every scale, like a photo: no 32x32 image enlarges to it.
     noise = np.random.default_rng(0).integers(-40, 41, (256, 256, 3))
-    scene = Image.fromarray(np.clip(np.asarray(photo(seed=1, size=(256, 256))) + noise, 0, 255).astype(np.uint8))
+    scene = Image.fromarray(
+        np.clip(np.asarray(photo(seed=1, size=(256, 256))) + noise, 0, 255).astype(np.uint8)
+    )
     for size in [(256, 256), (100, 60), (1000, 700), (20, 20)]:
         image = scene.resize(size, Image.LANCZOS)
-        if 32 <= min(size) and max(size) <= 32 * MAX_ENLARGEMENT:
+        if min(size) >= 32 and max(size) <= 32 * MAX_ENLARGEMENT:
             assert undo_enlargement(np.asarray(image), (32, 32)) is None
         expected = np.asarray(image.resize((32, 32), Image.LANCZOS, reducing_gap=3.0))
         assert np.array_equal(decode(encode(image, "PNG")), expected)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import serving
 from test_service_errors import GOOD_FEATURES, GOOD_IMAGE, assert_error
 
@@ -19,8 +18,16 @@ def test_without_api_key_setting_predictions_are_open(client):
     assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"},
-                                     {"Authorization": "Basic czNjcmV0"}, {"X-API-Key": ""}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-API-Key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic czNjcmV0"},
+        {"X-API-Key": ""},
+    ],
+)
 def test_predictions_need_the_key(keyed_client, headers):
     response = keyed_client.post("/predict/iris", json=GOOD_FEATURES, headers=headers)
     assert_error(response, 401, "API key")
@@ -50,8 +57,9 @@ def test_openapi_declares_the_key(keyed_client):
 
 
 def test_cors_is_off_unless_configured(client):
-    preflight = client.options("/predict/iris", headers={"Origin": "https://app.example",
-                                                         "Access-Control-Request-Method": "POST"})
+    preflight = client.options(
+        "/predict/iris", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
     assert preflight.status_code == 405
     response = client.get("/healthz", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers
@@ -59,9 +67,14 @@ def test_cors_is_off_unless_configured(client):
 
 def test_cors_allows_only_configured_origins(keyed_client):
     def preflight(origin):
-        return keyed_client.options("/predict/iris", headers={
-            "Origin": origin, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "x-api-key, content-type"})
+        return keyed_client.options(
+            "/predict/iris",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key, content-type",
+            },
+        )
 
     allowed = preflight("https://app.example")
     assert allowed.status_code == 200
@@ -72,6 +85,13 @@ def test_cors_allows_only_configured_origins(keyed_client):
 def test_docs_are_served(client):
     assert "swagger" in client.get("/docs").text.lower()
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/predict/image", "/predict/image/{model}", "/predict/{model}", "/healthz", "/readyz",
-            "/models", "/metrics"} <= set(paths)
+    assert {
+        "/predict/image",
+        "/predict/image/{model}",
+        "/predict/{model}",
+        "/healthz",
+        "/readyz",
+        "/models",
+        "/metrics",
+    } <= set(paths)
     assert "multipart/form-data" in paths["/predict/image"]["post"]["requestBody"]["content"]

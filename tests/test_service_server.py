@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import wait_for
 from test_service_errors import GOOD_FEATURES, GOOD_IMAGE
 
@@ -33,8 +32,15 @@ def server(tmp_path_factory, shared_models):
     model_dir = tmp_path_factory.mktemp("served") / "models"
     shutil.copytree(shared_models, model_dir)
     port = free_port()
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "PORT": str(port), "POLL_INTERVAL_S": "0",
-           "BODY_TIMEOUT_S": "1", "MAX_UPLOAD_BYTES": str(MAX_UPLOAD), "LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(model_dir),
+        "PORT": str(port),
+        "POLL_INTERVAL_S": "0",
+        "BODY_TIMEOUT_S": "1",
+        "MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+        "LOG_LEVEL": "warning",
+    }
     log = (tmp_path_factory.getbasetemp() / "server.log").open("w+")
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -85,8 +91,10 @@ def test_predictions_over_real_http(server):
 
 def test_a_client_trickling_its_body_is_cut_off(server):
     _, base, port = server
-    head = (b"POST /predict/iris HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n")
+    head = (
+        b"POST /predict/iris HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
     started = time.monotonic()
     status, body = raw_request(port, head, [b"{"] * 8, pause=0.25)  # 2 s for 8 of 1000 bytes
     assert status == 408 and b"not received in time" in body
@@ -96,16 +104,21 @@ def test_a_client_trickling_its_body_is_cut_off(server):
 
 def test_declared_length_over_the_cap_is_refused_before_reading(server):
     _, _, port = server
-    head = (b"POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
-            b"Content-Length: 1000000000\r\n\r\n")
+    head = (
+        b"POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+        b"Content-Length: 1000000000\r\n\r\n"
+    )
     status, body = raw_request(port, head)
     assert status == 413 and b"over 200000 bytes" in body
 
 
 def test_chunked_body_over_the_cap_is_cut_off_while_streaming(server):
     _, _, port = server
-    head = (b"POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /predict/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+
     def chunk(data: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -117,8 +130,10 @@ def test_chunked_body_over_the_cap_is_cut_off_while_streaming(server):
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_cleanly(server):
     process, _, port = server  # the last test of this module: it stops the server
     body = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
-    head = (b"POST /predict/iris HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body))
+    head = (
+        b"POST /predict/iris HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.sendall(head + body[:10])
         time.sleep(0.2)  # the request is under way

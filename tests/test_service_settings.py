@@ -25,9 +25,15 @@ def test_defaults_are_safe():
 
 
 def test_environment_variables_in_capitals(monkeypatch):
-    for name, value in {"MODEL_DIR": "/srv/models", "MODEL_VERSIONS": "cifar10=1, iris=2",
-                        "CORS_ORIGINS": "https://a.example, https://b.example", "API_KEY": "k",
-                        "DEVICE": "cpu", "LOG_LEVEL": "WARNING", "MAX_BATCH_SIZE": "64"}.items():
+    for name, value in {
+        "MODEL_DIR": "/srv/models",
+        "MODEL_VERSIONS": "cifar10=1, iris=2",
+        "CORS_ORIGINS": "https://a.example, https://b.example",
+        "API_KEY": "k",
+        "DEVICE": "cpu",
+        "LOG_LEVEL": "WARNING",
+        "MAX_BATCH_SIZE": "64",
+    }.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.model_dir == Path("/srv/models")
@@ -42,8 +48,15 @@ def test_an_empty_api_key_means_no_key(monkeypatch):
     assert Settings().api_key is None
 
 
-@pytest.mark.parametrize("values", [{"model_versions": "cifar10"}, {"device": "tpu"},
-                                    {"max_batch_size": 0}, {"max_batch_size": 64, "max_queue_size": 32}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"model_versions": "cifar10"},
+        {"device": "tpu"},
+        {"max_batch_size": 0},
+        {"max_batch_size": 64, "max_queue_size": 32},
+    ],
+)
 def test_bad_settings_fail_at_start_up(values):
     with pytest.raises(ValidationError):
         Settings(**values)

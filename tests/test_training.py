@@ -54,8 +54,10 @@ def _pickle_batches(folder, per_batch=6):
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}))
     for name in ["data_batch_1", "data_batch_2", "test_batch"]:
         images = _images(per_batch, seed=len(name))
-        batch = {b"data": images.transpose(0, 3, 1, 2).reshape(per_batch, -1),
-                 b"labels": [i % len(CLASSES) for i in range(per_batch)]}
+        batch = {
+            b"data": images.transpose(0, 3, 1, 2).reshape(per_batch, -1),
+            b"labels": [i % len(CLASSES) for i in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch))
     return folder
 
@@ -67,6 +69,7 @@ def _private_cache(tmp_path, monkeypatch):
 
 # --- data ------------------------------------------------------------------------------------
 
+
 def test_class_folder_archive_loads_pixels_and_labels_exactly(tmp_path):
     archive = _class_folder_tar(tmp_path / "tiny.tar.gz", per_class=10)
     ds = data.load_cifar10(str(archive), validation_fraction=0.2)
@@ -76,7 +79,7 @@ def test_class_folder_archive_loads_pixels_and_labels_exactly(tmp_path):
     assert np.bincount(ds.validation.y).tolist() == [2, 2, 2]  # stratified
     # PNG is lossless: every loaded image is one of the generated ones, under its own class.
     originals = {c: _images(10, seed=c) for c in range(3)}
-    for x, y in zip(ds.train.x, ds.train.y):
+    for x, y in zip(ds.train.x, ds.train.y, strict=True):
         assert any(np.array_equal(x, o) for o in originals[y])
 
 
@@ -158,10 +161,14 @@ def test_augmentation_flips_and_translates_without_changing_content():
     out, _ = cifar10.augment(images, tf.zeros(16), translate=2)
     assert out.shape == images.shape and out.dtype == tf.uint8
     # A 2-pixel translation of a (possibly mirrored) image keeps its central 28x28 somewhere.
-    for a, b in zip(images.numpy(), out.numpy()):
+    for a, b in zip(images.numpy(), out.numpy(), strict=True):
         centre = b[2:30, 2:30]
-        candidates = [img[2 + dy:30 + dy, 2 + dx:30 + dx] for img in (a, a[:, ::-1])
-                      for dy in range(-2, 3) for dx in range(-2, 3)]
+        candidates = [
+            img[2 + dy : 30 + dy, 2 + dx : 30 + dx]
+            for img in (a, a[:, ::-1])
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        ]
         assert any(np.array_equal(centre, c) for c in candidates)
 
 
@@ -182,6 +189,7 @@ def test_schedule_warms_up_then_decays():
 
 
 # --- export contract -------------------------------------------------------------------------
+
 
 def test_export_round_trip_gives_the_in_memory_models_outputs_deterministically(tmp_path):
     images = _images(64)
@@ -221,6 +229,7 @@ def test_a_new_export_is_the_next_version_and_leaves_older_ones_alone(tmp_path):
 
 
 # --- CLI end to end --------------------------------------------------------------------------
+
 
 def test_cifar10_cli_trains_exports_and_reports_on_a_tiny_dataset(tmp_path, monkeypatch):
     archive = _class_folder_tar(tmp_path / "tiny.tar.gz", per_class=20)

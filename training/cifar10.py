@@ -42,9 +42,9 @@ class Recipe:
     lr: float = 11.5
     momentum: float = 0.85
     weight_decay: float = 0.0153
-    bias_lr_multiplier: float = 64.0   # batch-norm shifts learn this much faster
+    bias_lr_multiplier: float = 64.0  # batch-norm shifts learn this much faster
     label_smoothing: float = 0.2
-    lr_start: float = 0.2              # triangular schedule, as fractions of lr
+    lr_start: float = 0.2  # triangular schedule, as fractions of lr
     lr_peak_at: float = 0.23
     lr_end: float = 0.07
     batchnorm_momentum: float = 0.6
@@ -63,6 +63,7 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------
 # Network
 # ---------------------------------------------------------------------------------------------
+
 
 class PartialIdentity(keras.initializers.Initializer):
     """PyTorch's default conv init, with the first `in_channels` filters set to the identity."""
@@ -91,8 +92,9 @@ class Shift(layers.Layer):
         self.regularizer = regularizer
 
     def build(self, input_shape):
-        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias",
-                                    regularizer=self.regularizer)
+        self.bias = self.add_weight(
+            shape=(input_shape[-1],), initializer="zeros", name="bias", regularizer=self.regularizer
+        )
 
     def call(self, x):
         return x + ops.cast(self.bias * self.scale, x.dtype)
@@ -107,11 +109,13 @@ def whitening_kernel(images: np.ndarray, mean, std, size: int = 2, eps: float = 
     it keeps both signs)."""
     x = (images.astype(np.float32) / 255.0 - mean) / std
     n, h, w, c = x.shape
-    patches = np.stack([x[:, i:h - size + 1 + i, j:w - size + 1 + j, :]
-                        for i in range(size) for j in range(size)], axis=3)  # n,h',w',size*size,c
+    patches = np.stack(
+        [x[:, i : h - size + 1 + i, j : w - size + 1 + j, :] for i in range(size) for j in range(size)],
+        axis=3,
+    )  # n,h',w',size*size,c
     flat = patches.reshape(-1, size * size * c).astype(np.float64)
     eigenvalues, eigenvectors = np.linalg.eigh(flat.T @ flat / len(flat))
-    filters = eigenvectors / np.sqrt(eigenvalues + eps)                      # columns are filters
+    filters = eigenvectors / np.sqrt(eigenvalues + eps)  # columns are filters
     kernel = filters.reshape(size, size, c, size * size * c)
     return np.concatenate([kernel, -kernel], axis=-1).astype(np.float32)
 
@@ -125,12 +129,19 @@ def build_model(recipe: Recipe, train_images: np.ndarray, num_classes: int) -> k
     l2 = keras.regularizers.L2(recipe.weight_decay / recipe.lr / 2)
 
     def conv(width, x):
-        return layers.Conv2D(width, 3, padding="same", use_bias=False,
-                             kernel_initializer=PartialIdentity(), kernel_regularizer=l2)(x)
+        return layers.Conv2D(
+            width,
+            3,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=PartialIdentity(),
+            kernel_regularizer=l2,
+        )(x)
 
     def norm_activation(x):
-        x = layers.BatchNormalization(momentum=recipe.batchnorm_momentum, epsilon=1e-5,
-                                      center=False, scale=False)(x)
+        x = layers.BatchNormalization(
+            momentum=recipe.batchnorm_momentum, epsilon=1e-5, center=False, scale=False
+        )(x)
         x = Shift(recipe.bias_lr_multiplier, l2)(x)
         return layers.Activation(recipe.activation)(x)
 
@@ -138,11 +149,18 @@ def build_model(recipe: Recipe, train_images: np.ndarray, num_classes: int) -> k
     # The input stage stays float32 under mixed precision: whitening multiplies the faint
     # high-frequency directions by 1/sqrt(eigenvalue), which would amplify bfloat16 rounding.
     x = layers.Rescaling(1 / 255.0, dtype="float32")(inputs)
-    x = layers.Normalization(mean=mean, variance=std ** 2, dtype="float32")(x)
+    x = layers.Normalization(mean=mean, variance=std**2, dtype="float32")(x)
     whiten = whitening_kernel(train_images[:5000], mean, std)
-    x = layers.Conv2D(whiten.shape[-1], 2, padding="valid", use_bias=False, trainable=False,
-                      kernel_initializer=keras.initializers.Constant(whiten), name="whiten",
-                      dtype="float32")(x)
+    x = layers.Conv2D(
+        whiten.shape[-1],
+        2,
+        padding="valid",
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=keras.initializers.Constant(whiten),
+        name="whiten",
+        dtype="float32",
+    )(x)
     x = Shift(1.0, l2, name="whiten_shift", dtype="float32")(x)
     x = layers.Activation(recipe.activation)(x)
     for width in recipe.widths:
@@ -152,8 +170,12 @@ def build_model(recipe: Recipe, train_images: np.ndarray, num_classes: int) -> k
         x = conv(width, x)
         x = norm_activation(x)
     x = layers.GlobalMaxPooling2D()(x)
-    x = layers.Dense(num_classes, use_bias=False, kernel_regularizer=l2,
-                     kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))(x)
+    x = layers.Dense(
+        num_classes,
+        use_bias=False,
+        kernel_regularizer=l2,
+        kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
+    )(x)
     x = layers.Rescaling(1 / 9)(x)  # tempers the logits, as airbench does
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="cifar10_cnn")
@@ -162,6 +184,7 @@ def build_model(recipe: Recipe, train_images: np.ndarray, num_classes: int) -> k
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
+
 
 class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from `start` to 1 at `peak_at` of training, then linear decay to `end`."""
@@ -178,8 +201,13 @@ class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return self.base_lr * ops.where(step < self.peak, up, ops.maximum(down, self.end))
 
     def get_config(self):
-        return {"base_lr": self.base_lr, "total_steps": self.total_steps, "start": self.start,
-                "peak_at": self.peak_at, "end": self.end}
+        return {
+            "base_lr": self.base_lr,
+            "total_steps": self.total_steps,
+            "start": self.start,
+            "peak_at": self.peak_at,
+            "end": self.end,
+        }
 
 
 class Lookahead(keras.callbacks.Callback):
@@ -199,7 +227,7 @@ class Lookahead(keras.callbacks.Callback):
         self.step += 1
         if self.step % self.recipe.lookahead_every == 0:
             r = self.recipe
-            self._pull(r.lookahead_decay ** r.lookahead_every * (self.step / self.total_steps) ** 3)
+            self._pull(r.lookahead_decay**r.lookahead_every * (self.step / self.total_steps) ** 3)
 
     def on_train_end(self, logs=None):
         self._pull(1.0)
@@ -310,7 +338,7 @@ def predict_fn(model: keras.Model, recipe: Recipe, tta: str | None = None, jpeg:
         if tta == "flip_translate":
             size = images.shape[1]
             padded = ops.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
-            shifted = [padded[:, :size, :size], padded[:, 2:size + 2, 2:size + 2]]
+            shifted = [padded[:, :size, :size], padded[:, 2 : size + 2, 2 : size + 2]]
             probabilities = probabilities / 2 + sum(mirrored(s) for s in shifted) / 4
         return probabilities
 
@@ -319,6 +347,7 @@ def predict_fn(model: keras.Model, recipe: Recipe, tta: str | None = None, jpeg:
 
 def jpeg_round_trip(images, quality: int, chroma_subsampled: bool):
     """Each uint8 RGB image JPEG-encoded (libjpeg, like Pillow) and decoded again."""
+
     def one(image):
         encoded = tf.io.encode_jpeg(image, quality=quality, chroma_downsampling=chroma_subsampled)
         return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")

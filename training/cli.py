@@ -42,15 +42,19 @@ def parse_args(argv):
         p.add_argument("--out", default="models", help="export root (default: models)")
         p.add_argument("--seed", type=int, default=0)
     sub.choices["cifar10"].add_argument(
-        "--data", default=None,
+        "--data",
+        default=None,
         help="local copy: class-folder tree or .tar(.gz), or cifar-10-batches-py folder/.tar.gz "
-             "(default: download with keras.datasets.cifar10)")
+        "(default: download with keras.datasets.cifar10)",
+    )
     sub.choices["cifar10"].add_argument("--batch-size", type=int, default=None)
     sub.choices["cifar10"].add_argument(
-        "--precision", default="auto",
+        "--precision",
+        default="auto",
         choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
         help="training precision (default auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs "
-             "with bfloat16 instructions, else float32); exports are always float32")
+        "with bfloat16 instructions, else float32); exports are always float32",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,8 +66,7 @@ def distribution_strategy(precision: str = "auto") -> tf.distribute.Strategy:
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     if precision == "auto":
-        precision = ("mixed_float16" if gpus else
-                     "mixed_bfloat16" if cpu_has_bfloat16() else "float32")
+        precision = "mixed_float16" if gpus else "mixed_bfloat16" if cpu_has_bfloat16() else "float32"
     keras.mixed_precision.set_global_policy(precision)
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
@@ -105,19 +108,23 @@ def training_metadata(command, source, seed, epochs, recipe, seconds, strategy) 
         "accelerator": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
 def evaluate(predict, x, y, batch_size=500) -> tuple[dict, np.ndarray]:
     """Accuracy and cross-entropy of the exported inference function; also its predictions."""
     fn = tf.function(predict)
-    probs = np.concatenate([fn(tf.constant(x[i:i + batch_size])).numpy()
-                            for i in range(0, len(x), batch_size)])
+    probs = np.concatenate(
+        [fn(tf.constant(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    )
     pred = probs.argmax(1)
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1))))
-    return {"accuracy": round(float(np.mean(pred == y)), 4), "loss": round(loss, 4),
-            "examples": int(len(y))}, pred
+    return {
+        "accuracy": round(float(np.mean(pred == y)), 4),
+        "loss": round(loss, 4),
+        "examples": int(len(y)),
+    }, pred
 
 
 def train_cifar10(args, command):
@@ -126,9 +133,11 @@ def train_cifar10(args, command):
     if args.batch_size:
         recipe = dataclasses.replace(recipe, batch_size=args.batch_size)
     dataset = data.load_cifar10(args.data, seed=args.seed)
-    print(f"CIFAR-10 from {dataset.source}: train {len(dataset.train.x)}, "
-          f"validation {len(dataset.validation.x)}, test {len(dataset.test.x) if dataset.test else 0}"
-          f"; {keras.mixed_precision.global_policy().name}")
+    print(
+        f"CIFAR-10 from {dataset.source}: train {len(dataset.train.x)}, "
+        f"validation {len(dataset.validation.x)}, test {len(dataset.test.x) if dataset.test else 0}"
+        f"; {keras.mixed_precision.global_policy().name}"
+    )
 
     def build():
         return cifar10.build_model(recipe, dataset.train.x, len(dataset.labels))
@@ -141,16 +150,36 @@ def train_cifar10(args, command):
     model = float32_twin(build, model)
     epochs = args.epochs or recipe.epochs
     # What each test-time augmentation scores, to see what the exported one pays for its cost.
-    by_tta = {tta: evaluate(cifar10.predict_fn(model, recipe, tta, dataset.jpeg), dataset.validation.x,
-                            dataset.validation.y)[0]["accuracy"] for tta in cifar10.TTA_VIEWS}
+    by_tta = {
+        tta: evaluate(
+            cifar10.predict_fn(model, recipe, tta, dataset.jpeg), dataset.validation.x, dataset.validation.y
+        )[0]["accuracy"]
+        for tta in cifar10.TTA_VIEWS
+    }
     predict = cifar10.predict_fn(model, recipe, jpeg=dataset.jpeg)
-    return _export(args, "cifar10", model, predict, dataset, history,
-                   command, epochs, recipe, seconds, strategy,
-                   input_spec={"name": "image", "shape": [32, 32, 3], "dtype": "uint8",
-                               "color": "RGB", "range": [0, 255],
-                               # applied inside the model, recorded for whoever reads the export
-                               "jpeg_round_trip": dataset.jpeg},
-                   extra={"validation_accuracy_by_tta": by_tta})
+    return _export(
+        args,
+        "cifar10",
+        model,
+        predict,
+        dataset,
+        history,
+        command,
+        epochs,
+        recipe,
+        seconds,
+        strategy,
+        input_spec={
+            "name": "image",
+            "shape": [32, 32, 3],
+            "dtype": "uint8",
+            "color": "RGB",
+            "range": [0, 255],
+            # applied inside the model, recorded for whoever reads the export
+            "jpeg_round_trip": dataset.jpeg,
+        },
+        extra={"validation_accuracy_by_tta": by_tta},
+    )
 
 
 def train_iris(args, command):
@@ -163,21 +192,55 @@ def train_iris(args, command):
     x_all = np.concatenate([dataset.train.x, dataset.validation.x, dataset.test.x])
     y_all = np.concatenate([dataset.train.y, dataset.validation.y, dataset.test.y])
     folds = iris.cross_validate(x_all, y_all, recipe, args.seed, args.epochs)
-    cv = {"folds": len(folds), "mean_accuracy": round(float(np.mean(folds)), 4),
-          "std_accuracy": round(float(np.std(folds)), 4), "fold_accuracies": [round(f, 4) for f in folds]}
+    cv = {
+        "folds": len(folds),
+        "mean_accuracy": round(float(np.mean(folds)), 4),
+        "std_accuracy": round(float(np.std(folds)), 4),
+        "fold_accuracies": [round(f, 4) for f in folds],
+    }
     epochs = args.epochs or recipe.epochs
 
     def predict(features):
         return model(features, training=False)
 
-    return _export(args, "iris", model, predict, dataset, history, command, epochs, recipe, seconds,
-                   None, input_spec={"name": "features", "shape": [4], "dtype": "float32",
-                                     "feature_names": data.IRIS_FEATURES, "unit": "cm"},
-                   extra={"cross_validation": cv})
+    return _export(
+        args,
+        "iris",
+        model,
+        predict,
+        dataset,
+        history,
+        command,
+        epochs,
+        recipe,
+        seconds,
+        None,
+        input_spec={
+            "name": "features",
+            "shape": [4],
+            "dtype": "float32",
+            "feature_names": data.IRIS_FEATURES,
+            "unit": "cm",
+        },
+        extra={"cross_validation": cv},
+    )
 
 
-def _export(args, name, model, predict, dataset, history, command, epochs, recipe, seconds,
-            strategy, input_spec, extra):
+def _export(
+    args,
+    name,
+    model,
+    predict,
+    dataset,
+    history,
+    command,
+    epochs,
+    recipe,
+    seconds,
+    strategy,
+    input_spec,
+    extra,
+):
     metrics = {}
     metrics["validation"], val_pred = evaluate(predict, dataset.validation.x, dataset.validation.y)
     judged, judged_pred, judged_on = dataset.validation, val_pred, "validation"
@@ -189,16 +252,23 @@ def _export(args, name, model, predict, dataset, history, command, epochs, recip
     meta = {
         "labels": dataset.labels,
         "metrics": metrics,
-        "training": training_metadata(command, dataset.source, args.seed, epochs, recipe,
-                                      seconds, strategy),
+        "training": training_metadata(command, dataset.source, args.seed, epochs, recipe, seconds, strategy),
     }
 
     def write_reports(folder):
-        reports.write_reports(folder, {**metrics, "confusion_matrix_split": judged_on,
-                                       "confusion_matrix": confusion.tolist(),
-                                       "history": {k: [float(v) for v in vs]
-                                                   for k, vs in history.history.items()}},
-                              history.history, dataset.labels, confusion, name)
+        reports.write_reports(
+            folder,
+            {
+                **metrics,
+                "confusion_matrix_split": judged_on,
+                "confusion_matrix": confusion.tolist(),
+                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+            },
+            history.history,
+            dataset.labels,
+            confusion,
+            name,
+        )
 
     return export.export_model(model, predict, args.out, name, input_spec, meta, write_reports)
 

@@ -26,8 +26,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer",
-                  "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
@@ -61,6 +60,7 @@ def cache_dir() -> Path:
 # Splitting
 # ---------------------------------------------------------------------------------------------
 
+
 def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
     """Index arrays, one per fraction, with every class spread in proportion (fractions sum to 1)."""
     rng = np.random.default_rng(seed)
@@ -82,10 +82,12 @@ def hold_out_validation(x, y, fraction: float, seed: int) -> tuple[Split, Split]
 # CIFAR-10
 # ---------------------------------------------------------------------------------------------
 
+
 def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed: int = 0) -> Dataset:
     """CIFAR-10 with a stratified validation split held out of the training images."""
     if data is None:
         import keras
+
         (x, y), (x_test, y_test) = keras.datasets.cifar10.load_data()
         labels, test = CIFAR10_LABELS, Split(x_test, y_test.reshape(-1).astype(np.int64))
         x, y, source = x, y.reshape(-1).astype(np.int64), "keras.datasets.cifar10"
@@ -96,8 +98,11 @@ def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed
         x, y = arrays["x_train"], arrays["y_train"]
         test = Split(arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else None
         source = str(data)  # as given: an absolute path would tie the export to one machine
-        jpeg = ({"quality": int(arrays["jpeg_quality"]), "chroma_subsampled": bool(arrays["jpeg_subsampled"])}
-                if "jpeg_quality" in arrays else None)
+        jpeg = (
+            {"quality": int(arrays["jpeg_quality"]), "chroma_subsampled": bool(arrays["jpeg_subsampled"])}
+            if "jpeg_quality" in arrays
+            else None
+        )
     train, validation = hold_out_validation(x, y, validation_fraction, seed)
     return Dataset(labels, train, validation, test, source, jpeg)
 
@@ -133,7 +138,7 @@ class _ArchiveFiles:
 
     def __init__(self, path: Path):
         self.path = path
-        self.tar = None if path.is_dir() else tarfile.open(path)
+        self.tar = None if path.is_dir() else tarfile.open(path)  # noqa: SIM115 (closed by its owner)
 
     def names(self) -> list[str]:
         if self.tar is not None:
@@ -200,11 +205,74 @@ def _decode(data: bytes) -> tuple[np.ndarray, tuple[int, bool] | None]:
 
 
 # libjpeg's luminance quantization table at quality 50, row by row; quality q scales it.
-IJG_LUMINANCE = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+IJG_LUMINANCE = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ]
+)
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,6 +288,7 @@ def ijg_quality(table: tuple[int, ...]) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # Iris
 # ---------------------------------------------------------------------------------------------
+
 
 def load_iris(seed: int = 0) -> Dataset:
     """scikit-learn's bundled Iris, split 80:10:10 (train / validation / test), stratified."""

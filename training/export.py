@@ -35,8 +35,15 @@ def next_version(model_dir: Path) -> int:
     return max(existing_versions(model_dir), default=0) + 1
 
 
-def export_model(model: keras.Model, predict, base_dir: str | Path, name: str,
-                 input_spec: dict, metadata: dict, reports=None) -> Path:
+def export_model(
+    model: keras.Model,
+    predict,
+    base_dir: str | Path,
+    name: str,
+    input_spec: dict,
+    metadata: dict,
+    reports=None,
+) -> Path:
     """Write `predict` (a function of one raw input batch returning probabilities) as the
     `serving_default` signature of the next version of `name`; returns the version folder.
 

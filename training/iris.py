@@ -36,19 +36,28 @@ def build_model(recipe: Recipe, train_features: np.ndarray, num_classes: int) ->
 
 
 def compile_model(model: keras.Model, recipe: Recipe) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(recipe.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
 
 
 def train(model, data, recipe: Recipe, epochs: int | None = None):
     compile_model(model, recipe)
-    return model.fit(data.train.x, data.train.y, batch_size=recipe.batch_size,
-                     epochs=epochs or recipe.epochs,
-                     validation_data=(data.validation.x, data.validation.y), verbose=2)
+    return model.fit(
+        data.train.x,
+        data.train.y,
+        batch_size=recipe.batch_size,
+        epochs=epochs or recipe.epochs,
+        validation_data=(data.validation.x, data.validation.y),
+        verbose=2,
+    )
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int,
-                   epochs: int | None = None) -> list[float]:
+def cross_validate(
+    x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int, epochs: int | None = None
+) -> list[float]:
     """Accuracy of a fresh model on each held-out fold of a stratified k-fold split."""
     scores = []
     folds = StratifiedKFold(recipe.cv_folds, shuffle=True, random_state=seed)
@@ -56,7 +65,12 @@ def cross_validate(x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int,
         keras.utils.set_random_seed(seed + fold)
         model = build_model(recipe, x[train_idx], int(y.max()) + 1)
         compile_model(model, recipe)
-        model.fit(x[train_idx], y[train_idx], batch_size=recipe.batch_size,
-                  epochs=epochs or recipe.epochs, verbose=0)
+        model.fit(
+            x[train_idx],
+            y[train_idx],
+            batch_size=recipe.batch_size,
+            epochs=epochs or recipe.epochs,
+            verbose=0,
+        )
         scores.append(float(model.evaluate(x[test_idx], y[test_idx], verbose=0)[1]))
     return scores

@@ -18,8 +18,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return matrix
 
 
-def write_reports(folder: Path, metrics: dict, history: dict, labels: list[str],
-                  confusion: np.ndarray, title: str) -> None:
+def write_reports(
+    folder: Path, metrics: dict, history: dict, labels: list[str], confusion: np.ndarray, title: str
+) -> None:
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_learning_curves(history, folder / "learning_curves.png", title)
     plot_confusion(confusion, labels, folder / "confusion_matrix.png", title)
@@ -28,7 +29,7 @@ def write_reports(folder: Path, metrics: dict, history: dict, labels: list[str],
 def plot_learning_curves(history: dict, path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
-    for ax, key in zip(axes, ("loss", "accuracy")):
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, history[key], "o-", label="train")
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "o-", label="validation")
@@ -46,8 +47,15 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black", fontsize=8)
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > matrix.max() / 2 else "black",
+            fontsize=8,
+        )
     ax.set(xlabel="predicted", ylabel="true", title=f"{title}: confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

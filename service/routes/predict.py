@@ -14,8 +14,15 @@ from service.deps import RegistryDep, SettingsDep, require_json
 from service.images import ImageRejected, decode_image
 from service.predictor import Predictor
 from service.registry import ServedModel, UnknownModel
-from service.schemas import (Error, FeaturesRequest, Instances, LabelProbability, OneInstance,
-                             Prediction, Predictions)
+from service.schemas import (
+    Error,
+    FeaturesRequest,
+    Instances,
+    LabelProbability,
+    OneInstance,
+    Prediction,
+    Predictions,
+)
 from service.settings import Settings
 from service.uploads import read_files
 
@@ -25,14 +32,29 @@ INLINE_DECODE_BYTES = 16 * 1024  # a 96x96 PNG or a 224x224 JPEG; see _decode_al
 TopK = Annotated[int | None, Query(ge=1, description="also list the k most probable classes")]
 
 
-IMAGE_UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object",
-    "required": ["file"],
-    "properties": {"file": {
-        "type": "array", "items": {"type": "string", "format": "binary"},
-        "description": "JPEG, PNG, GIF, BMP, WebP or TIFF; several `file` parts are answered in order",
-    }},
-}}}}}
+IMAGE_UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": (
+                                "JPEG, PNG, GIF, BMP, WebP or TIFF;"
+                                " several `file` parts are answered in order"
+                            ),
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 # Documented so clients (and Schemathesis) know every answer's shape.
 ERRORS = {status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 422, 503)}
 
@@ -40,10 +62,12 @@ ERRORS = {status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 
 def _of_kind(served: ServedModel, kind: str) -> ServedModel:
     name = served.name
     if served.predictor.kind != kind:
-        raise UnknownModel(f"model {name!r} takes features, not images: POST JSON to /predict/{name}"
-                           if kind == "image" else
-                           f"model {name!r} takes images, not features: POST multipart/form-data "
-                           f"to /predict/image/{name}")
+        raise UnknownModel(
+            f"model {name!r} takes features, not images: POST JSON to /predict/{name}"
+            if kind == "image"
+            else f"model {name!r} takes images, not features: POST multipart/form-data "
+            f"to /predict/image/{name}"
+        )
     return served
 
 
@@ -55,24 +79,44 @@ async def vector_model(model: str, registry: RegistryDep) -> ServedModel:
 # solves each dependency anew per request, about a quarter of the event loop's Python time
 # (py-spy, 32 users) before this change.
 
-@router.post("/image", response_model=Prediction | Predictions, response_model_exclude_none=True,
-             responses=ERRORS, openapi_extra=IMAGE_UPLOAD)
+
+@router.post(
+    "/image",
+    response_model=Prediction | Predictions,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    openapi_extra=IMAGE_UPLOAD,
+)
 async def predict_image(request: Request, top_k: TopK = None):
     """Classify uploaded images with the image model (the first by name if several are served)."""
     return await _classify_images(request, request.app.state.registry.image_model(), top_k)
 
 
-@router.post("/image/{model}", response_model=Prediction | Predictions, response_model_exclude_none=True,
-             responses=ERRORS, openapi_extra=IMAGE_UPLOAD)
+@router.post(
+    "/image/{model}",
+    response_model=Prediction | Predictions,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    openapi_extra=IMAGE_UPLOAD,
+)
 async def predict_image_with(request: Request, model: str, top_k: TopK = None):
     """Classify uploaded images with the image model called `model`."""
     return await _classify_images(request, _of_kind(request.app.state.registry.get(model), "image"), top_k)
 
 
-@router.post("/{model}", response_model=Prediction | Predictions, response_model_exclude_none=True,
-             responses=ERRORS, dependencies=[Depends(require_json)])
-async def predict_features(body: FeaturesRequest, served: Annotated[ServedModel, Depends(vector_model)],
-                           settings: SettingsDep, top_k: TopK = None):
+@router.post(
+    "/{model}",
+    response_model=Prediction | Predictions,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    dependencies=[Depends(require_json)],
+)
+async def predict_features(
+    body: FeaturesRequest,
+    served: Annotated[ServedModel, Depends(vector_model)],
+    settings: SettingsDep,
+    top_k: TopK = None,
+):
     """Classify feature vectors: `{"features": [...]}` or features by name answer one
     prediction; `{"instances": [[...], ...]}` answers `{"predictions": [...]}` in order."""
     predictor = served.predictor
@@ -107,8 +151,9 @@ async def _decode_all(files: list[bytearray], decode, decoders: ThreadPoolExecut
         except Exception as error:
             return [error]
     loop = asyncio.get_running_loop()
-    return await asyncio.gather(*(loop.run_in_executor(decoders, decode, f) for f in files),
-                                return_exceptions=True)
+    return await asyncio.gather(
+        *(loop.run_in_executor(decoders, decode, f) for f in files), return_exceptions=True
+    )
 
 
 def _feature_rows(body, predictor: Predictor, max_rows: int) -> np.ndarray:
@@ -121,8 +166,11 @@ def _feature_rows(body, predictor: Predictor, max_rows: int) -> np.ndarray:
     else:
         given = set(body)
         if names is None or given != set(names):
-            raise HTTPException(422, f"expected {expected} by name or as {{\"features\": [...]}}; "
-                                     f"got {', '.join(sorted(given)) or 'none'}")
+            raise HTTPException(
+                422,
+                f'expected {expected} by name or as {{"features": [...]}}; '
+                f"got {', '.join(sorted(given)) or 'none'}",
+            )
         rows = [[body[name] for name in names]]
     if len(rows) > max_rows:
         raise HTTPException(422, f"{len(rows)} instances; at most {max_rows} per request")
@@ -146,7 +194,18 @@ def _predictions(predictor: Predictor, probabilities: np.ndarray, top_k: int | N
     for row in probabilities:
         values = row.tolist()
         best = np.argsort(-row, kind="stable")
-        top = [LabelProbability(label=labels[i], probability=values[i]) for i in best[:top_k]] if top_k else None
-        predictions.append(Prediction(model=predictor.name, version=version, label=labels[best[0]],
-                                      probabilities=dict(zip(labels, values)), top_k=top))
+        top = (
+            [LabelProbability(label=labels[i], probability=values[i]) for i in best[:top_k]]
+            if top_k
+            else None
+        )
+        predictions.append(
+            Prediction(
+                model=predictor.name,
+                version=version,
+                label=labels[best[0]],
+                probabilities=dict(zip(labels, values, strict=True)),
+                top_k=top,
+            )
+        )
     return predictions
