@@ -14,7 +14,7 @@ from service.errors import add_error_handlers
 from service.limits import BodyLimits
 from service.metrics import Metrics, RequestMetrics
 from service.registry import ModelRegistry
-from service.routes import predict, status
+from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 
 
@@ -44,10 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's native OpenTelemetry looks for configured providers on every request (about
         # 0.1 ms); this service exports Prometheus metrics instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,  # service.routes.docs serves both from the app, for offline machines
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(status.router)
+    app.include_router(cards.router)
+    app.include_router(page.router)
+    app.include_router(docs.router)
     app.include_router(predict.router, dependencies=[Depends(require_api_key)] if settings.api_key else [])
     add_error_handlers(app, metrics)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)

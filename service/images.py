@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -68,6 +69,14 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
         except Exception as error:  # truncated or corrupt data fails inside the decoders
             raise UndecodableImage(f"cannot decode the {image.format} image: {error}") from None
     return to_model_size(rgb, size)
+
+
+def encode_png(pixels: np.ndarray) -> str:
+    """Model-input pixels ([H, W, 3] uint8) as a base64 PNG: lossless, so what a client shows
+    is exactly what the model saw."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

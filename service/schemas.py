@@ -64,6 +64,11 @@ class Prediction(BaseModel):
     label: str = Field(description="the most probable class", examples=["cat"])
     probabilities: dict[str, float] = Field(description="every class, in the model's label order")
     top_k: list[LabelProbability] | None = Field(None, description="the k most probable, when asked")
+    input_png: str | None = Field(
+        None,
+        description="with `?preview=1`: the exact pixels the model received (after decoding, EXIF "
+        "orientation and resizing to its input size), as a base64 PNG",
+    )
 
 
 class Predictions(BaseModel):

@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from service.deps import RegistryDep, SettingsDep, require_json
-from service.images import ImageRejected, decode_image
+from service.images import ImageRejected, decode_image, encode_png
 from service.predictor import Predictor
 from service.registry import ServedModel, UnknownModel
 from service.schemas import (
@@ -30,6 +30,10 @@ router = APIRouter(prefix="/predict", tags=["predict"])
 
 INLINE_DECODE_BYTES = 16 * 1024  # a 96x96 PNG or a 224x224 JPEG; see _decode_all
 TopK = Annotated[int | None, Query(ge=1, description="also list the k most probable classes")]
+Preview = Annotated[
+    bool,
+    Query(description="also return each image as the model received it (`input_png`, base64 PNG)"),
+]
 
 
 IMAGE_UPLOAD = {
@@ -87,9 +91,9 @@ async def vector_model(model: str, registry: RegistryDep) -> ServedModel:
     responses=ERRORS,
     openapi_extra=IMAGE_UPLOAD,
 )
-async def predict_image(request: Request, top_k: TopK = None):
+async def predict_image(request: Request, top_k: TopK = None, preview: Preview = False):
     """Classify uploaded images with the image model (the first by name if several are served)."""
-    return await _classify_images(request, request.app.state.registry.image_model(), top_k)
+    return await _classify_images(request, request.app.state.registry.image_model(), top_k, preview)
 
 
 @router.post(
@@ -99,9 +103,10 @@ async def predict_image(request: Request, top_k: TopK = None):
     responses=ERRORS,
     openapi_extra=IMAGE_UPLOAD,
 )
-async def predict_image_with(request: Request, model: str, top_k: TopK = None):
+async def predict_image_with(request: Request, model: str, top_k: TopK = None, preview: Preview = False):
     """Classify uploaded images with the image model called `model`."""
-    return await _classify_images(request, _of_kind(request.app.state.registry.get(model), "image"), top_k)
+    served = _of_kind(request.app.state.registry.get(model), "image")
+    return await _classify_images(request, served, top_k, preview)
 
 
 @router.post(
@@ -125,7 +130,7 @@ async def predict_features(
     return Predictions(predictions=predictions) if isinstance(body, Instances) else predictions[0]
 
 
-async def _classify_images(request: Request, served: ServedModel, top_k: int | None):
+async def _classify_images(request: Request, served: ServedModel, top_k: int | None, preview: bool):
     predictor = served.predictor  # this request is served by this version, even across a swap
     settings: Settings = request.app.state.settings
     decode = functools.partial(decode_image, size=predictor.image_size, max_pixels=settings.max_image_pixels)
@@ -137,7 +142,11 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
             raise type(image)(f"file {number}: {image}")
         if isinstance(image, BaseException):
             raise image
-    predictions = _predictions(predictor, await served.batcher.predict(np.stack(images), predictor), top_k)
+    batch = np.stack(images)
+    predictions = _predictions(predictor, await served.batcher.predict(batch, predictor), top_k)
+    if preview:  # encoded from the very array the model was given
+        for prediction, pixels in zip(predictions, batch, strict=True):
+            prediction.input_png = encode_png(pixels)
     return predictions[0] if len(predictions) == 1 else Predictions(predictions=predictions)
 
 
