@@ -174,6 +174,8 @@ async function classifyFile(file, card) {
   const originalCaption = el("figcaption", { text: "Your photo" });
   original.addEventListener("load", () => {
     originalCaption.textContent = `Your photo, ${original.naturalWidth}×${original.naturalHeight}`;
+    // Enlarged, a small photo shows its pixels, as the model's input beside it does.
+    if (original.naturalWidth < original.width) original.classList.add("pixels");
   });
   original.addEventListener("error", () => {
     original.hidden = true;
