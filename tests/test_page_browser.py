@@ -58,15 +58,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def service():
-    """`python -m service` over models/, on a free port of 127.0.0.1; its base URL."""
-    if not any(MODELS.glob("*/*/saved_model.pb")):
-        unavailable(f"no exported models in {MODELS}")
+@contextlib.contextmanager
+def running_service(model_dir: Path, ready: bool = True):
+    """`python -m service` over `model_dir`, on a free port of 127.0.0.1; its base URL once
+    /readyz answers (200, or any status when not waiting for ready)."""
     port = free_port()
     env = {
         **os.environ,
-        "MODEL_DIR": str(MODELS),
+        "MODEL_DIR": str(model_dir),
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "POLL_INTERVAL_S": "0",
@@ -81,9 +80,10 @@ def service():
         while True:
             assert process.poll() is None, f"the service exited with {process.returncode}"
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                status = httpx.get(f"{url}/readyz", timeout=2).status_code
+                if status == 200 or not ready:
                     break
-            assert time.monotonic() < deadline, "the service was not ready within 240 s"
+            assert time.monotonic() < deadline, "the service did not answer within 240 s"
             time.sleep(0.5)
         yield url
     finally:
@@ -96,10 +96,22 @@ def service():
 
 
 @pytest.fixture(scope="module")
+def service():
+    """The service over the shipped models, ready."""
+    if not any(MODELS.glob("*/*/saved_model.pb")):
+        unavailable(f"no exported models in {MODELS}")
+    with running_service(MODELS) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser():
     """Headless Chromium that can reach 127.0.0.1 and nothing else, logging every request."""
     binary, driver_path = chromium_paths()
-    webdriver = pytest.importorskip("selenium.webdriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        unavailable("no selenium: pip install -e '.[test]'")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in (
@@ -375,6 +387,7 @@ def test_the_iris_tab_classifies_a_real_flower_and_shows_the_services_errors(bro
     error = wait(browser, lambda d: (t := css(d, "#feature-petal_length-error")[0].text) and t)
     assert error == said
     assert fields["petal_length"].get_attribute("aria-invalid") == "true"
+    assert css(browser, "#features-error")[0].text == ""  # said beside the field, not in general
     assert not css(browser, "#features-result .result")
 
 
@@ -412,3 +425,44 @@ def test_the_api_docs_render_with_no_network(browser, service):
     # ReDoc always asks for Redocly's logo from its CDN (and hides it when that fails); the
     # policy of /redoc stops that request in the browser, the only violation allowed.
     assert all("cdn.redoc.ly/redoc/logo-mini.svg" in message for message in csp_violations(browser))
+
+
+def test_while_the_model_is_not_ready_the_page_says_so(browser, photos, tmp_path):
+    broken = tmp_path / "models" / "cifar10" / "1"
+    broken.mkdir(parents=True)  # a version folder with no SavedModel in it: never becomes ready
+    with running_service(tmp_path / "models", ready=False) as url:
+        refusal = httpx.post(f"{url}/predict/image", files={"file": photos[0].read_bytes()}, timeout=30)
+        assert refusal.status_code == 503
+        open_page(browser, url)
+        badge = wait(browser, lambda d: css(d, '#readiness[data-ready="false"]'))[0]
+        assert badge.text.startswith("Not ready: cifar10:")
+        upload(browser, [photos[0]])
+        (card,) = finished_results(browser, 1)
+        message = css(card, ".error")[0].text
+        assert message.startswith("The model is not ready yet") and refusal.json()["detail"] in message
+
+
+@pytest.mark.parametrize("gesture", ["drop", "paste"])
+def test_a_dropped_or_pasted_photo_is_classified(browser, service, gesture):
+    """Selenium cannot drag a file from the desktop or use the clipboard: the browser's own
+    drop and paste events carry a real File here, as they would from a person."""
+    open_page(browser, service)
+    browser.execute_async_script(
+        """
+        const [gesture, done] = arguments;
+        const blob = await (await fetch("/static/samples/dog.jpg")).blob();
+        const files = new DataTransfer();
+        files.items.add(new File([blob], "dropped-dog.jpg", { type: "image/jpeg" }));
+        const event = gesture === "drop"
+          ? new DragEvent("drop", { dataTransfer: files, bubbles: true, cancelable: true })
+          : new ClipboardEvent("paste", { clipboardData: files, bubbles: true, cancelable: true });
+        (gesture === "drop" ? document.getElementById("drop") : document.body).dispatchEvent(event);
+        done();
+        """,
+        gesture,
+    )
+    (card,) = finished_results(browser, 1)
+    assert css(card, "h3")[0].text == "dropped-dog.jpg"
+    assert (
+        css(card, ".verdict .label")[0].text == api_prediction(service, ROOT / "samples" / "dog.jpg")["label"]
+    )

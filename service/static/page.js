@@ -458,7 +458,11 @@ async function checkReadiness() {
     const response = await fetch("/readyz", { headers: { Accept: "application/json" } });
     const body = await response.json();
     ready = body.ready === true;
-    badge.textContent = ready ? `Ready: ${Object.keys(body.models).join(", ")}` : `Not ready: ${body.detail}`;
+    // The service's own words: "not ready: cifar10: loading", "starting", "no models in ...".
+    const detail = String(body.detail || response.status);
+    badge.textContent = ready
+      ? `Ready: ${Object.keys(body.models).join(", ")}`
+      : detail.charAt(0).toUpperCase() + detail.slice(1);
   } catch (error) {
     badge.textContent = `The service does not answer (${error.message})`;
   }
