@@ -25,6 +25,7 @@ APPS = ("service", "baseline")
 class Running:
     url: str
     pid: int
+    process: subprocess.Popen
 
 
 def free_port() -> int:
@@ -60,11 +61,12 @@ def serve(
     settings: dict[str, str] | None = None,
 ) -> Iterator[Running]:
     """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
-    on exit. Its output goes to `log_path`, not a pipe, so a chatty server can never block."""
+    on exit. `settings` (environment variables) override the caller's environment. Its output
+    goes to `log_path`, not a pipe, so a chatty server can never block."""
     port = free_port()
     env = {
-        **(settings or {}),
         **os.environ,
+        **(settings or {}),
         "MODEL_DIR": str(Path(model_dir).resolve()),
         "HOST": "127.0.0.1",
         "PORT": str(port),
@@ -77,7 +79,7 @@ def serve(
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, process, ready_timeout, log_path)
-            yield Running(url, process.pid)
+            yield Running(url, process.pid, process)
         finally:
             process.terminate()
             try:
