@@ -61,12 +61,12 @@ def serve(
     settings: dict[str, str] | None = None,
 ) -> Iterator[Running]:
     """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
-    on exit. `settings` (environment variables) override the caller's environment. Its output
-    goes to `log_path`, not a pipe, so a chatty server can never block."""
+    on exit. `settings` are environment variables the caller's environment may override. Its
+    output goes to `log_path`, not a pipe, so a chatty server can never block."""
     port = free_port()
     env = {
-        **os.environ,
         **(settings or {}),
+        **os.environ,
         "MODEL_DIR": str(Path(model_dir).resolve()),
         "HOST": "127.0.0.1",
         "PORT": str(port),

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(2048, ge=1)
     # Threads decoding uploads; Pillow releases the GIL, so they overlap with the event loop.
     decode_threads: int = Field(2, ge=1)
+    # Recover the original of an upload that is an enlargement of the model's input size (see
+    # service.resizing); off: every other size is resized with Lanczos.
+    undo_enlargements: bool = True
 
     # Request limits: body bytes (checked while reading), seconds to receive a whole body,
     # and decoded pixels per image (decompression bombs are refused from the header).

@@ -1,4 +1,4 @@
-"""Request bodies the tests send: images in any format, and feature vectors."""
+"""What the tests send (images in any format, feature vectors) and how an error answer looks."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ def photo(seed: int = 0, size: tuple[int, int] = (32, 32)) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
+def halves(size: tuple[int, int], first=(255, 0, 0), second=(0, 0, 255), vertical_split=True) -> Image.Image:
+    """Left (or top) half `first`, the other half `second`."""
+    image = Image.new("RGB", size, second)
+    width, height = size
+    image.paste(first, (0, 0, width // 2, height) if vertical_split else (0, 0, width, height // 2))
+    return image
+
+
 def png_declaring(width: int, height: int) -> bytes:
     """A valid 1x1 PNG whose header is rewritten to claim width x height (a decompression bomb)."""
     data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
@@ -47,3 +55,9 @@ def png_declaring(width: int, height: int) -> bytes:
 
 GOOD_IMAGE = encode(photo(), "PNG")
 GOOD_FEATURES = {"features": [5.1, 3.5, 1.4, 0.2]}
+
+
+def assert_error(response, status: int, detail: str = "") -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert detail.lower() in str(response.json()["detail"]).lower()

@@ -9,17 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from deployments import install, serving, wait_for
-from payloads import GOOD_FEATURES, GOOD_IMAGE, encode, photo, png_declaring
+from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error, encode, photo, png_declaring
 
 from service.batching import Crashed
 from service.errors import status_of
 from service.registry import UnknownModel
-
-
-def assert_error(response, status: int, detail: str = "") -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert detail.lower() in str(response.json()["detail"]).lower()
 
 
 @pytest.fixture(autouse=True)

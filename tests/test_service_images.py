@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from payloads import encode, photo, png_declaring
+from payloads import encode, halves, photo, png_declaring
 from PIL import GifImagePlugin, Image, ImageFile, TiffImagePlugin, WebPImagePlugin
 
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage, decode_image
@@ -17,14 +17,6 @@ MAX_PIXELS = 50_000_000
 
 def decode(data: bytes, size=SIZE, max_pixels=MAX_PIXELS) -> np.ndarray:
     return decode_image(data, size, max_pixels)
-
-
-def halves(size: tuple[int, int], first=(255, 0, 0), second=(0, 0, 255), vertical_split=True) -> Image.Image:
-    """Left (or top) half `first`, the other half `second`."""
-    image = Image.new("RGB", size, second)
-    width, height = size
-    image.paste(first, (0, 0, width // 2, height) if vertical_split else (0, 0, width, height // 2))
-    return image
 
 
 # --- formats --------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from payloads import GOOD_FEATURES, GOOD_IMAGE
 from prometheus_client.parser import text_string_to_metric_families
-from test_service_errors import GOOD_FEATURES, GOOD_IMAGE
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:

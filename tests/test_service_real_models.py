@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import serving
+from deployments import offline, serving
 from PIL import Image
-from test_service_predict import offline
 
 from training.export import existing_versions, load_metadata
 

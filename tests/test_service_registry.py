@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import install, publish, serving, wait_for
-from test_service_predict import images, offline, png
+from deployments import install, offline, publish, serving, wait_for
+from payloads import png
+from payloads import random_images as images
 
 from service import registry as registry_module
 from service.predictor import Predictor
