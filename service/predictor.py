@@ -45,8 +45,8 @@ class Predictor:
         with tf.device(device):
             self._loaded = tf.saved_model.load(str(version_dir))
         # The concrete signature function: no Keras predict() loop and no retracing at any batch
-        # size. Batches are not padded to a few fixed sizes: measured on the CIFAR-10 CNN, a
-        # first call at a new size costs 10-20% more once, where padding would cost up to
+        # size. Batches are not padded to a few fixed sizes: a first call at a new size costs a
+        # little more once (measured on the CIFAR-10 CNN), where padding would cost up to
         # twice the compute on every call.
         self._signature = self._loaded.signatures[checked.signature]
 

@@ -77,8 +77,8 @@ async def vector_model(model: str, registry: RegistryDep) -> ServedModel:
 
 
 # The image routes read the app's state themselves rather than through dependencies: FastAPI
-# solves each dependency anew per request, about a quarter of the event loop's Python time
-# (py-spy, 32 users) before this change.
+# solves each dependency anew per request, a large share of the event loop's Python time under
+# load (py-spy profile, 32 users) before this change.
 
 
 @router.post(
