@@ -44,6 +44,7 @@ FROM deps AS train
 RUN python /tmp/build/requirements.py --pyproject /tmp/build/pyproject.toml train > /tmp/build/train.txt \
     && pip install -r /tmp/build/train.txt
 COPY pyproject.toml README.md* /tmp/src/
+COPY model_repository /tmp/src/model_repository
 COPY training /tmp/src/training
 RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
 USER 10001:10001
@@ -63,10 +64,10 @@ CMD ["--help"]
 
 
 # The API, the default target: serving dependencies and the project's code (the service reads
-# exports with training.export), nothing more.
+# exports with model_repository), nothing more.
 FROM deps AS service
 COPY pyproject.toml README.md* /tmp/src/
-COPY training /tmp/src/training
+COPY model_repository /tmp/src/model_repository
 COPY service /tmp/src/service
 RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
 ENV HOST=0.0.0.0 \

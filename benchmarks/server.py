@@ -25,6 +25,7 @@ APPS = ("service", "baseline")
 class Running:
     url: str
     pid: int
+    process: subprocess.Popen
 
 
 def free_port() -> int:
@@ -60,7 +61,8 @@ def serve(
     settings: dict[str, str] | None = None,
 ) -> Iterator[Running]:
     """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
-    on exit. Its output goes to `log_path`, not a pipe, so a chatty server can never block."""
+    on exit. `settings` are environment variables the caller's environment may override. Its
+    output goes to `log_path`, not a pipe, so a chatty server can never block."""
     port = free_port()
     env = {
         **(settings or {}),
@@ -77,7 +79,7 @@ def serve(
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, process, ready_timeout, log_path)
-            yield Running(url, process.pid)
+            yield Running(url, process.pid, process)
         finally:
             process.terminate()
             try:

@@ -22,15 +22,23 @@ gives the CPU time each used, so a load generator that starves the server shows.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
+import statistics
+import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from benchmarks import report
 from benchmarks.inprocess import latest_version, signature_throughput
 from benchmarks.load import LoadRun, run_locust
 from benchmarks.server import APPS, serve
-from training.export import load_metadata
+from model_repository import load_metadata
+from service import resizing
+from service.images import decode_image
 
 ENDPOINTS = {"image": ("/predict/image", "cifar10"), "iris": ("/predict/iris", "iris")}
 BATCH_SIZES = [1, 8, 32, 128]
@@ -74,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
+    resizing_cost = resizing_ms()
+    print(
+        "decode + resize, median ms: " + ", ".join(f"{k} {v}" for k, v in resizing_cost.items()), flush=True
+    )
+
     runs: dict[tuple[str, str, int], LoadRun] = {}
     for server in APPS:
         settings = SERVICE_SETTINGS if server == "service" else None
@@ -104,10 +117,45 @@ def main(argv: list[str] | None = None) -> None:
                     )
 
     results = summarize(conditions, args, models, ceilings, runs)
-    markdown = to_markdown(results)
+    results["resizing_ms"] = resizing_cost
+    markdown = to_markdown(results) + (
+        "\n\nDecoding + resizing one 32x32 upload, median ms (`resizing_ms`): "
+        + ", ".join(f"{k} {v}" for k, v in resizing_cost.items())
+        + "\n"
+    )
     report.write(out, "serving", results, markdown)
     print(markdown)
     print(f"\nreport: {out / 'serving.md'}")
+
+
+def resizing_ms(repeats: int = 15) -> dict[str, float]:
+    """What undoing enlargements costs per upload, in one decoding thread: a PNG at the model's
+    size (no resizing), a 4x bicubic enlargement of it whose matrices are cached (warm) or not
+    built yet (cold: the first upload of a size, built on a decoder thread), and the same
+    enlargement with UNDO_ENLARGEMENTS=false (Lanczos)."""
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def median_ms(data: bytes, before=lambda: None, **options) -> float:
+        times = []
+        for _ in range(repeats):
+            before()
+            started = time.perf_counter()
+            decode_image(data, (32, 32), 50_000_000, **options)
+            times.append(time.perf_counter() - started)
+        return round(1000 * statistics.median(times), 3)
+
+    enlarged = png(small.resize((128, 128), Image.BICUBIC))
+    return {
+        "model_size": median_ms(png(small)),
+        "enlarged_cold": median_ms(enlarged, resizing.clear_cache),
+        "enlarged_warm": median_ms(enlarged),
+        "enlarged_undo_off": median_ms(enlarged, undo_enlargements=False),
+    }
 
 
 def summarize(conditions, args, models, ceilings, runs) -> dict:

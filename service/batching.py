@@ -37,6 +37,10 @@ class Closed(Exception):
     """The batcher is shutting down and takes no more work."""
 
 
+class Crashed(Closed):
+    """The batcher stopped on an unexpected error; its owner starts a new one, so retry."""
+
+
 @dataclass
 class _Job:
     rows: np.ndarray
@@ -68,8 +72,10 @@ class MicroBatcher:
         self._expected = 0
         self._arrived = asyncio.Event()
         self._closing = False
+        self._running: list[_Job] = []  # the batch in the model's hands
+        self.crashed: BaseException | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{name}")
+        self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{name}")
 
     @contextlib.contextmanager
     def expecting(self):
@@ -86,6 +92,8 @@ class MicroBatcher:
         """`predictor`'s output for `rows` (at most `max_batch_size` of them)."""
         if len(rows) > self.max_batch_size:
             raise ValueError(f"{len(rows)} rows; at most {self.max_batch_size} per request")
+        if self.crashed is not None:
+            raise Crashed(f"model {self.name}'s batcher stopped unexpectedly; retry")
         if self._closing:
             raise Closed(f"model {self.name} is shutting down")
         if self.queued + len(rows) > self.max_queue_size:
@@ -100,10 +108,27 @@ class MicroBatcher:
         """Finish the queued work, then stop."""
         self._closing = True
         self._arrived.set()
-        await self._task
+        await asyncio.wait([self.task])  # a crash is its owner's to report (see _serve)
         self._thread.shutdown()
 
     async def _serve(self) -> None:
+        """Serve batches until closed; if that ever fails unexpectedly, fail every request held
+        (rather than leave them waiting forever) and end with the error, for the owner's
+        done-callback to see (`ModelRegistry` starts a new batcher)."""
+        try:
+            await self._serve_batches()
+        except BaseException as error:
+            self.crashed = error
+            failure = Crashed(f"model {self.name}'s batcher stopped unexpectedly; retry")
+            for job in [*self._running, *self._jobs]:
+                if not job.future.done():
+                    job.future.set_exception(failure)
+            self._jobs.clear()
+            self.queued = 0
+            self._thread.shutdown(wait=False)
+            raise
+
+    async def _serve_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while self._jobs or not self._closing:
             if not self._jobs:
@@ -111,7 +136,7 @@ class MicroBatcher:
                 continue
             # Jobs that queued while the model was busy have waited enough already.
             await self._gather_company(self._jobs[0].arrived + self.max_wait_s)
-            jobs = self._take_batch()
+            jobs = self._running = self._take_batch()
             try:
                 outputs = await loop.run_in_executor(self._thread, self._run, jobs)
             except Exception as error:  # a failed batch fails its requests, not the batcher
@@ -127,6 +152,7 @@ class MicroBatcher:
                 if not job.future.done():  # the client may have gone away
                     job.future.set_result(outputs[start:end])
                 start = end
+            self._running = []
 
     async def _wait_for_arrival(self, timeout: float | None = None) -> None:
         self._arrived.clear()

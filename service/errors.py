@@ -13,7 +13,8 @@ from service.registry import ModelNotReady, UnknownModel
 
 RETRY_AFTER_S = "1"
 
-# Domain exceptions and the HTTP status each one means.
+# Domain exceptions and the HTTP status each one means; a subclass means what its nearest
+# listed ancestor means (see `status_of`).
 STATUS = {
     UndecodableImage: 400,
     UnknownModel: 404,
@@ -25,9 +26,14 @@ STATUS = {
 }
 
 
+def status_of(error: Exception) -> int:
+    """The status of the nearest class in `error`'s hierarchy that STATUS lists."""
+    return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
+
+
 def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def domain_error(request: Request, error: Exception) -> JSONResponse:
-        status = STATUS[type(error)]
+        status = status_of(error)
         headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
         return JSONResponse({"detail": str(error)}, status, headers)
 

@@ -42,8 +42,11 @@ class ImageTooLarge(ImageRejected):
     """More pixels than allowed."""
 
 
-def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """The image in `data` as uint8 RGB pixels, `size` = (width, height), or ImageRejected."""
+def decode_image(
+    data: bytes, size: tuple[int, int], max_pixels: int, undo_enlargements: bool = True, build: bool = True
+) -> np.ndarray:
+    """The image in `data` as uint8 RGB pixels, `size` = (width, height), or ImageRejected.
+    `undo_enlargements` and `build`: see `service.resizing.to_model_size`."""
     if not data:
         raise UndecodableImage("empty file")
     try:
@@ -68,7 +71,7 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
             raise ImageTooLarge(str(error)) from None
         except Exception as error:  # truncated or corrupt data fails inside the decoders
             raise UndecodableImage(f"cannot decode the {image.format} image: {error}") from None
-    return to_model_size(rgb, size)
+    return to_model_size(rgb, size, undo_enlargements, build)
 
 
 def encode_png(pixels: np.ndarray) -> str:

@@ -1,7 +1,8 @@
 """One exported model version, loaded: what its metadata promises and its serving signature.
 
 Everything model-specific (labels, input name, shape and dtype, feature names) comes from
-`assets.extra/metadata.json`, written by `training.export`; nothing is declared here.
+`assets.extra/metadata.json` (read and checked by `model_repository`, written by
+`training.export`); nothing is declared here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from training.export import load_metadata
+from model_repository import MetadataError, read_metadata
 
 
 class ModelError(Exception):
@@ -26,24 +27,28 @@ class Predictor:
         self.name = version_dir.parent.name
         self.version = int(version_dir.name)  # the folder is authoritative, as in TF Serving
         self.device = device
-        self.metadata = load_metadata(version_dir)
-        self.labels: list[str] = [str(label) for label in self.metadata["labels"]]
-        spec = self.metadata["input"]
-        self.input_name: str = spec["name"]
-        self.input_shape: tuple[int, ...] = tuple(spec["shape"][1:])
-        self.input_dtype = np.dtype(spec["dtype"])
+        try:
+            checked = read_metadata(version_dir)
+        except MetadataError as error:
+            raise ModelError(str(error)) from None
+        self.metadata: dict = checked.model_dump(mode="json", exclude_unset=True)  # as written
+        self.labels: list[str] = checked.labels
+        spec = checked.input
+        self.input_name: str = spec.name
+        self.input_shape: tuple[int, ...] = tuple(spec.shape[1:])
+        self.input_dtype = np.dtype(spec.dtype)
         self.kind = _input_kind(self.input_shape, self.input_dtype)
-        self.feature_names: list[str] | None = spec.get("feature_names")
+        self.feature_names: list[str] | None = spec.feature_names
         if self.feature_names is not None and len(self.feature_names) != self.input_shape[0]:
             raise ModelError(f"{len(self.feature_names)} feature names for {self.input_shape[0]} features")
-        self._output_name: str = self.metadata["output"]["name"]
+        self._output_name: str = checked.output.name
         with tf.device(device):
             self._loaded = tf.saved_model.load(str(version_dir))
         # The concrete signature function: no Keras predict() loop and no retracing at any batch
-        # size. Batches are not padded to a few fixed sizes: measured on the CIFAR-10 CNN, a
-        # first call at a new size costs 10-20% more once, where padding would cost up to
+        # size. Batches are not padded to a few fixed sizes: a first call at a new size costs a
+        # little more once (measured on the CIFAR-10 CNN), where padding would cost up to
         # twice the compute on every call.
-        self._signature = self._loaded.signatures[self.metadata["signature"]]
+        self._signature = self._loaded.signatures[checked.signature]
 
     @property
     def image_size(self) -> tuple[int, int]:

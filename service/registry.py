@@ -1,12 +1,14 @@
 """The models being served: found under MODEL_DIR, loaded, warmed up, and hot-reloaded.
 
 Every folder `<MODEL_DIR>/<name>/` is a model and every integer folder inside it a version
-(hidden ones, such as `training.export`'s `.staging-*`, are exports in progress). A model
+(hidden ones, such as `model_repository`'s `.staging-*`, are exports in progress). A model
 serves its newest version that loads and warms up, or its pinned one. Every
 `poll_interval_s` the folder is scanned again: a newer version is loaded and warmed up beside
 the live one, then swapped in by one assignment while requests keep flowing; a version that
 fails is logged, remembered and not retried (publish a fixed export as a new version), and
-the live one keeps serving. A broken or empty model never stops the others.
+the live one keeps serving. A broken or empty model never stops the others. A batcher that
+stops on an unexpected error fails the requests it held (503), and is replaced at once; until
+then the model is not ready.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_repository import existing_versions
 from service.batching import MicroBatcher
 from service.metrics import Metrics
 from service.predictor import ModelError, Predictor, load_predictor
 from service.settings import Settings
-from training.export import existing_versions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class ServedModel:
     @property
     def problem(self) -> str | None:
         """Why the model is not serving, or None when it is."""
+        if self.batcher is not None and self.batcher.crashed is not None:
+            return f"its batcher stopped unexpectedly ({self.batcher.crashed!r}); restarting"
         if self.predictor is not None:
             return None
         if self.pinned is not None and self.pinned not in self.versions:
@@ -188,7 +192,7 @@ class ModelRegistry:
             log.error("rejected %s version %d (%s): %s%s", served.name, version, path, error, keeping)
             return False
         if served.batcher is None:
-            served.batcher = self._new_batcher(served.name)
+            served.batcher = self._new_batcher(served)
         served.predictor = predictor  # the swap: requests from now on get the new version
         self.metrics.live_version.labels(served.name).set(version)
         log.info(
@@ -202,8 +206,8 @@ class ModelRegistry:
         )
         return True
 
-    def _new_batcher(self, name: str) -> MicroBatcher:
-        s = self.settings
+    def _new_batcher(self, served: ServedModel) -> MicroBatcher:
+        name, s = served.name, self.settings
         batch_sizes = self.metrics.batch_size.labels(name)
         batch_seconds = self.metrics.batch_seconds.labels(name)
 
@@ -220,4 +224,18 @@ class ModelRegistry:
             self.metrics.errors.labels("inference").inc,
         )
         self.metrics.queue_depth.labels(name).set_function(lambda: batcher.queued)
+        batcher.task.add_done_callback(lambda task: self._batcher_stopped(served, batcher, task))
         return batcher
+
+    def _batcher_stopped(self, served: ServedModel, batcher: MicroBatcher, task: asyncio.Task) -> None:
+        """A batcher's task ended: on close, fine; on an unexpected error (its requests already
+        failed with 503 and the model reads as not ready), log it and start a new batcher."""
+        if task.cancelled() or task.exception() is None or served.batcher is not batcher:
+            return
+        self.metrics.errors.labels("inference").inc()
+        log.error(
+            "the batcher of model %s stopped unexpectedly; its requests got 503; starting a new one",
+            served.name,
+            exc_info=task.exception(),
+        )
+        served.batcher = self._new_batcher(served)

@@ -14,7 +14,10 @@
   within rounding (RMS residual about 0.4/255, about 1.2 after JPEG at quality 75), that is the
   original, recovered to about 0.05/255. Photos that are not enlargements leave residuals
   of 5 and more and take the next path. Tried for uploads up to MAX_ENLARGEMENT times the
-  model size.
+  model size, unless turned off (`undo_enlargements=False`, setting UNDO_ENLARGEMENTS).
+  The solve needs, per upload size, each interpolator's matrix and pseudo-inverse: built
+  once, then cached. Building them costs milliseconds, so a caller on the event loop passes
+  `build=False` and gets `NotBuiltYet` instead, to redo the work on a worker thread.
 * Everything else: Lanczos, antialiased (Pillow widens its support with the scale factor), the
   least-error Pillow filter on the same measurements. `reducing_gap` first shrinks huge images
   by an integer factor with a cheap box filter, bounding the cost at no measurable loss.
@@ -22,8 +25,8 @@
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
 
 import numpy as np
 from PIL import Image
@@ -38,13 +41,31 @@ INTERPOLATORS = (
 ENLARGEMENT_RESIDUAL = 2.0  # RMS, out of 255; see above
 PROBES = 16  # rows and columns looked at before solving
 REDUCING_GAP = 3.0
+CACHED_MATRICES = 256  # (length, enlarged length, interpolator) entries, oldest dropped first
 
 
-def to_model_size(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """`image` (RGB) as [height, width, 3] uint8 pixels at `size` = (width, height)."""
+class NotBuiltYet(Exception):
+    """Undoing this enlargement needs matrices not built yet (see `to_model_size`'s `build`)."""
+
+
+def to_model_size(
+    image: Image.Image, size: tuple[int, int], undo_enlargements: bool = True, build: bool = True
+) -> np.ndarray:
+    """`image` (RGB) as [height, width, 3] uint8 pixels at `size` = (width, height).
+
+    `build=False`: raise NotBuiltYet rather than spend milliseconds building the matrices an
+    enlargement of a new size needs (callers on the event loop)."""
     if image.size == size:
         return np.asarray(image)
-    if all(target <= side <= MAX_ENLARGEMENT * target for side, target in zip(image.size, size, strict=True)):
+    if undo_enlargements and all(
+        target <= side <= MAX_ENLARGEMENT * target for side, target in zip(image.size, size, strict=True)
+    ):
+        if not build and not all(
+            (length, enlarged, interpolator) in _matrices
+            for length, enlarged in zip(size, image.size, strict=True)
+            for interpolator in INTERPOLATORS
+        ):
+            raise NotBuiltYet(f"{image.size[0]}x{image.size[1]} to {size[0]}x{size[1]}")
         original = undo_enlargement(np.asarray(image), size)
         if original is not None:
             return original
@@ -86,10 +107,34 @@ def _rms(values: np.ndarray) -> float:
     return math.sqrt(np.vdot(values, values) / values.size)  # np.mean's overhead showed in profiles
 
 
-@functools.lru_cache(maxsize=256)
+_matrices: dict[tuple[int, int, Image.Resampling], tuple[np.ndarray, np.ndarray]] = {}
+_matrices_lock = threading.Lock()
+
+
 def enlargement(length: int, enlarged: int, interpolator: Image.Resampling) -> tuple[np.ndarray, np.ndarray]:
     """The matrix of Pillow's 1-D enlargement from `length` to `enlarged` samples (each column
-    the enlargement of one unit impulse, computed in floating point) and its pseudo-inverse."""
+    the enlargement of one unit impulse, computed in floating point) and its pseudo-inverse;
+    cached."""
+    key = (length, enlarged, interpolator)
+    cached = _matrices.get(key)
+    if cached is None:
+        cached = _build_enlargement(*key)
+        with _matrices_lock:
+            _matrices[key] = cached
+            while len(_matrices) > CACHED_MATRICES:
+                del _matrices[next(iter(_matrices))]
+    return cached
+
+
+def clear_cache() -> None:
+    """Forget every built matrix (for measuring a cold upload size)."""
+    with _matrices_lock:
+        _matrices.clear()
+
+
+def _build_enlargement(
+    length: int, enlarged: int, interpolator: Image.Resampling
+) -> tuple[np.ndarray, np.ndarray]:
     impulses = np.eye(length, dtype=np.float32)
     matrix = np.stack(
         [

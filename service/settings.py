@@ -23,8 +23,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # Server processes, each with its own event loop, copy of the models and batcher. One
     # event loop tops out at about one core of request handling; on CPUs, one worker per core
-    # with INTRA_OP_THREADS=1 used the whole machine (2 cores: 451 vs 375 images/s at 32
-    # users). Each worker reports its own /metrics.
+    # with INTRA_OP_THREADS=1 used the whole machine where one worker left it partly idle
+    # (README, "Load testing and benchmarks": benchmarks.serving, 2026-11-26). Each worker
+    # reports its own /metrics.
     workers: int = Field(1, ge=1)
     # TensorFlow thread pools; 0 lets TensorFlow choose (one per core).
     intra_op_threads: int = Field(0, ge=0)
@@ -38,6 +39,9 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(2048, ge=1)
     # Threads decoding uploads; Pillow releases the GIL, so they overlap with the event loop.
     decode_threads: int = Field(2, ge=1)
+    # Recover the original of an upload that is an enlargement of the model's input size (see
+    # service.resizing); off: every other size is resized with Lanczos.
+    undo_enlargements: bool = True
 
     # Request limits: body bytes (checked while reading), seconds to receive a whole body,
     # and decoded pixels per image (decompression bombs are refused from the header).

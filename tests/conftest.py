@@ -1,64 +1,58 @@
-"""Shared fixtures: tiny but real SavedModels, exported once per session by `training.export`
-exactly as the trained ones are, and apps serving copies of them."""
+"""Shared fixtures: tiny but real SavedModels exported once per session (see `deployments`), apps
+serving copies of them, a test environment free of the developer's service settings, and CI's
+rule that the end-to-end tests never skip."""
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import time
+import os
 from pathlib import Path
 
-import keras
 import pytest
-from fastapi.testclient import TestClient
+from deployments import (
+    IMAGE_SPEC,
+    IRIS_LABELS,
+    IRIS_SPEC,
+    export,
+    install,
+    serving,
+    tiny_feature_model,
+    tiny_image_model,
+)
 
-from service.app import create_app
 from service.settings import Settings
-from training.data import CIFAR10_LABELS, IRIS_FEATURES
-from training.export import export_model
+from training.data import CIFAR10_LABELS
 
-IRIS_LABELS = ["setosa", "versicolor", "virginica"]
-
-
-def tiny_image_model(height: int, width: int, classes: int, seed: int) -> keras.Model:
-    """Raw uint8 RGB in, probabilities out, normalization inside: the shape of the real CNN."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((height, width, 3), dtype="uint8", name="image")
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs)
+# Set by CI (.ci/run): tests marked `required_in_ci` fail where they would skip, so a missing
+# tool, schema or model can never pass CI silently.
+REQUIRE_ALL = os.environ.get("CIFAR_SERVING_REQUIRE_ALL") == "1"
 
 
-def tiny_feature_model(features: int, classes: int, seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((features,), dtype="float32", name="features")
-    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(inputs))
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.skipped and REQUIRE_ALL and item.get_closest_marker("required_in_ci"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which CIFAR_SERVING_REQUIRE_ALL=1 forbids: {reason}"
+    return report
 
 
-def export(model: keras.Model, root: Path, name: str, input_spec: dict, labels: list[str]) -> Path:
-    metadata = {
-        "labels": labels,
-        "metrics": {"test": {"accuracy": 0.5, "examples": 10}},
-        "training": {"command": "pytest tests/conftest.py", "seed": 0},
-    }
-    return export_model(model, lambda x: model(x, training=False), root, name, input_spec, metadata)
-
-
-IMAGE_SPEC = {"name": "image", "shape": [32, 32, 3], "dtype": "uint8", "color": "RGB", "range": [0, 255]}
-IRIS_SPEC = {
-    "name": "features",
-    "shape": [4],
-    "dtype": "float32",
-    "feature_names": IRIS_FEATURES,
-    "unit": "cm",
-}
+@pytest.fixture(scope="session", autouse=True)
+def _no_service_settings_from_the_shell():
+    """Settings read the environment: an API_KEY or DEVICE in the developer's shell must not
+    change what the tests see, nor reach the servers they start."""
+    fields = set(Settings.model_fields)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.lower() in fields:
+                patch.delenv(name)
+        yield
 
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory) -> dict[str, Path]:
-    """Version folders: cifar10 v1 and v2 (other weights), iris v1, and a 16x24 image model."""
+    """Version folders: cifar10 v1 and v2 (other weights), iris v1, a 16x24 image model, and an
+    iris-shaped model whose weights are all ones (its outputs overflow on huge features)."""
     root = tmp_path_factory.mktemp("exports")
     return {
         "cifar10": export(tiny_image_model(32, 32, 10, seed=1), root, "cifar10", IMAGE_SPEC, CIFAR10_LABELS),
@@ -73,30 +67,8 @@ def exports(tmp_path_factory) -> dict[str, Path]:
             {**IMAGE_SPEC, "shape": [16, 24, 3]},
             ["left", "right"],
         ),
+        "ones": export(tiny_feature_model(4, 3, seed=5, kernel="ones"), root, "ones", IRIS_SPEC, IRIS_LABELS),
     }
-
-
-def install(exported: Path, model_dir: Path, name: str | None = None, version: int = 1) -> Path:
-    """Copy an exported version into `model_dir/<name>/<version>`, as a deployment would."""
-    target = model_dir / (name or exported.parent.name) / str(version)
-    shutil.copytree(exported, target)
-    return target
-
-
-def publish(exported: Path, model_dir: Path, version: int, name: str | None = None) -> Path:
-    """Install atomically, as `training.export` does: copy under a hidden name, then rename."""
-    folder = model_dir / (name or exported.parent.name)
-    staging = folder / f".staging-{version}"
-    shutil.copytree(exported, staging)
-    return staging.rename(folder / str(version))
-
-
-def wait_for(condition, timeout: float = 30, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(interval)
-    return result
 
 
 @pytest.fixture
@@ -106,29 +78,6 @@ def model_dir(tmp_path, exports) -> Path:
     install(exports["cifar10"], root)
     install(exports["iris"], root)
     return root
-
-
-def settings(model_dir: Path, **overrides) -> Settings:
-    # Small batches and a short poll keep the tests fast; hot reload is off unless asked for.
-    return Settings(**{"model_dir": model_dir, "poll_interval_s": 0, "max_batch_size": 16, **overrides})
-
-
-def wait_ready(client: TestClient, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while (response := client.get("/readyz")).status_code != 200:
-        assert time.monotonic() < deadline, response.json()
-        time.sleep(0.05)
-    return response.json()
-
-
-@contextlib.contextmanager
-def serving(model_dir: Path, ready: bool = True, **overrides):
-    """A TestClient of an app over `model_dir`, its lifespan running; ready unless told not to wait.
-    Server errors come back as responses (500), as a real client would see them."""
-    with TestClient(create_app(settings(model_dir, **overrides)), raise_server_exceptions=False) as client:
-        if ready:
-            wait_ready(client)
-        yield client
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ import sys
 import tomllib
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from service.settings import Settings
 
@@ -24,7 +26,7 @@ COMPOSE_SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
 # ${NAME}, ${NAME:-default} or ${NAME-default}, as Compose interpolates them.
 VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
 
-yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the Compose files")
+pytestmark = pytest.mark.required_in_ci  # hadolint and the schema must be there in CI
 
 
 def load_compose(name: str) -> dict:
@@ -38,7 +40,6 @@ def with_defaults(value: str) -> str:
 
 @pytest.mark.parametrize("name", COMPOSE_FILES)
 def test_compose_file_matches_the_compose_specification(name):
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is needed (the [test] extra)")
     if not COMPOSE_SCHEMA.is_file():
         pytest.skip(f"no Compose Specification schema at {COMPOSE_SCHEMA}")
     schema = json.loads(COMPOSE_SCHEMA.read_text())

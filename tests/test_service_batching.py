@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import serving
-from test_service_predict import images, png
+from deployments import serving
+from payloads import png
+from payloads import random_images as images
 
 from service.batching import Closed, MicroBatcher, QueueFull
 

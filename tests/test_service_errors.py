@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import serving
-from test_service_images import encode, photo, png_declaring
+from deployments import install, serving, wait_for
+from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error, encode, photo, png_declaring
 
-GOOD_IMAGE = encode(photo(), "PNG")
-GOOD_FEATURES = {"features": [5.1, 3.5, 1.4, 0.2]}
-
-
-def assert_error(response, status: int, detail: str = "") -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert detail.lower() in str(response.json()["detail"]).lower()
+from service.batching import Crashed
+from service.errors import status_of
+from service.registry import UnknownModel
 
 
 @pytest.fixture(autouse=True)
-def still_serving(client):
-    """After every bad request, good ones still work."""
+def still_serving(request, client):
+    """After every bad request, good ones still work, on the app that took the bad ones."""
     yield
-    assert client.post("/predict/image", files={"file": GOOD_IMAGE}).status_code == 200
-    assert client.post("/predict/iris", json=GOOD_FEATURES).status_code == 200
+    abused = (
+        request.getfixturevalue("small_body_client")
+        if "small_body_client" in request.fixturenames
+        else client
+    )
+    assert abused.post("/predict/image", files={"file": GOOD_IMAGE}).status_code == 200
+    assert abused.post("/predict/iris", json=GOOD_FEATURES).status_code == 200
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -86,9 +88,14 @@ def test_multipart_without_boundary(client):
     assert_error(response, 400, "boundary")
 
 
-def test_file_names_are_never_used(client):
+def test_file_names_are_never_used(client, tmp_path, monkeypatch):
+    working = tmp_path / "a" / "b"  # where "../../etc/passwd" would land, relative to the cwd
+    working.mkdir(parents=True)
+    monkeypatch.chdir(working)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     files = {"file": ("../../etc/passwd\x00.png", GOOD_IMAGE, "image/png")}
     assert client.post("/predict/image", files=files).status_code == 200
+    assert [path for path in tmp_path.rglob("*") if not path.is_dir()] == []
 
 
 # --- features -------------------------------------------------------------------------------
@@ -121,12 +128,19 @@ def test_file_names_are_never_used(client):
         ([5.1, 3.5, 1.4, 0.2], "expected"),
         ("5.1", "expected"),
         (5.1, "expected"),
-        ({"features": [3e38, 3e38, 3e38, 3e38]}, ""),  # finite, but the model overflows
         ({"features": [1e39, 1, 1, 1]}, "finite as float32"),
     ],
 )
 def test_bad_features(client, body, detail):
     assert_error(client.post("/predict/iris", json=body), 422, detail)
+
+
+def test_features_that_overflow_inside_the_model_are_refused(tmp_path, exports):
+    root = tmp_path / "models"
+    install(exports["ones"], root, name="iris")  # every weight 1: 4 x 3e38 overflows float32
+    with serving(root) as overflowing:
+        response = overflowing.post("/predict/iris", json={"features": [3e38, 3e38, 3e38, 3e38]})
+        assert_error(response, 422, "the model's output is not finite")
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -251,8 +265,7 @@ def test_full_queue_answers_503_with_retry_after(shared_models, monkeypatch):
             first = pool.submit(client.post, "/predict/iris", json=GOOD_FEATURES)
             assert entered.wait(10)  # the model is busy with the first request
             queued = [pool.submit(client.post, "/predict/iris", json=GOOD_FEATURES) for _ in range(2)]
-            while client.app.state.registry.models["iris"].batcher.queued < 2:
-                threading.Event().wait(0.01)
+            wait_for(lambda: client.app.state.registry.models["iris"].batcher.queued == 2, timeout=10)
             refused = client.post("/predict/iris", json=GOOD_FEATURES)
             gate.set()
             assert_error(refused, 503, "rows waiting")
@@ -275,9 +288,40 @@ def test_an_unexpected_failure_is_a_json_500_and_the_service_carries_on(shared_m
         assert 'service_errors_total{kind="unhandled"} 1.0' in metrics
 
 
-def test_uploads_never_touch_the_disk(client, monkeypatch):
-    import tempfile
+class Unexpected(BaseException):
+    """Not an Exception: gets past the batcher's per-batch handling and stops its task."""
 
+
+@pytest.mark.timeout(60)  # without supervision the request waits forever
+def test_a_crashed_batcher_fails_its_requests_with_503_and_is_replaced(shared_models, monkeypatch, caplog):
+    with serving(shared_models) as client:
+        served = client.app.state.registry.models["iris"]
+        crashed_batcher = served.batcher
+
+        def crash(batch):
+            raise Unexpected("the model call went wrong in a way nobody planned for")
+
+        monkeypatch.setattr(served.predictor, "predict", crash)
+        with caplog.at_level(logging.ERROR, logger="service.registry"):
+            response = client.post("/predict/iris", json=GOOD_FEATURES)
+        assert_error(response, 503, "batcher stopped unexpectedly")
+        assert response.headers["retry-after"] == "1"
+        assert "batcher of model iris stopped unexpectedly" in caplog.text
+        assert crashed_batcher.crashed is not None and served.batcher is not crashed_batcher
+        monkeypatch.undo()
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/predict/iris", json=GOOD_FEATURES).status_code == 200
+
+
+def test_a_subclass_of_a_domain_error_has_its_parents_status():
+    class NoSuchVersion(UnknownModel):
+        pass
+
+    assert status_of(NoSuchVersion("x")) == 404
+    assert status_of(Crashed("x")) == 503
+
+
+def test_uploads_never_touch_the_disk(client, monkeypatch):
     def no_disk(*args, **kwargs):
         raise AssertionError("an upload was written to a temporary file")
 

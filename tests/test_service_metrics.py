@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from payloads import GOOD_FEATURES, GOOD_IMAGE
 from prometheus_client.parser import text_string_to_metric_families
-from test_service_errors import GOOD_FEATURES, GOOD_IMAGE
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:
@@ -16,7 +16,10 @@ def samples(client) -> dict[tuple[str, tuple], float]:
 
 
 def value(all_samples, name, **labels) -> float:
-    return all_samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sample's value; a series that is missing fails rather than reading as 0."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in all_samples, f"no series {name}{labels}"
+    return all_samples[key]
 
 
 def test_requests_are_counted_by_route_template_and_status(client):
@@ -27,8 +30,8 @@ def test_requests_are_counted_by_route_template_and_status(client):
     client.get("/no/such/path/123")
     after = samples(client)
 
-    def delta(name, **labels):
-        return value(after, name, **labels) - value(before, name, **labels)
+    def delta(name, **labels):  # a counter's series appears with its first increment
+        return value(after, name, **labels) - before.get((name, tuple(sorted(labels.items()))), 0.0)
 
     assert delta("http_requests_total", route="/predict/{model}", method="POST", status="200") == 1
     assert delta("http_requests_total", route="/predict/{model}", method="POST", status="422") == 1

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import IRIS_LABELS, install, serving
+from deployments import IRIS_LABELS, install, offline, serving
+from payloads import encode, photo, png
+from payloads import random_images as images
 from PIL import Image
 
+from service.resizing import REDUCING_GAP
 from training.data import CIFAR10_LABELS, IRIS_FEATURES
 
 
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def images(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-
-
-def offline(version_dir, batch) -> np.ndarray:
-    """The export's own signature, called directly: what HTTP must reproduce."""
-    loaded = tf.saved_model.load(str(version_dir))
-    name = "image" if batch.dtype == np.uint8 else "features"
-    return loaded.signatures["serving_default"](**{name: tf.constant(batch)})["probabilities"].numpy()
+def probabilities(body: dict) -> np.ndarray:
+    return np.array(list(body["probabilities"].values()))
 
 
 def test_image_prediction_names_model_version_and_every_class(client, exports):
@@ -41,7 +28,7 @@ def test_image_prediction_names_model_version_and_every_class(client, exports):
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
     assert "top_k" not in body
     expected = offline(exports["cifar10"], pixels)[0]
-    assert np.allclose(list(body["probabilities"].values()), expected, atol=1e-5)
+    assert np.allclose(probabilities(body), expected, atol=1e-5)
 
 
 def test_top_k_lists_the_most_probable_first(client):
@@ -71,10 +58,21 @@ def test_image_model_can_be_named_in_the_path(client):
     assert response.status_code == 200 and response.json()["model"] == "cifar10"
 
 
-def test_uploads_of_any_size_are_resized_to_the_model_input(client):
-    big = np.asarray(Image.fromarray(images(1)[0]).resize((640, 480)))
+def test_uploads_of_any_size_are_resized_to_the_model_input(client, exports):
+    big = images(1, size=(640, 480))[0]
     response = client.post("/predict/image", files={"file": png(big)})
     assert response.status_code == 200
+    resized = Image.fromarray(big).resize((32, 32), Image.LANCZOS, reducing_gap=REDUCING_GAP)
+    expected = offline(exports["cifar10"], np.asarray(resized)[None])[0]
+    assert np.allclose(probabilities(response.json()), expected, atol=1e-5)
+
+
+def test_the_format_comes_from_the_bytes_not_the_file_name_or_type(client):
+    jpeg = encode(photo(), "JPEG")
+    as_jpeg = client.post("/predict/image", files={"file": ("cat.jpg", jpeg, "image/jpeg")})
+    as_png = client.post("/predict/image", files={"file": ("cat.png", jpeg, "image/png")})
+    assert as_jpeg.status_code == as_png.status_code == 200
+    assert as_png.json() == as_jpeg.json()
 
 
 def test_non_square_model_gets_its_own_input_size(tmp_path, exports):
@@ -95,16 +93,16 @@ def test_one_instance_by_features_or_by_name(client, exports):
     assert (body["model"], body["version"]) == ("iris", "1")
     assert list(body["probabilities"]) == IRIS_LABELS
     expected = offline(exports["iris"], np.array([features], np.float32))[0]
-    assert np.allclose(list(body["probabilities"].values()), expected, atol=1e-6)
+    assert np.allclose(probabilities(body), expected, atol=1e-6)
 
 
 def test_named_features_may_come_in_any_order(client):
     features = dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3], strict=True))
     shuffled = dict(reversed(list(features.items())))
-    assert (
-        client.post("/predict/iris", json=features).json()
-        == client.post("/predict/iris", json=shuffled).json()
-    )
+    in_order = client.post("/predict/iris", json=features)
+    reversed_order = client.post("/predict/iris", json=shuffled)
+    assert in_order.status_code == reversed_order.status_code == 200
+    assert in_order.json() == reversed_order.json()
 
 
 def test_instances_are_answered_in_order(client, exports):
@@ -120,4 +118,7 @@ def test_instances_are_answered_in_order(client, exports):
 
 
 def test_integers_are_numbers(client):
-    assert client.post("/predict/iris", json={"features": [5, 3, 1, 0]}).status_code == 200
+    as_integers = client.post("/predict/iris", json={"features": [5, 3, 1, 0]})
+    as_floats = client.post("/predict/iris", json={"features": [5.0, 3.0, 1.0, 0.0]})
+    assert as_integers.status_code == 200
+    assert as_integers.json() == as_floats.json()

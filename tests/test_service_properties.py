@@ -7,8 +7,7 @@ import math
 
 import pytest
 import schemathesis
-from conftest import settings as service_settings
-from conftest import wait_for
+from deployments import service_settings, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode

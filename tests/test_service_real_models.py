@@ -1,5 +1,6 @@
 """The trained models committed under models/ (or SERVICE_TEST_MODEL_DIR), served end to end:
-HTTP must reproduce the exported signature's own accuracy. Skipped when the models are absent.
+HTTP must reproduce the exported signature's own accuracy. Skipped when the models or the
+dataset are absent, except in CI (CIFAR_SERVING_REQUIRE_ALL=1), where that fails.
 
 The CIFAR-10 test split is not available here, so the comparison runs on a sample of the
 training images; what is checked is the gap between HTTP and offline, not the accuracy itself.
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import serving
+from deployments import offline, serving
 from PIL import Image
-from test_service_predict import offline
 
-from training.export import existing_versions, load_metadata
+from model_repository import existing_versions, load_metadata
+
+pytestmark = pytest.mark.required_in_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SERVICE_TEST_MODEL_DIR", ROOT / "models"))

@@ -9,8 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import install, publish, serving, wait_for
-from test_service_predict import images, offline, png
+import tensorflow as tf
+from deployments import install, offline, publish, serving, wait_for
+from payloads import png
+from payloads import random_images as images
 
 from service import registry as registry_module
 from service.predictor import Predictor
@@ -36,6 +38,16 @@ def break_metadata_labels(version_dir):
 
 def remove_metadata(version_dir):
     (version_dir / "assets.extra" / "metadata.json").unlink()
+
+
+def drop_metadata_input(version_dir):
+    path = version_dir / "assets.extra" / "metadata.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "input"}))
+
+
+def truncate_metadata(version_dir):
+    path = version_dir / "assets.extra" / "metadata.json"
+    path.write_text(path.read_text()[:40])
 
 
 def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypatch):
@@ -88,7 +100,7 @@ def test_models_describes_what_is_live(client, exports):
         "pinned_version": None,
         "rejected_versions": {},
         "kind": "image",
-        "device": "/CPU:0",
+        "device": "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0",  # DEVICE=auto
         "labels": CIFAR10_LABELS,
         "input": metadata["input"],
         "output": metadata["output"],
@@ -117,7 +129,9 @@ def test_missing_model_dir_serves_health_but_is_not_ready(tmp_path):
     [
         (None, "no version folder"),
         (break_saved_model, "version 1 failed to load"),
-        (remove_metadata, "version 1 failed to load"),
+        (remove_metadata, "version 1 failed to load: no assets.extra/metadata.json"),
+        (drop_metadata_input, "metadata.json does not describe a servable model: input: Field required"),
+        (truncate_metadata, "metadata.json does not describe a servable model: file: Invalid JSON"),
     ],
 )
 def test_a_broken_model_is_named_and_the_others_still_serve(model_dir, damage, reason, caplog):

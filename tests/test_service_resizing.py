@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
-import time
 
 import numpy as np
 import pytest
-from PIL import Image
-from test_service_images import decode, encode, halves, photo
+from deployments import offline, serving
+from payloads import encode, halves, photo
+from PIL import Image, JpegImagePlugin
 
-from service.resizing import MAX_ENLARGEMENT, undo_enlargement
+from service import resizing
+from service.images import decode_image
+from service.resizing import MAX_ENLARGEMENT, NotBuiltYet, undo_enlargement
+
+
+def decode(data: bytes, size=(32, 32), **options) -> np.ndarray:
+    return decode_image(data, size, 50_000_000, **options)
 
 
 def round_trip_error(
@@ -80,10 +87,74 @@ def test_non_square_model_sizes_are_width_by_height():
     assert (abs(top - (255, 0, 0)) <= 2).all() and (abs(bottom - (0, 0, 255)) <= 2).all()
 
 
-def test_large_jpeg_is_reduced_quickly_and_well():
+def test_large_jpeg_is_decoded_reduced_by_libjpeg_and_resized_well(monkeypatch):
     original = photo(seed=3)
     big = encode(original.resize((2000, 2000), Image.BICUBIC), "JPEG", quality=95)
-    started = time.perf_counter()
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        drafts.append(draft(self, mode, size))  # None when libjpeg would not reduce
+        return drafts[-1]
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     pixels = decode(big)
-    assert time.perf_counter() - started < 1.0
+    assert len(drafts) == 1 and drafts[0] is not None
+    assert drafts[0][1][2:] == (250, 250)  # decoded at 1/8 scale: never 2000x2000 pixels
     assert np.abs(pixels.astype(int) - np.asarray(original)).mean() < 6
+
+
+def test_undoing_enlargements_can_be_turned_off():
+    original = photo(seed=5)
+    enlarged = original.resize((96, 96), Image.BICUBIC)
+    lanczos = np.asarray(enlarged.resize((32, 32), Image.LANCZOS, reducing_gap=resizing.REDUCING_GAP))
+    data = encode(enlarged, "PNG")
+    assert np.array_equal(decode(data, undo_enlargements=False), lanczos)
+    assert np.abs(decode(data).astype(int) - np.asarray(original)).mean() < 0.5
+
+
+def test_matrices_not_built_yet_are_reported_instead_of_built_when_asked():
+    data = encode(photo(seed=6).resize((77, 77), Image.BILINEAR), "PNG")
+    resizing.clear_cache()
+    with pytest.raises(NotBuiltYet):
+        decode(data, build=False)
+    built = decode(data)
+    assert np.array_equal(decode(data, build=False), built)
+
+
+def test_a_small_upload_of_a_new_size_builds_its_matrices_off_the_event_loop(
+    shared_models, exports, monkeypatch
+):
+    enlarged = photo(seed=7).resize((71, 71), Image.BICUBIC)
+    data = encode(enlarged, "PNG")
+    assert len(data) < 16 * 1024  # small enough to be decoded inline
+    builders = []
+    build = resizing._build_enlargement
+
+    def spy(*key):
+        try:
+            builders.append(asyncio.get_running_loop())
+        except RuntimeError:
+            builders.append(None)  # no event loop in this thread: a decoder thread
+        return build(*key)
+
+    monkeypatch.setattr(resizing, "_build_enlargement", spy)
+    resizing.clear_cache()
+    with serving(shared_models) as client:
+        response = client.post("/predict/image", files={"file": data})
+    assert response.status_code == 200
+    assert builders and not any(builders)
+    expected = offline(exports["cifar10"], decode(data)[None])[0]
+    assert np.allclose(list(response.json()["probabilities"].values()), expected, atol=1e-5)
+
+
+def test_the_setting_turns_undoing_off_for_uploads(shared_models, exports):
+    enlarged = photo(seed=8).resize((64, 64), Image.BICUBIC)
+    data = encode(enlarged, "PNG")
+    with serving(shared_models, undo_enlargements=False) as client:
+        body = client.post("/predict/image", files={"file": data}).json()
+    lanczos, undone = decode(data, undo_enlargements=False), decode(data)
+    expected = offline(exports["cifar10"], lanczos[None])[0]
+    # The tiny model barely tells the two inputs apart: compare closely enough that it must.
+    assert np.allclose(list(body["probabilities"].values()), expected, rtol=0, atol=1e-6)
+    assert not np.allclose(offline(exports["cifar10"], undone[None])[0], expected, rtol=0, atol=1e-6)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import serving
-from test_service_errors import GOOD_FEATURES, GOOD_IMAGE, assert_error
+from deployments import serving
+from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from payloads import jpeg, png
+from payloads import random_images as _images
 from PIL import Image
 
 from training import cifar10, data, export, iris
@@ -19,23 +21,7 @@ from training.cli import main as train_main
 CLASSES = ["cat", "dog", "frog"]
 
 
-def _images(n, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-
-
-def _png(array) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _jpeg(array, quality=75) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "JPEG", quality=quality)  # Pillow's default: 4:2:0 chroma
-    return buf.getvalue()
-
-
-def _class_folder_tar(path, per_class=4, with_test=False, encode=_png):
+def _class_folder_tar(path, per_class=4, with_test=False, encode=png):
     """`cifar10/train/<class>/<n>.png` (and `cifar10/test/...`) in a .tar.gz, like ../shared."""
     splits = ["train", "test"] if with_test else ["train"]
     with tarfile.open(path, "w:gz") as tar:
@@ -43,7 +29,7 @@ def _class_folder_tar(path, per_class=4, with_test=False, encode=_png):
             for c, cls in enumerate(CLASSES):
                 for i, img in enumerate(_images(per_class, seed=c)):
                     blob = encode(img)
-                    info = tarfile.TarInfo(f"cifar10/{split}/{cls}/{i:04d}.{encode.__name__[1:]}")
+                    info = tarfile.TarInfo(f"cifar10/{split}/{cls}/{i:04d}.{encode.__name__}")
                     info.size = len(blob)
                     tar.addfile(info, io.BytesIO(blob))
     return path
@@ -111,7 +97,7 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_the_jpeg_compression_of_training_images_is_recognised(tmp_path):
-    jpegs = data.load_cifar10(str(_class_folder_tar(tmp_path / "j.tar.gz", encode=_jpeg)))
+    jpegs = data.load_cifar10(str(_class_folder_tar(tmp_path / "j.tar.gz", encode=jpeg)))
     assert jpegs.jpeg == {"quality": 75, "chroma_subsampled": True}
     assert data.load_cifar10(str(_class_folder_tar(tmp_path / "p.tar.gz"))).jpeg is None
 
@@ -121,14 +107,23 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
         data.load_cifar10(str(tmp_path / "nowhere.tar.gz"))
 
 
-def test_iris_split_is_80_10_10_stratified_and_disjoint():
+def test_stratified_split_is_disjoint_complete_and_proportional():
+    y = np.repeat([0, 1, 2], [50, 30, 20])
+    parts = data.stratified_split(y, (0.8, 0.1, 0.1), seed=0)
+    indices = np.concatenate(parts)
+    assert len(indices) == len(set(indices.tolist())) == len(y)  # pairwise disjoint, nothing twice
+    assert set(indices.tolist()) == set(range(len(y)))  # every example somewhere
+    for part, fraction in zip(parts, (0.8, 0.1, 0.1), strict=True):
+        assert np.bincount(y[part], minlength=3).tolist() == [round(fraction * n) for n in (50, 30, 20)]
+    again = data.stratified_split(y, (0.8, 0.1, 0.1), seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))  # seeded
+
+
+def test_iris_split_is_80_10_10_stratified():
     ds = data.load_iris(seed=0)
-    assert (len(ds.train.x), len(ds.validation.x), len(ds.test.x)) == (120, 15, 15)
-    assert np.bincount(ds.test.y).tolist() == [5, 5, 5]
-    rows = [tuple(r) + (s,) for s, split in enumerate([ds.train, ds.validation, ds.test]) for r in split.x]
     assert ds.labels == ["setosa", "versicolor", "virginica"]
-    assert len(rows) == 150
-    np.testing.assert_array_equal(data.load_iris(seed=0).test.x, ds.test.x)  # seeded
+    assert (len(ds.train.x), len(ds.validation.x), len(ds.test.x)) == (120, 15, 15)
+    assert np.bincount(ds.test.y).tolist() == np.bincount(ds.validation.y).tolist() == [5, 5, 5]
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -156,9 +151,21 @@ def test_whitening_kernel_decorrelates_patches():
     np.testing.assert_allclose(np.cov(out, rowvar=False), np.eye(12), atol=0.05)
 
 
+def test_a_forced_flip_is_an_exact_mirror():
+    images = _images(4)
+    out, _ = cifar10.augment(tf.constant(images), tf.zeros(4), translate=0, flip=tf.constant([True] * 4))
+    np.testing.assert_array_equal(out.numpy(), images[:, :, ::-1])
+    unflipped, _ = cifar10.augment(
+        tf.constant(images), tf.zeros(4), translate=0, flip=tf.constant([False] * 4)
+    )
+    np.testing.assert_array_equal(unflipped.numpy(), images)
+
+
 def test_augmentation_flips_and_translates_without_changing_content():
     images = tf.constant(_images(16))
+    keras.utils.set_random_seed(0)
     out, _ = cifar10.augment(images, tf.zeros(16), translate=2)
+    assert not np.array_equal(out.numpy(), images.numpy())  # not the identity
     assert out.shape == images.shape and out.dtype == tf.uint8
     # A 2-pixel translation of a (possibly mirrored) image keeps its central 28x28 somewhere.
     for a, b in zip(images.numpy(), out.numpy(), strict=True):
@@ -174,7 +181,7 @@ def test_augmentation_flips_and_translates_without_changing_content():
 
 def test_exported_inputs_go_through_the_training_images_jpeg_compression():
     images = _images(4)
-    like_pillow = np.stack([np.asarray(Image.open(io.BytesIO(_jpeg(img)))) for img in images])
+    like_pillow = np.stack([np.asarray(Image.open(io.BytesIO(jpeg(img)))) for img in images])
     round_trip = cifar10.jpeg_round_trip(tf.constant(images), 75, True).numpy()
     np.testing.assert_array_equal(round_trip, like_pillow)  # same libjpeg, tables and IDCT
     model = cifar10.build_model(SMALL, images, num_classes=10)
@@ -239,11 +246,31 @@ def test_cifar10_cli_trains_exports_and_reports_on_a_tiny_dataset(tmp_path, monk
     meta = export.load_metadata(version)
     assert meta["labels"] == CLASSES
     assert meta["training"]["command"].startswith("python -m training cifar10 --data")
-    assert 0 <= meta["metrics"]["validation"]["accuracy"] <= 1
+    # The recorded accuracy is the export's own, on the validation split the CLI held out.
+    validation = data.load_cifar10(str(archive)).validation
+    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+    predicted = serve(image=tf.constant(validation.x))["probabilities"].numpy().argmax(1)
+    recorded = meta["metrics"]["validation"]
+    assert recorded["examples"] == len(validation.y)
+    assert recorded["accuracy"] == round(float(np.mean(predicted == validation.y)), 4)
     for report in ["metrics.json", "learning_curves.png", "confusion_matrix.png"]:
         assert (version / "assets.extra" / report).stat().st_size > 0
     metrics = json.loads((version / "assets.extra" / "metrics.json").read_text())
     assert sum(map(sum, metrics["confusion_matrix"])) == meta["metrics"]["validation"]["examples"]
+
+
+def test_the_cli_restores_the_precision_policy_it_found(tmp_path, monkeypatch, request):
+    request.addfinalizer(lambda: keras.mixed_precision.set_global_policy("float32"))  # if it fails
+    archive = _class_folder_tar(tmp_path / "tiny.tar.gz", per_class=20)
+    monkeypatch.setattr(cifar10, "Recipe", lambda: SMALL)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    args = ["--data", str(archive), "--epochs", "1", "--precision", "mixed_bfloat16"]
+    train_main(["cifar10", *args, "--out", str(tmp_path / "models")])
+    assert (
+        export.load_metadata(tmp_path / "models" / "cifar10" / "1")["training"]["precision"]
+        == "mixed_bfloat16"
+    )
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_iris_cli_reports_test_and_cross_validated_accuracy(tmp_path):

@@ -51,9 +51,10 @@ class Recipe:
     translate: int = 2
     lookahead_every: int = 5
     lookahead_decay: float = 0.95
-    # Test-time augmentation baked into the exported endpoint (see TTA_VIEWS). Measured on the
-    # shipped 18-epoch model: none 90.3%, flip 90.8%, flip_translate 91.0% validation accuracy;
-    # but each view is one more forward pass, and flip halves the service's throughput. Off.
+    # Test-time augmentation baked into the exported endpoint (see TTA_VIEWS). It adds under a
+    # point of validation accuracy to the shipped model (README, "The shipped models";
+    # `validation_accuracy_by_tta` in its metadata), but each view is one more forward pass,
+    # and flip halves the service's throughput. Off.
     tta: str = "none"
 
     def to_dict(self) -> dict:

@@ -5,7 +5,8 @@ official train/test split) or from a local copy given with `--data`:
 
 * a folder or tar archive in the one-folder-per-class layout
   (`cifar10/train/<class>/*.jpg`, optionally `.../test/<class>/*.jpg`);
-* the official `cifar-10-batches-py` pickle folder, or its `.tar.gz`.
+* the official `cifar-10-batches-py` pickle folder, or its `.tar.gz`. Pickle executes code
+  while loading: only read archives you trust.
 
 Decoding 50,000 images takes a while, so decoded arrays are cached (outside the repository)
 under a key of the source's path, size and modification time.
@@ -19,6 +20,7 @@ import io
 import os
 import pickle
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -126,56 +128,66 @@ def _cached(path: Path, read) -> dict[str, np.ndarray]:
 
 
 def _read_cifar_source(path: Path) -> dict[str, np.ndarray]:
-    files = _ArchiveFiles(path)
-    names = files.names()
-    if any(PurePosixPath(n).name == "batches.meta" for n in names):
-        return _read_pickle_batches(files, names)
-    return _read_class_folders(files, names)
+    """Every file of a folder or tar archive, read in one pass: images are decoded as they come,
+    pickle batches are kept. A tar is read in its stored order (reading members by name
+    re-scans the archive each time); the arrays come out in sorted name order all the same, so
+    they depend on the files, not on how the archive was packed.
+
+    Pickle batches are unpickled, which can run code: read only archives you trust."""
+    images: dict[PurePosixPath, tuple[np.ndarray, tuple[int, bool] | None]] = {}
+    pickles: dict[str, bytes] = {}
+    for name, read in _files(path):
+        posix = PurePosixPath(name)
+        if posix.suffix.lower() in IMAGE_SUFFIXES:
+            images[posix] = _decode(read())
+        elif posix.name == "batches.meta" or posix.name.startswith(("data_batch_", "test_batch")):
+            pickles[posix.name] = read()
+    if "batches.meta" in pickles:
+        return _read_pickle_batches(pickles)
+    if not images:
+        raise ValueError(f"{path}: no images found (expected <class>/<image> folders)")
+    return _read_class_folders(images)
 
 
-class _ArchiveFiles:
-    """Read-only view of a folder or a tar archive as relative POSIX names → bytes."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.tar = None if path.is_dir() else tarfile.open(path)  # noqa: SIM115 (closed by its owner)
-
-    def names(self) -> list[str]:
-        if self.tar is not None:
-            return [m.name for m in self.tar.getmembers() if m.isfile()]
-        return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
-
-    def read(self, name: str) -> bytes:
-        if self.tar is not None:
-            return self.tar.extractfile(name).read()
-        return (self.path / name).read_bytes()
+def _files(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """(relative POSIX name, a function reading its bytes) for every file under a folder or in a
+    tar archive, in the archive's stored order."""
+    if path.is_dir():
+        for file in sorted(path.rglob("*")):
+            if file.is_file():
+                yield file.relative_to(path).as_posix(), file.read_bytes
+        return
+    with tarfile.open(path) as tar:
+        for member in tar:  # streams: each member once, in stored order
+            if member.isfile():
+                yield member.name, tar.extractfile(member).read
 
 
-def _read_pickle_batches(files: _ArchiveFiles, names: list[str]) -> dict[str, np.ndarray]:
-    by_name = {PurePosixPath(n).name: n for n in names}
+def _read_pickle_batches(files: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """The official `cifar-10-batches-py` pickles, by file name."""
 
     def batch(name):
-        d = pickle.loads(files.read(by_name[name]), encoding="bytes")
+        d = pickle.loads(files[name], encoding="bytes")
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         return x, np.asarray(d[b"labels"], dtype=np.int64)
 
-    meta = pickle.loads(files.read(by_name["batches.meta"]), encoding="bytes")
-    train = [batch(n) for n in sorted(by_name) if n.startswith("data_batch_")]
+    meta = pickle.loads(files["batches.meta"], encoding="bytes")
+    train = [batch(n) for n in sorted(files) if n.startswith("data_batch_")]
     arrays = {
         "labels": np.array([s.decode() for s in meta[b"label_names"]]),
         "x_train": np.concatenate([b[0] for b in train]),
         "y_train": np.concatenate([b[1] for b in train]),
     }
-    if "test_batch" in by_name:
+    if "test_batch" in files:
         arrays["x_test"], arrays["y_test"] = batch("test_batch")
     return arrays
 
 
-def _read_class_folders(files: _ArchiveFiles, names: list[str]) -> dict[str, np.ndarray]:
-    """`.../<split>/<class>/<image>`; a split named `test` is the test set, anything else trains."""
-    images = [PurePosixPath(n) for n in names if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise ValueError(f"{files.path}: no images found (expected <class>/<image> folders)")
+def _read_class_folders(
+    images: dict[PurePosixPath, tuple[np.ndarray, tuple[int, bool] | None]],
+) -> dict[str, np.ndarray]:
+    """`.../<split>/<class>/<image>`, decoded; a split named `test` is the test set, anything
+    else trains."""
     labels = sorted({p.parent.name for p in images})
     index = {name: i for i, name in enumerate(labels)}
     arrays: dict[str, np.ndarray] = {"labels": np.array(labels)}
@@ -183,7 +195,7 @@ def _read_class_folders(files: _ArchiveFiles, names: list[str]) -> dict[str, np.
         members = sorted(p for p in images if (p.parent.parent.name == "test") == (split == "test"))
         if not members:
             continue
-        decoded = [_decode(files.read(str(p))) for p in members]
+        decoded = [images[p] for p in members]
         arrays[f"x_{split}"] = np.stack([pixels for pixels, _ in decoded])
         arrays[f"y_{split}"] = np.array([index[p.parent.name] for p in members], dtype=np.int64)
         if split == "train":

@@ -14,7 +14,6 @@ watching the folder never sees half an export, and an existing version is never 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -22,17 +21,18 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-METADATA = Path("assets.extra") / "metadata.json"
+# The layout and the metadata file live in `model_repository`, which the service reads without
+# Keras; re-exported here for callers of `training.export`.
+from model_repository import (
+    METADATA,
+    existing_versions,
+    load_metadata,
+    next_version,
+    staging_dir,
+    write_metadata,
+)
 
-
-def existing_versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def next_version(model_dir: Path) -> int:
-    return max(existing_versions(model_dir), default=0) + 1
+__all__ = ["METADATA", "existing_versions", "export_model", "load_metadata", "next_version"]
 
 
 def export_model(
@@ -53,7 +53,7 @@ def export_model(
     model_dir = Path(base_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir)
-    staging = model_dir / f".staging-{version}-{os.getpid()}"
+    staging = staging_dir(model_dir, version, os.getpid())
     shutil.rmtree(staging, ignore_errors=True)
 
     signature = tf.TensorSpec([None, *input_spec["shape"]], input_spec["dtype"], name=input_spec["name"])
@@ -70,16 +70,10 @@ def export_model(
         "input": {**input_spec, "shape": [None, *input_spec["shape"]]},
         "output": {"name": "probabilities", "shape": [None, len(metadata["labels"])], "dtype": "float32"},
     }
-    extra = staging / METADATA.parent
-    extra.mkdir(exist_ok=True)
-    (staging / METADATA).write_text(json.dumps(full, indent=2) + "\n")
+    write_metadata(staging, full)
     if reports is not None:
-        reports(extra)
+        reports(staging / METADATA.parent)
 
     target = model_dir / str(version)
     staging.rename(target)  # fails rather than overwrite if another run took this version
     return target
-
-
-def load_metadata(version_dir: str | Path) -> dict:
-    return json.loads((Path(version_dir) / METADATA).read_text())

@@ -14,6 +14,7 @@ from service.deps import RegistryDep, SettingsDep, require_json
 from service.images import ImageRejected, decode_image, encode_png
 from service.predictor import Predictor
 from service.registry import ServedModel, UnknownModel
+from service.resizing import NotBuiltYet
 from service.schemas import (
     Error,
     FeaturesRequest,
@@ -80,8 +81,8 @@ async def vector_model(model: str, registry: RegistryDep) -> ServedModel:
 
 
 # The image routes read the app's state themselves rather than through dependencies: FastAPI
-# solves each dependency anew per request, about a quarter of the event loop's Python time
-# (py-spy, 32 users) before this change.
+# solves each dependency anew per request, a large share of the event loop's Python time under
+# load (py-spy profile, 32 users) before this change.
 
 
 @router.post(
@@ -133,7 +134,12 @@ async def predict_features(
 async def _classify_images(request: Request, served: ServedModel, top_k: int | None, preview: bool):
     predictor = served.predictor  # this request is served by this version, even across a swap
     settings: Settings = request.app.state.settings
-    decode = functools.partial(decode_image, size=predictor.image_size, max_pixels=settings.max_image_pixels)
+    decode = functools.partial(
+        decode_image,
+        size=predictor.image_size,
+        max_pixels=settings.max_image_pixels,
+        undo_enlargements=settings.undo_enlargements,
+    )
     with served.batcher.expecting():
         files = await read_files(request, "file", settings.max_batch_size)
         images = await _decode_all(files, decode, request.app.state.decoders)
@@ -152,11 +158,14 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
 
 async def _decode_all(files: list[bytearray], decode, decoders: ThreadPoolExecutor) -> list:
     """Each file's pixels, or the exception decoding it raised. A single small file is decoded
-    right here: that takes less than handing it to a decoder thread and back; anything larger
-    goes to the decoder threads, where Pillow's decoding runs beside the event loop."""
+    right here: that takes less than handing it to a decoder thread and back (unless resizing it
+    needs matrices not built yet); anything larger goes to the decoder threads, where Pillow's
+    decoding runs beside the event loop."""
     if len(files) == 1 and len(files[0]) <= INLINE_DECODE_BYTES:
         try:
-            return [decode(files[0])]
+            return [decode(files[0], build=False)]
+        except NotBuiltYet:
+            pass  # its resizing matrices take milliseconds to build: not on the event loop
         except Exception as error:
             return [error]
     loop = asyncio.get_running_loop()

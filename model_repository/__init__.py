@@ -1,0 +1,89 @@
+"""The model repository on disk, the contract between `training` (which writes it) and `service`
+(which reads it): the layout TF Serving and Triton call a model repository.
+
+    <root>/<name>/<version>/          one exported SavedModel; the folder name is the version
+    <root>/<name>/<version>/assets.extra/metadata.json    what the export promises (`Metadata`)
+    <root>/<name>/.staging-<version>-<pid>/               an export in progress, never served
+
+Only the standard library and pydantic: the service reads exports without importing Keras.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+METADATA = Path("assets.extra") / "metadata.json"
+STAGING_PREFIX = ".staging-"
+
+
+class MetadataError(ValueError):
+    """A metadata.json that is missing, not JSON, or does not describe a servable model."""
+
+
+class TensorSpec(BaseModel):
+    """One tensor of the serving signature; `shape` includes the batch dimension (None)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    shape: list[int | None]
+    dtype: str
+    feature_names: list[str] | None = None
+
+
+class Metadata(BaseModel):
+    """The part of `assets.extra/metadata.json` that serving relies on. Exports carry more
+    (metrics, how they were trained, ...), kept as extra fields and never required."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, coerce_numbers_to_str=True)
+
+    name: str
+    version: str
+    labels: list[str]
+    input: TensorSpec
+    output: TensorSpec
+    signature: str
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    """The published versions of one model, oldest first; staging and other hidden folders are not."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(model_dir: Path) -> int:
+    return max(existing_versions(model_dir), default=0) + 1
+
+
+def staging_dir(model_dir: Path, version: int, pid: int) -> Path:
+    """Where an export of `version` by process `pid` is written before being renamed into place."""
+    return model_dir / f"{STAGING_PREFIX}{version}-{pid}"
+
+
+def write_metadata(version_dir: str | Path, metadata: dict) -> None:
+    path = Path(version_dir) / METADATA
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def load_metadata(version_dir: str | Path) -> dict:
+    """metadata.json as written, every key included, unchecked."""
+    return json.loads((Path(version_dir) / METADATA).read_text())
+
+
+def read_metadata(version_dir: str | Path) -> Metadata:
+    """metadata.json, checked to describe a servable model, or MetadataError saying what is wrong."""
+    path = Path(version_dir) / METADATA
+    try:
+        return Metadata.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise MetadataError(f"no {METADATA} in {version_dir}") from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in error.errors(include_url=False)
+        )
+        raise MetadataError(f"{METADATA} does not describe a servable model: {problems}") from None

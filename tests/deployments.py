@@ -1,0 +1,108 @@
+"""Tiny but real SavedModels, exported by `training.export` exactly as the trained ones are,
+installed into model folders, and apps serving them."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from training.data import IRIS_FEATURES
+from training.export import export_model
+
+IRIS_LABELS = ["setosa", "versicolor", "virginica"]
+IMAGE_SPEC = {"name": "image", "shape": [32, 32, 3], "dtype": "uint8", "color": "RGB", "range": [0, 255]}
+IRIS_SPEC = {
+    "name": "features",
+    "shape": [4],
+    "dtype": "float32",
+    "feature_names": IRIS_FEATURES,
+    "unit": "cm",
+}
+
+
+def tiny_image_model(height: int, width: int, classes: int, seed: int) -> keras.Model:
+    """Raw uint8 RGB in, probabilities out, normalization inside: the shape of the real CNN."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((height, width, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def tiny_feature_model(features: int, classes: int, seed: int, kernel="glorot_uniform") -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((features,), dtype="float32", name="features")
+    dense = keras.layers.Dense(classes, activation="softmax", kernel_initializer=kernel)
+    return keras.Model(inputs, dense(inputs))
+
+
+def export(model: keras.Model, root: Path, name: str, input_spec: dict, labels: list[str]) -> Path:
+    metadata = {
+        "labels": labels,
+        "metrics": {"test": {"accuracy": 0.5, "examples": 10}},
+        "training": {"command": "pytest tests/conftest.py", "seed": 0},
+    }
+    return export_model(model, lambda x: model(x, training=False), root, name, input_spec, metadata)
+
+
+def install(exported: Path, model_dir: Path, name: str | None = None, version: int = 1) -> Path:
+    """Copy an exported version into `model_dir/<name>/<version>`, as a deployment would."""
+    target = model_dir / (name or exported.parent.name) / str(version)
+    shutil.copytree(exported, target)
+    return target
+
+
+def publish(exported: Path, model_dir: Path, version: int, name: str | None = None) -> Path:
+    """Install atomically, as `training.export` does: copy under a hidden name, then rename."""
+    folder = model_dir / (name or exported.parent.name)
+    staging = folder / f".staging-{version}"
+    shutil.copytree(exported, staging)
+    return staging.rename(folder / str(version))
+
+
+def offline(version_dir: Path, batch: np.ndarray) -> np.ndarray:
+    """The export's own signature, called directly: what HTTP must reproduce."""
+    loaded = tf.saved_model.load(str(version_dir))
+    name = "image" if batch.dtype == np.uint8 else "features"
+    return loaded.signatures["serving_default"](**{name: tf.constant(batch)})["probabilities"].numpy()
+
+
+def wait_for(condition, timeout: float = 30, interval: float = 0.05):
+    """Poll `condition` until it returns something true, which is returned; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {condition}"
+        time.sleep(interval)
+    return result
+
+
+def service_settings(model_dir: Path, **overrides) -> Settings:
+    """Settings for a test app. Small batches keep the tests fast; hot reload is off unless asked
+    for. (The environment is cleared of service settings for the whole session: see conftest.)"""
+    return Settings(**{"model_dir": model_dir, "poll_interval_s": 0, "max_batch_size": 16, **overrides})
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> dict:
+    return wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.json(), timeout)
+
+
+@contextlib.contextmanager
+def serving(model_dir: Path, ready: bool = True, **overrides):
+    """A TestClient of an app over `model_dir`, its lifespan running; ready unless told not to wait.
+    Server errors come back as responses (500), as a real client would see them."""
+    app = create_app(service_settings(model_dir, **overrides))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        if ready:
+            wait_ready(client)
+        yield client
