@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import install, serving
+from deployments import install, serving
 from PIL import Image
 
 from service.images import decode_image
