@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
+from service.protocols.tensors import CodecError, numeric_array
 from service.protocols.v2_types import InferenceRequest, RequestInput
 
 # The protocol's fixed-size datatypes; BYTES (variable length) is handled on its own.
@@ -39,10 +40,6 @@ DTYPES = {
 }
 BYTES = "BYTES"
 LENGTH = struct.Struct("<I")
-
-
-class CodecError(ValueError):
-    """A body that is not a well-formed v2 request: the client's mistake (400)."""
 
 
 @dataclass(frozen=True)
@@ -150,29 +147,10 @@ def from_json(data, datatype: str, shape: list[int], name: str = "tensor", base6
                 raise CodecError(f"input {name!r}: data is not valid base64") from None
         return _object_array([element.encode() for element in elements], shape)
     dtype = _dtype(datatype, name)
-    try:
-        values = np.asarray(data)
-    except (ValueError, TypeError):  # ragged nesting
-        raise CodecError(f"input {name!r}: data must be a (nested) list of numbers of even shape") from None
+    values = numeric_array(data, dtype, f"input {name!r}")
     if values.size != count:
         raise CodecError(f"input {name!r}: shape {shape} holds {count} elements; the data has {values.size}")
-    if count == 0:
-        return np.zeros(shape, dtype)
-    kinds = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
-    if values.dtype.kind not in kinds:
-        expected = "true or false" if kinds == "b" else "integers" if kinds == "iu" else "numbers"
-        raise CodecError(f"input {name!r}: {datatype} data must be {expected}")
-    if dtype.kind in "iu":
-        limits = np.iinfo(dtype)
-        if values.min() < limits.min or values.max() > limits.max:
-            raise CodecError(f"input {name!r}: {datatype} values must be within [{limits.min}, {limits.max}]")
-    if dtype.kind == "f":
-        with np.errstate(over="ignore"):
-            converted = values.astype(dtype)
-        if not np.isfinite(converted).all():
-            raise CodecError(f"input {name!r}: {datatype} values must be finite")
-        return converted.reshape(shape)
-    return values.astype(dtype).reshape(shape)
+    return values.reshape(shape)
 
 
 def encode_response(
