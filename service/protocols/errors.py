@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from service.batching import Closed, QueueFull
@@ -31,6 +32,16 @@ STATUS = {
     QueueFull: 503,
     Closed: 503,
 }
+
+
+class ProtocolError(BaseModel):
+    """Every failure of both protocols: `{"error": "..."}`."""
+
+    error: str
+
+
+# Documented per route; "4XX" also keeps FastAPI from documenting its 422, never answered here.
+ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 408, 413, 503, "4XX")}
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:

@@ -18,11 +18,10 @@ from service.deps import RegistryDep
 from service.predictor import Predictor
 from service.protocols import dataplane
 from service.protocols.dataplane import BadInput
-from service.protocols.errors import TFServingRoute
+from service.protocols.errors import ERRORS, TFServingRoute
 from service.protocols.tensors import numeric_array
 from service.protocols.tfserving_codec import binary_value, encode_predict, parse_predict
 from service.protocols.tfserving_types import (
-    Error,
     ModelMetadata,
     ModelSpec,
     ModelStatus,
@@ -34,7 +33,6 @@ from service.protocols.tfserving_types import (
 from service.protocols.v2_types import inline_schema
 from service.registry import ServedModel, UnknownModel
 
-ERRORS = {status: {"model": Error} for status in (400, 401, 404, 408, 413, 503)}
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST"], route_class=TFServingRoute)

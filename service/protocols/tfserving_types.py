@@ -51,7 +51,3 @@ class PredictRequest(Wire):
 class PredictResponse(Wire):
     predictions: list[Any] | None = Field(None, description="row format: each instance's probabilities")
     outputs: list[Any] | None = Field(None, description="columnar format: the probabilities of the batch")
-
-
-class Error(Wire):
-    error: str

@@ -20,10 +20,9 @@ from service.deps import RegistryDep
 from service.predictor import Predictor
 from service.protocols import dataplane
 from service.protocols.dataplane import BadInput
-from service.protocols.errors import V2Route
+from service.protocols.errors import ERRORS, V2Route
 from service.protocols.v2_codec import BYTES, Output, datatype_of, encode_response, parse_request
 from service.protocols.v2_types import (
-    Error,
     InferenceRequest,
     InferenceResponse,
     MetadataTensor,
@@ -40,7 +39,6 @@ EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "tensorflow_savedmodel"  # every model here is a SavedModel export
 LABEL = "label"  # the output this service adds: the most probable class, as text
 HEADER_LENGTH = "Inference-Header-Content-Length"
-ERRORS = {status: {"model": Error} for status in (400, 401, 404, 408, 413, 503)}
 
 # Open to probes and tooling, like /healthz and /models; `inference` takes the API key when set.
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], route_class=V2Route)

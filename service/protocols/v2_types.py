@@ -89,10 +89,6 @@ class InferenceResponse(Wire):
     outputs: list[ResponseOutput]
 
 
-class Error(Wire):
-    error: str
-
-
 def inline_schema(model: type[BaseModel]) -> dict:
     """`model`'s JSON schema with its definitions written in place, for bodies documented
     through `openapi_extra` (whose references FastAPI does not collect)."""

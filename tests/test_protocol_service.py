@@ -1,0 +1,169 @@
+"""Both protocols inside the app: one batcher for all front doors, the API key, limits, a full
+queue, a model that is not ready, and the OpenAPI document they are served by (Schemathesis)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import schemathesis
+from conftest import install, serving, wait_for
+from conftest import settings as service_settings
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from test_service_properties import CONFIG
+
+from service.app import create_app
+
+FLOWER = [5.1, 3.5, 1.4, 0.2]
+V2_FLOWER = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": FLOWER}]}
+FRONT_DOORS = [  # the same flower through each protocol
+    ("/predict/iris", {"features": FLOWER}),
+    ("/v2/models/iris/infer", V2_FLOWER),
+    ("/v1/models/iris:predict", {"instances": [FLOWER]}),
+]
+
+
+def test_requests_from_all_three_front_doors_share_model_calls(client, monkeypatch):
+    served = client.app.state.registry.models["iris"]
+    compute, sizes = served.predictor.predict, []
+
+    def held(batch):  # the first call waits until the three others have queued behind it
+        sizes.append(len(batch))
+        deadline = time.monotonic() + 10
+        while len(sizes) == 1 and served.batcher.queued < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return compute(batch)
+
+    monkeypatch.setattr(served.predictor, "predict", held)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(client.post, "/predict/iris", json={"features": FLOWER})
+        wait_for(lambda: sizes)
+        answers = [pool.submit(client.post, path, json=body) for path, body in FRONT_DOORS]
+        assert first.result().status_code == 200
+        assert [a.result().status_code for a in answers] == [200, 200, 200]
+    assert sizes == [1, 3]  # native, v2 and TF Serving requests in one model call
+
+
+@pytest.fixture(scope="module")
+def guarded(shared_models):
+    with serving(shared_models, api_key="s3cret") as client:
+        yield client
+
+
+@pytest.mark.parametrize(("path", "body"), FRONT_DOORS[1:])
+def test_the_api_key_guards_inference_and_errors_stay_in_protocol_format(guarded, path, body):
+    refused = guarded.post(path, json=body)
+    assert refused.status_code == 401
+    assert refused.json() == {"error": "missing or wrong API key"}
+    assert guarded.post(path, json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert guarded.post(path, json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_health_and_metadata_stay_open_to_probes(guarded):
+    for path in ("/v2/health/ready", "/v2/models/iris", "/v1/models/iris", "/v1/models/iris/metadata"):
+        assert guarded.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize(("path", "body"), FRONT_DOORS[1:])
+def test_a_full_queue_answers_503_with_retry_after(client, path, body):
+    batcher = client.app.state.registry.models["iris"].batcher
+    batcher.queued += batcher.max_queue_size  # as if that many rows were waiting
+    try:
+        response = client.post(path, json=body)
+    finally:
+        batcher.queued -= batcher.max_queue_size
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "rows waiting" in response.json()["error"]
+
+
+def test_a_model_that_is_not_ready_answers_503_and_is_reported_as_tf_serving_would(tmp_path, exports):
+    root = tmp_path / "models"
+    install(exports["iris"], root)
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "saved_model.pb").write_bytes(b"not a model")
+    with serving(root, ready=False) as client:
+        wait_for(
+            lambda: (
+                client.app.state.registry.models.get("broken")
+                and client.app.state.registry.models["broken"].failed
+            )
+        )
+        wait_for(lambda: client.app.state.registry.models["iris"].predictor)
+        ready = client.get("/v2/health/ready")
+        assert (ready.status_code, ready.json(), ready.headers["retry-after"]) == (503, {"ready": False}, "1")
+        infer = client.post("/v2/models/broken/infer", json=V2_FLOWER)
+        assert infer.status_code == 503 and "version 1 failed to load" in infer.json()["error"]
+        assert client.get("/v2/models/broken/ready").status_code == 503
+        status = client.get("/v1/models/broken").json()
+        assert status["ready"] is False
+        assert status["model_version_status"][0]["state"] == "END"
+        assert client.post("/v1/models/broken:predict", json={"instances": [FLOWER]}).status_code == 503
+        assert client.post("/v2/models/iris/infer", json=V2_FLOWER).status_code == 200  # the others serve
+
+
+@pytest.mark.parametrize("path", ["/v2/models/iris/infer", "/v1/models/iris:predict"])
+def test_a_body_over_the_cap_is_refused_in_protocol_format(shared_models, path):
+    with serving(shared_models, max_upload_bytes=1000) as client:
+        response = client.post(path, content=json.dumps({"instances": [FLOWER] * 100}))
+        assert response.status_code == 413
+        assert "over 1000 bytes" in response.json()["error"]
+
+
+def test_every_protocol_route_is_in_the_openapi_document(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{model}",
+        "/v2/models/{model}/versions/{version}",
+        "/v2/models/{model}/ready",
+        "/v2/models/{model}/versions/{version}/ready",
+        "/v2/models/{model}/infer",
+        "/v2/models/{model}/versions/{version}/infer",
+        "/v1/models/{model}",
+        "/v1/models/{model}/versions/{version}",
+        "/v1/models/{model}/metadata",
+        "/v1/models/{model}/versions/{version}/metadata",
+        "/v1/models/{model}:predict",
+        "/v1/models/{model}/versions/{version}:predict",
+    ):
+        assert path in paths, path
+    infer = paths["/v2/models/{model}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert "422" not in infer["responses"]
+
+
+@pytest.fixture
+def protocol_schema(shared_models):
+    app = create_app(service_settings(shared_models))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
+    wait_for(lambda: getattr(app.state, "registry", None) and app.state.registry.ready)
+    return schema.include(path_regex=r"^/v[12]")
+
+
+# As for the native routes: which models exist and what they take is known only at run time,
+# so schema-valid requests may be refused; every other check applies (no 5xx, documented
+# statuses, bodies and content types). Few examples: this is a 2-core CI machine.
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_protocol_routes_conform_to_their_schema(protocol_schema, mode):
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(case=protocol_schema.as_strategy(mode))
+    def conforms(case):
+        case.call_and_validate(excluded_checks=[schemathesis.checks.positive_data_acceptance])
+
+    conforms()
+
+
+def test_nothing_is_left_queued_after_bad_requests(client):
+    for body in ({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32"}]}, {"instances": 1}):
+        client.post("/v2/models/iris/infer", json=body)
+        client.post("/v1/models/iris:predict", json=body)
+    batcher = client.app.state.registry.models["iris"].batcher
+    assert batcher.queued == 0 and batcher._expected == 0
+    assert threading.active_count() < 100
