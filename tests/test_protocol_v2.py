@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 from pathlib import Path
 
@@ -161,6 +162,26 @@ def test_pixels_and_encoded_files_agree(client):
     )
     encoded = client.infer("cifar10", [image_bytes_input(files)])
     np.testing.assert_array_equal(raw.as_numpy("probabilities"), encoded.as_numpy("probabilities"))
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_get_the_same_answers(client, algorithm):
+    files = [SAMPLES[2].read_bytes()]
+    plain = client.infer("cifar10", [image_bytes_input(files)])
+    compressed = client.infer(
+        "cifar10",
+        [image_bytes_input(files)],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,  # may be answered uncompressed, as here
+    )
+    np.testing.assert_array_equal(compressed.as_numpy("probabilities"), plain.as_numpy("probabilities"))
+
+
+def test_a_compressed_body_that_inflates_past_the_cap_is_refused(base):
+    bomb = gzip.compress(bytes(50 * 1024 * 1024))  # 50 MB of zeros in about 50 kB
+    response = httpx.post(f"{base}/v2/models/iris/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert "once inflated" in response.json()["error"]
 
 
 def test_only_the_requested_outputs_are_answered(client):

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import struct
+import zlib
 
 import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from service.protocols.v2_codec import (
+    BodyTooLarge,
     CodecError,
     Output,
     datatype_of,
+    decode_content,
     deserialize_bytes,
     encode_response,
     parse_request,
@@ -222,3 +226,27 @@ def test_numpy_dtypes_have_their_protocol_names():
     assert datatype_of(np.dtype(np.float32)) == "FP32"
     with pytest.raises(ValueError):
         datatype_of(np.dtype("U3"))
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_compressed_bodies_are_inflated_as_tritonclient_compresses_them(encoding, compress):
+    assert decode_content(compress(b'{"inputs": []}'), encoding, 100) == b'{"inputs": []}'
+    assert decode_content(b"plain", None, 100) == b"plain"
+
+
+def test_a_compressed_body_may_not_inflate_past_the_limit():
+    with pytest.raises(BodyTooLarge, match="over 1000 bytes"):
+        decode_content(gzip.compress(bytes(10**6)), "gzip", 1000)
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "message"),
+    [
+        (b"not gzip", "gzip", "not valid gzip"),
+        (gzip.compress(b"x" * 100)[:-12], "gzip", "truncated"),
+        (b"x", "br", "unsupported Content-Encoding"),
+    ],
+)
+def test_bad_compressed_bodies_are_refused(body, encoding, message):
+    with pytest.raises(CodecError, match=message):
+        decode_content(body, encoding, 1000)

@@ -17,12 +17,13 @@ from service.batching import Closed, QueueFull
 from service.errors import RETRY_AFTER_S
 from service.images import ImageRejected
 from service.protocols.dataplane import BadInput
-from service.protocols.v2_codec import CodecError
+from service.protocols.v2_codec import BodyTooLarge, CodecError
 from service.registry import ModelNotReady, UnknownModel
 
 log = logging.getLogger(__name__)
 
-STATUS = {
+STATUS = {  # the first match counts
+    BodyTooLarge: 413,
     BadInput: 400,
     CodecError: 400,
     ImageRejected: 400,

@@ -15,6 +15,7 @@ import binascii
 import json
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,31 @@ def datatype_of(dtype: np.dtype) -> str:
         if np.dtype(dtype).newbyteorder("<") == known:
             return name
     raise ValueError(f"no v2 datatype for {dtype}")
+
+
+class BodyTooLarge(CodecError):
+    """A compressed body that inflates past the body limit."""
+
+
+def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """The body as it was before its Content-Encoding: gzip or deflate (zlib), the two that
+    tritonclient compresses requests with; inflated to at most `max_bytes`, so a small body
+    cannot expand without bound."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise CodecError(f"unsupported Content-Encoding {encoding!r}: gzip, deflate or none")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as error:
+        raise CodecError(f"body is not valid {encoding}: {error}") from None
+    if len(data) > max_bytes:
+        raise BodyTooLarge(f"request body over {max_bytes} bytes once inflated")
+    if not inflater.eof:
+        raise CodecError(f"{encoding} body is truncated")
+    return data
 
 
 def parse_request(body: bytes, header_length: int | None) -> tuple[InferenceRequest, dict[str, np.ndarray]]:

@@ -21,7 +21,14 @@ from service.predictor import Predictor
 from service.protocols import dataplane
 from service.protocols.dataplane import BadInput
 from service.protocols.errors import ERRORS, V2Route
-from service.protocols.v2_codec import BYTES, Output, datatype_of, encode_response, parse_request
+from service.protocols.v2_codec import (
+    BYTES,
+    Output,
+    datatype_of,
+    decode_content,
+    encode_response,
+    parse_request,
+)
 from service.protocols.v2_types import (
     InferenceRequest,
     InferenceResponse,
@@ -154,9 +161,12 @@ async def infer_version(
 
 async def _infer(request: Request, model: str, version: str | None, header_length: int | None) -> Response:
     served, predictor = dataplane.live_model(request.app.state.registry, model, version)
-    max_rows = request.app.state.settings.max_batch_size
+    settings = request.app.state.settings
+    max_rows = settings.max_batch_size
     with served.batcher.expecting():  # the body may take a while: let a batch wait for it
-        body = await request.body()
+        body = decode_content(
+            await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
+        )
         parsed, tensors = parse_request(body, header_length)
         outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
         rows = await _rows(request, predictor, tensors, max_rows)
