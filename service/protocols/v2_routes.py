@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.deps import RegistryDep
+from service.errors import RETRY_AFTER_S
 from service.predictor import Predictor
 from service.protocols import dataplane
 from service.protocols.dataplane import BadInput
@@ -103,19 +104,19 @@ async def server_ready(registry: RegistryDep):
     """200 once every model is loaded and warmed up; 503 until then."""
     if registry.ready:
         return ServerReady(ready=True)
-    return JSONResponse({"ready": False}, 503, {"Retry-After": "1"})
+    return JSONResponse({"ready": False}, 503, {"Retry-After": RETRY_AFTER_S})
 
 
 @router.get("/models/{model}", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata(model: str, registry: RegistryDep) -> ModelMetadata:
     """The live version's inputs and outputs."""
-    return _metadata(*dataplane.live_model(registry, model))
+    return _metadata(dataplane.live_model(registry, model)[1])
 
 
 @router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
 async def model_version_metadata(model: str, version: str, registry: RegistryDep) -> ModelMetadata:
     """The inputs and outputs of `version`, when it is the live one."""
-    return _metadata(*dataplane.live_model(registry, model, version))
+    return _metadata(dataplane.live_model(registry, model, version)[1])
 
 
 @router.get("/models/{model}/ready", response_model=ModelReady, responses=ERRORS)
@@ -205,7 +206,7 @@ def _outputs(predictor: Predictor) -> list[MetadataTensor]:
     ]
 
 
-def _metadata(served, predictor: Predictor) -> ModelMetadata:
+def _metadata(predictor: Predictor) -> ModelMetadata:
     return ModelMetadata(
         name=predictor.name,
         versions=[str(predictor.version)],
