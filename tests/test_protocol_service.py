@@ -204,3 +204,25 @@ def test_nothing_is_left_queued_after_bad_requests(client):
     batcher = client.app.state.registry.models["iris"].batcher
     assert batcher.queued == 0 and batcher._expected == 0
     assert threading.active_count() < 100
+
+
+def test_a_failure_inside_the_model_is_a_500_in_protocol_format_and_counted(client, monkeypatch):
+    served = client.app.state.registry.models["iris"]
+
+    def broken(batch):
+        raise RuntimeError("the model broke")
+
+    def unhandled() -> float:
+        lines = client.get("/metrics").text.splitlines()
+        return sum(
+            float(line.split()[-1])
+            for line in lines
+            if line.startswith('service_errors_total{kind="unhandled"}')
+        )
+
+    before = unhandled()
+    monkeypatch.setattr(served.predictor, "predict", broken)
+    for path, body in FRONT_DOORS[1:]:
+        response = client.post(path, json=body)
+        assert (response.status_code, response.json()) == (500, {"error": "internal error"})
+    assert unhandled() - before == 2

@@ -73,6 +73,10 @@ class ProtocolRoute(APIRoute):
             except tuple(STATUS) as error:
                 status = next(s for kind, s in STATUS.items() if isinstance(error, kind))
                 return error_response(status, _message(error))
+            except Exception:  # a bug, not the client's doing: counted and logged as the app does
+                log.exception("%s %s failed", request.method, request.url.path)
+                request.app.state.metrics.errors.labels("unhandled").inc()
+                return error_response(500, "internal error")
 
         return answer_errors_as_the_protocol_does
 
