@@ -8,7 +8,9 @@ Web UI (open http://127.0.0.1:8089):
 
     locust -f locustfile.py --host http://127.0.0.1:8000
 
-One endpoint at a time: `--tags image` or `--tags iris`. When the service requires a key, export
+One endpoint at a time: `--tags image`, `--tags iris`, or `--tags v2` (the same images through
+Open Inference Protocol v2 `infer` as `image_bytes`, with the binary tensor data extension, as
+tritonclient sends them). When the service requires a key, export
 it as API_KEY, as for the service. The run exits with code 1 when any request failed, including
 a 200 whose body is not a prediction.
 """
@@ -16,8 +18,10 @@ a 200 whose body is not a prediction.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
+import struct
 import uuid
 
 import numpy as np
@@ -74,8 +78,25 @@ def iris_requests() -> list[dict]:
     return singles + [{"instances": FLOWERS}, {"instances": FLOWERS * 8}]
 
 
+def v2_image_requests(seed: int = 0) -> list[tuple[bytes, dict]]:
+    """The same images as v2 `infer` bodies: a JSON header, then the file as one BYTES element
+    (4-byte little-endian length, then its bytes); every output comes back binary."""
+    rng = np.random.default_rng(seed)
+    requests = []
+    for width, height, mode, fmt in IMAGE_SHAPES:
+        content = synthetic_image(width, height, mode, fmt, rng)
+        tensor = {"name": "image_bytes", "shape": [1], "datatype": "BYTES"}
+        tensor["parameters"] = {"binary_data_size": 4 + len(content)}
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+        body = header + struct.pack("<I", len(content)) + content
+        requests.append((body, {"Inference-Header-Content-Length": str(len(header))}))
+    return requests
+
+
 IMAGE_REQUESTS = image_requests()
 IRIS_REQUESTS = iris_requests()
+V2_IMAGE_REQUESTS = v2_image_requests()
+V2_IMAGE_MODEL = os.environ.get("V2_IMAGE_MODEL", "cifar10")
 
 
 class ServiceUser(FastHttpUser):
@@ -98,6 +119,34 @@ class ServiceUser(FastHttpUser):
         payload = random.choice(IRIS_REQUESTS)
         with self.client.post("/predict/iris", json=payload, catch_response=True) as response:
             check_predictions(response, len(payload["instances"]) if "instances" in payload else None)
+
+    @tag("v2")
+    @task
+    def v2_infer_image_bytes(self) -> None:
+        body, headers = random.choice(V2_IMAGE_REQUESTS)
+        with self.client.post(
+            f"/v2/models/{V2_IMAGE_MODEL}/infer",
+            data=body,
+            headers=headers,
+            name="/v2/models/[model]/infer image_bytes",
+            catch_response=True,
+        ) as response:
+            check_v2_outputs(response)
+
+
+def check_v2_outputs(response) -> None:
+    """A 200 counts only with both outputs for the one image, as binary tensors."""
+    if response.status_code != 200:
+        response.failure(f"HTTP {response.status_code}: {(response.text or response.error or '')[:200]}")
+        return
+    try:
+        length = int(response.headers["Inference-Header-Content-Length"])
+        outputs = json.loads(response.content[:length])["outputs"]
+        answered = {o["name"]: o["shape"][0] for o in outputs} == {"probabilities": 1, "label": 1}
+    except (ValueError, KeyError, TypeError, IndexError):
+        answered = False
+    if not answered:
+        response.failure(f"not a v2 answer for one image: {response.content[:200]!r}")
 
 
 def check_predictions(response, instances: int | None = None) -> None:

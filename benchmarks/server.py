@@ -59,9 +59,10 @@ def serve(
     log_path: Path,
     ready_timeout: float = 300,
     settings: dict[str, str] | None = None,
+    until_ready: bool = True,
 ) -> Iterator[Running]:
     """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
-    on exit. `settings` are environment variables the caller's environment may override. Its
+    on exit (with `until_ready` false, once it answers at all). `settings` are environment variables the caller's environment may override. Its
     output goes to `log_path`, not a pipe, so a chatty server can never block."""
     port = free_port()
     env = {
@@ -78,7 +79,7 @@ def serve(
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_ready(url, process, ready_timeout, log_path)
+            wait_ready(url, process, ready_timeout, log_path, 10 if until_ready else 0)
             yield Running(url, process.pid, process)
         finally:
             process.terminate()
@@ -93,7 +94,8 @@ def wait_ready(
     url: str, process: subprocess.Popen, timeout: float, log_path: Path, in_a_row: int = 10
 ) -> None:
     """Until /readyz answers 200 `in_a_row` times on fresh connections: with several workers,
-    each connection reaches one of them, and all must have loaded their models."""
+    each connection reaches one of them, and all must have loaded their models. With `in_a_row`
+    0, any answer will do (a server meant to stay not ready)."""
     deadline = time.monotonic() + timeout
     ready = 0
     while time.monotonic() < deadline:
@@ -102,11 +104,15 @@ def wait_ready(
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
                 ready = ready + 1 if response.status == 200 else 0
-                if ready == in_a_row:
+                if ready >= in_a_row:
                     return
                 continue
+        except urllib.error.HTTPError:
+            if not in_a_row:
+                return
+            ready = 0  # loading models (503)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            ready = 0  # not listening yet, or loading models (503)
+            ready = 0  # not listening yet
         time.sleep(0.25)
     raise TimeoutError(f"{url}/readyz not 200 within {timeout:.0f} s; see {log_path}")
 

@@ -41,6 +41,10 @@ from service import resizing
 from service.images import decode_image
 
 ENDPOINTS = {"image": ("/predict/image", "cifar10"), "iris": ("/predict/iris", "iris")}
+# The same images through Open Inference Protocol v2 (binary extension), on the service only
+# (the baseline does not speak it), at 32 users, to compare with /predict/image.
+PROTOCOL_ENDPOINTS = {"v2": ("/v2/models/cifar10/infer (image_bytes, binary)", "cifar10")}
+PROTOCOL_USERS = 32
 BATCH_SIZES = [1, 8, 32, 128]
 
 
@@ -109,12 +113,12 @@ def main(argv: list[str] | None = None) -> None:
                         server_pid=running.pid,
                     )
                     runs[server, endpoint, users] = run
-                    print(
-                        f"{server} {ENDPOINTS[endpoint][0]} {users} users: "
-                        f"{run.total.requests_per_s:,.1f} req/s, p50 {run.total.p50_ms:g} ms, "
-                        f"p99 {run.total.p99_ms:g} ms, {run.total.failures} failures",
-                        flush=True,
-                    )
+                    _print_run(server, endpoint, users, run)
+            for endpoint in PROTOCOL_ENDPOINTS if server == "service" else ():
+                prefix = out / "locust" / f"{server}-{endpoint}-u{PROTOCOL_USERS}"
+                run = run_locust(running.url, PROTOCOL_USERS, args.seconds, prefix, (endpoint,), running.pid)
+                runs[server, endpoint, PROTOCOL_USERS] = run
+                _print_run(server, endpoint, PROTOCOL_USERS, run)
 
     results = summarize(conditions, args, models, ceilings, runs)
     results["resizing_ms"] = resizing_cost
@@ -158,6 +162,39 @@ def resizing_ms(repeats: int = 15) -> dict[str, float]:
     }
 
 
+def _print_run(server: str, endpoint: str, users: int, run: LoadRun) -> None:
+    print(
+        f"{server} {_path(endpoint)} {users} users: "
+        f"{run.total.requests_per_s:,.1f} req/s, p50 {run.total.p50_ms:g} ms, "
+        f"p99 {run.total.p99_ms:g} ms, {run.total.failures} failures",
+        flush=True,
+    )
+
+
+def _path(endpoint: str) -> str:
+    return {**ENDPOINTS, **PROTOCOL_ENDPOINTS}[endpoint][0]
+
+
+def protocols(runs: dict[tuple[str, str, int], LoadRun]) -> list[dict]:
+    """Each protocol's throughput over /predict/image's at PROTOCOL_USERS; issue 13 asks for
+    v2 binary infer within 10% of it."""
+    image = runs.get(("service", "image", PROTOCOL_USERS))
+    rows = []
+    for endpoint in PROTOCOL_ENDPOINTS:
+        run = runs.get(("service", endpoint, PROTOCOL_USERS))
+        ratio = _ratio(run.total.requests_per_s, image.total.requests_per_s) if run and image else None
+        verdict = "not measured" if ratio is None else "PASS" if ratio >= 0.9 else "FAIL"
+        rows.append(
+            {
+                "endpoint": _path(endpoint),
+                "users": PROTOCOL_USERS,
+                "over_predict_image": ratio,
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
 def summarize(conditions, args, models, ceilings, runs) -> dict:
     best = {e: max(rates, key=rates.get) for e, rates in ceilings.items()}
     ceiling = {e: ceilings[e][best[e]] for e in ceilings}
@@ -166,7 +203,7 @@ def summarize(conditions, args, models, ceilings, runs) -> dict:
         rows.append(
             {
                 "server": server,
-                "endpoint": ENDPOINTS[endpoint][0],
+                "endpoint": _path(endpoint),
                 "users": users,
                 "requests": run.total.requests,
                 "failures": run.total.failures,
@@ -214,6 +251,7 @@ def summarize(conditions, args, models, ceilings, runs) -> dict:
         "runs": rows,
         "ratios": ratios,
         "targets": targets(runs, ceiling["image"]),
+        "protocols": protocols(runs),
     }
 
 
@@ -283,6 +321,18 @@ def to_markdown(r: dict) -> str:
             [
                 [t["target"], "–" if t["measured"] is None else f"{t['measured']:g}", t["verdict"]]
                 for t in r["targets"]
+            ],
+        ),
+        f"## Protocols at {PROTOCOL_USERS} users (req/s over /predict/image's; target ≥ 0.9)",
+        report.markdown_table(
+            ["endpoint", "÷ /predict/image", "verdict"],
+            [
+                [
+                    p["endpoint"],
+                    "–" if p["over_predict_image"] is None else p["over_predict_image"],
+                    p["verdict"],
+                ]
+                for p in r["protocols"]
             ],
         ),
         "## In-process throughput (examples/s through `serving_default`)",

@@ -13,6 +13,7 @@ from service.device import configure_device
 from service.errors import add_error_handlers
 from service.limits import BodyLimits
 from service.metrics import Metrics, RequestMetrics
+from service.protocols import tfserving_routes, v2_routes
 from service.registry import ModelRegistry
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
@@ -53,7 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cards.router)
     app.include_router(page.router)
     app.include_router(docs.router)
-    app.include_router(predict.router, dependencies=[Depends(require_api_key)] if settings.api_key else [])
+    guarded = [Depends(require_api_key)] if settings.api_key else []
+    app.include_router(predict.router, dependencies=guarded)
+    # The ecosystem's protocols, beside the service's own routes: same models, same batchers.
+    app.include_router(v2_routes.router)
+    app.include_router(v2_routes.inference, dependencies=guarded)
+    app.include_router(tfserving_routes.router)
+    app.include_router(tfserving_routes.inference, dependencies=guarded)
     add_error_handlers(app, metrics)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
     if settings.cors_origins:

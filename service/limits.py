@@ -1,8 +1,8 @@
 """Limits on request bodies, enforced while they arrive: size (413) and time (408).
 
-A declared Content-Length over the cap is refused before reading anything; bodies without one
-(chunked) are counted as they stream in and cut off at the cap. The deadline covers the whole
-body, so a client trickling a byte at a time cannot hold the service either.
+A declared Content-Length over the cap is refused at the first read, before receiving anything;
+bodies without one (chunked) are counted as they stream in and cut off at the cap. The deadline
+covers the whole body, so a client trickling a byte at a time cannot hold the service either.
 (FastAPI's own `max_body_size` answers 413 in plain text; this keeps every error JSON.)
 """
 
@@ -12,7 +12,6 @@ import asyncio
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -29,8 +28,9 @@ class BodyLimits:
             return await self.app(scope, receive, send)
         too_large = f"request body over {self.max_bytes} bytes"
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await JSONResponse({"detail": too_large}, 413)(scope, receive, send)
+        # Refused at the first read, before anything is received, rather than answered here:
+        # the route that reads the body answers in its own protocol's error format.
+        declared_too_large = declared.isdigit() and int(declared) > self.max_bytes
         deadline = asyncio.get_running_loop().time() + self.seconds
         received = 0
         body_done = False
@@ -39,6 +39,8 @@ class BodyLimits:
             nonlocal received, body_done
             if body_done:  # later receives wait for a disconnect, which may take any time
                 return await receive()
+            if declared_too_large:
+                raise HTTPException(413, too_large)
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()

@@ -19,14 +19,14 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "http_requests",
-            "HTTP requests by route template, method and status",
-            ["route", "method", "status"],
+            "HTTP requests by route template, method, status and protocol (native, v2, tfserving)",
+            ["route", "method", "status", "protocol"],
             registry=r,
         )
         self.latency = Histogram(
             "http_request_duration_seconds",
-            "Time to answer, by route template",
-            ["route"],
+            "Time to answer, by route template and protocol",
+            ["route", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -70,6 +70,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_record_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            protocol = getattr(route, "protocol", "native")  # set by the protocols' route classes
+            self.metrics.requests.labels(path, scope["method"], str(status), protocol).inc()
+            self.metrics.latency.labels(path, protocol).observe(time.perf_counter() - started)

@@ -1,7 +1,7 @@
 """Smoke test of the load-testing path: the real service, started as the benchmark starts it
 (two worker processes), serving the tiny exports of conftest under a few seconds of locust on
-both endpoints. It proves that the locustfile, its payloads and the service agree; it measures
-nothing (see `benchmarks/`)."""
+every endpoint, v2 included. It proves that the locustfile, its payloads and the service agree;
+it measures nothing (see `benchmarks/`)."""
 
 from __future__ import annotations
 
@@ -22,4 +22,4 @@ def test_service_answers_locust_without_failures(shared_models, tmp_path):
     assert run.exit_code == 0, failures
     assert run.total.requests > 0
     assert run.total.failures == 0
-    assert set(run.by_name) == {"/predict/image", "/predict/iris"}
+    assert set(run.by_name) == {"/predict/image", "/predict/iris", "/v2/models/[model]/infer image_bytes"}

@@ -11,20 +11,16 @@ to docs/page.png, the README's picture.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from served import running_service
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -49,55 +45,13 @@ def chromium_paths() -> tuple[str, str]:
     return browser, driver
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_service(model_dir: Path, ready: bool = True):
-    """`python -m service` over `model_dir`, on a free port of 127.0.0.1; its base URL once
-    /readyz answers (200, or any status when not waiting for ready)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MODEL_DIR": str(model_dir),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "POLL_INTERVAL_S": "0",
-        "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-        "ACCESS_LOG": "false",
-    }
-    env.pop("API_KEY", None)
-    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, f"the service exited with {process.returncode}"
-            with contextlib.suppress(httpx.HTTPError):
-                status = httpx.get(f"{url}/readyz", timeout=2).status_code
-                if status == 200 or not ready:
-                    break
-            assert time.monotonic() < deadline, "the service did not answer within 240 s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
-def service():
+def service(tmp_path_factory):
     """The service over the shipped models, ready."""
     if not any(MODELS.glob("*/*/saved_model.pb")):
         pytest.skip(f"no exported models in {MODELS}")
-    with running_service(MODELS) as url:
+    log = tmp_path_factory.mktemp("page") / "service.log"
+    with running_service(MODELS, log, MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES)) as url:
         yield url
 
 
@@ -106,6 +60,7 @@ def browser():
     """Headless Chromium that can reach 127.0.0.1 and nothing else, logging every request."""
     binary, driver_path = chromium_paths()
     from selenium import webdriver  # a declared test dependency: missing fails, never skips
+
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in (
@@ -424,7 +379,10 @@ def test_the_api_docs_render_with_no_network(browser, service):
 def test_while_the_model_is_not_ready_the_page_says_so(browser, photos, tmp_path):
     broken = tmp_path / "models" / "cifar10" / "1"
     broken.mkdir(parents=True)  # a version folder with no SavedModel in it: never becomes ready
-    with running_service(tmp_path / "models", ready=False) as url:
+    log = tmp_path / "service.log"
+    with running_service(
+        tmp_path / "models", log, ready=False, MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES)
+    ) as url:
         refusal = httpx.post(f"{url}/predict/image", files={"file": photos[0].read_bytes()}, timeout=30)
         assert refusal.status_code == 503
         open_page(browser, url)

@@ -33,11 +33,20 @@ def test_requests_are_counted_by_route_template_and_status(client):
     def delta(name, **labels):  # a counter's series appears with its first increment
         return value(after, name, **labels) - before.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    assert delta("http_requests_total", route="/predict/{model}", method="POST", status="200") == 1
-    assert delta("http_requests_total", route="/predict/{model}", method="POST", status="422") == 1
-    assert delta("http_requests_total", route="/predict/image", method="POST", status="200") == 1
-    assert delta("http_requests_total", route="unmatched", method="GET", status="404") == 1
-    assert delta("http_request_duration_seconds_count", route="/predict/image") == 1
+    assert (
+        delta("http_requests_total", route="/predict/{model}", method="POST", status="200", protocol="native")
+        == 1
+    )
+    assert (
+        delta("http_requests_total", route="/predict/{model}", method="POST", status="422", protocol="native")
+        == 1
+    )
+    assert (
+        delta("http_requests_total", route="/predict/image", method="POST", status="200", protocol="native")
+        == 1
+    )
+    assert delta("http_requests_total", route="unmatched", method="GET", status="404", protocol="native") == 1
+    assert delta("http_request_duration_seconds_count", route="/predict/image", protocol="native") == 1
     assert delta("model_batch_size_count", model="cifar10") == 1
     assert delta("model_batch_size_sum", model="iris") == 1
 

@@ -29,7 +29,7 @@ from service.uploads import read_files
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 
-INLINE_DECODE_BYTES = 16 * 1024  # a 96x96 PNG or a 224x224 JPEG; see _decode_all
+INLINE_DECODE_BYTES = 16 * 1024  # a 96x96 PNG or a 224x224 JPEG; see decode_all
 TopK = Annotated[int | None, Query(ge=1, description="also list the k most probable classes")]
 Preview = Annotated[
     bool,
@@ -142,7 +142,7 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
     )
     with served.batcher.expecting():
         files = await read_files(request, "file", settings.max_batch_size)
-        images = await _decode_all(files, decode, request.app.state.decoders)
+        images = await decode_all(files, decode, request.app.state.decoders)
     for number, image in enumerate(images, 1):
         if isinstance(image, ImageRejected) and len(images) > 1:
             raise type(image)(f"file {number}: {image}")
@@ -156,7 +156,7 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
     return predictions[0] if len(predictions) == 1 else Predictions(predictions=predictions)
 
 
-async def _decode_all(files: list[bytearray], decode, decoders: ThreadPoolExecutor) -> list:
+async def decode_all(files: list[bytearray], decode, decoders: ThreadPoolExecutor) -> list:
     """Each file's pixels, or the exception decoding it raised. A single small file is decoded
     right here: that takes less than handing it to a decoder thread and back (unless resizing it
     needs matrices not built yet); anything larger goes to the decoder threads, where Pillow's

@@ -1,0 +1,89 @@
+"""TensorFlow Serving's REST predict format (row `instances` and columnar `inputs`), to the
+values of one input tensor and back. Pure functions; nothing here knows a model.
+
+Binary values are `{"b64": "..."}`. As in TF Serving, JSON may carry NaN and ±Infinity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from service.protocols.tensors import CodecError
+from service.protocols.tfserving_types import PredictRequest
+
+ROW, COLUMNAR = "row", "columnar"
+
+
+@dataclass(frozen=True)
+class Predict:
+    """A predict request: its format (the answer uses the same) and one value per instance."""
+
+    form: str
+    instances: list[Any]
+    signature_name: str | None
+
+
+def parse_predict(body: bytes, input_name: str) -> Predict:
+    """The instances of the single input `input_name`, whichever format the body uses."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CodecError(f"body is not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise CodecError('body must be a JSON object with "instances" or "inputs"')
+    try:
+        request = PredictRequest.model_validate(parsed)
+    except ValidationError as error:
+        raise CodecError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        ) from None
+    has_instances, has_inputs = "instances" in parsed, "inputs" in parsed
+    if has_instances == has_inputs:
+        raise CodecError(
+            'body must have either "instances" (row format) or "inputs" (columnar format), not both'
+        )
+    if has_instances:
+        if not isinstance(request.instances, list):
+            raise CodecError('"instances" must be a list')
+        values = [_named(instance, input_name, "instance") for instance in request.instances]
+        return Predict(ROW, values, request.signature_name)
+    batch = _named(request.inputs, input_name, '"inputs"')
+    if not isinstance(batch, list):
+        raise CodecError(f'"inputs" must be a list (the batch) or {{"{input_name}": [...]}}')
+    return Predict(COLUMNAR, batch, request.signature_name)
+
+
+def binary_value(value: Any) -> bytes | None:
+    """The bytes of a `{"b64": "..."}` value; None for any other value."""
+    if not (isinstance(value, dict) and set(value) == {"b64"}):
+        return None
+    if not isinstance(value["b64"], str):
+        raise CodecError('"b64" must be a base64 string')
+    try:
+        # TF Serving accepts both alphabets; web-safe is common from browsers.
+        return base64.b64decode(value["b64"].replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise CodecError('"b64" is not valid base64') from None
+
+
+def encode_predict(form: str, probabilities: np.ndarray) -> bytes:
+    """The answer TF Serving gives for a single-output signature: the output's values, unnamed."""
+    key = "predictions" if form == ROW else "outputs"
+    return json.dumps({key: probabilities.tolist()}, separators=(",", ":")).encode()
+
+
+def _named(value: Any, input_name: str, what: str) -> Any:
+    """`value`, or its input's value when it is an object naming inputs."""
+    if not isinstance(value, dict) or set(value) == {"b64"}:
+        return value
+    if set(value) != {input_name}:
+        names = ", ".join(sorted(map(repr, value))) or "none"
+        raise CodecError(f"{what} names inputs {names}; the signature has one input, {input_name!r}")
+    return value[input_name]

@@ -1,0 +1,257 @@
+"""Open Inference Protocol v2 over HTTP/REST (kserve/open-inference-protocol `inference_rest.md`),
+with Triton's binary tensor data extension. Thin: the codec parses, the data plane serves.
+
+Models as v2 sees them, all from each export's metadata: an image model takes `image` (UINT8
+[-1, H, W, 3], raw RGB pixels) or `image_bytes` (BYTES [-1], encoded image files, decoded as
+/predict/image does); a feature model takes `features` (FP32 [-1, N]); both answer
+`probabilities` (FP32 [-1, classes]) and `label` (BYTES [-1]).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.deps import RegistryDep
+from service.errors import RETRY_AFTER_S
+from service.predictor import Predictor
+from service.protocols import dataplane
+from service.protocols.dataplane import BadInput
+from service.protocols.errors import ERRORS, V2Route
+from service.protocols.v2_codec import (
+    BYTES,
+    Output,
+    datatype_of,
+    decode_content,
+    encode_response,
+    parse_request,
+)
+from service.protocols.v2_types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    inline_schema,
+)
+
+SERVER_NAME = "cifar-serving"
+EXTENSIONS = ["binary_tensor_data"]
+PLATFORM = "tensorflow_savedmodel"  # every model here is a SavedModel export
+LABEL = "label"  # the output this service adds: the most probable class, as text
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# Open to probes and tooling, like /healthz and /models; `inference` takes the API key when set.
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], route_class=V2Route)
+inference = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], route_class=V2Route)
+
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(InferenceRequest)},
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": f"binary tensor data extension: the JSON request ({HEADER_LENGTH}"
+                    " bytes), then the raw tensors of the inputs with `binary_data_size`, in order",
+                }
+            },
+        },
+    }
+}
+INFER_RESPONSES = {
+    200: {
+        "model": InferenceResponse,
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+            }
+        },
+        "description": "JSON, or with outputs asked for as `binary_data`, the JSON response"
+        f" ({HEADER_LENGTH} bytes) followed by those outputs' raw tensors",
+    },
+    **ERRORS,
+}
+
+
+@router.get("", response_model=ServerMetadata)
+async def server_metadata() -> ServerMetadata:
+    """The server's name, version and protocol extensions."""
+    try:
+        server_version = version(SERVER_NAME)
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        server_version = "unknown"
+    return ServerMetadata(name=SERVER_NAME, version=server_version, extensions=EXTENSIONS)
+
+
+@router.get("/health/live", response_model=ServerLive)
+async def server_live() -> ServerLive:
+    """The process is up and answering."""
+    return ServerLive(live=True)
+
+
+@router.get("/health/ready", response_model=ServerReady, responses={503: {"model": ServerReady}})
+async def server_ready(registry: RegistryDep):
+    """200 once every model is loaded and warmed up; 503 until then."""
+    if registry.ready:
+        return ServerReady(ready=True)
+    return JSONResponse({"ready": False}, 503, {"Retry-After": RETRY_AFTER_S})
+
+
+@router.get("/models/{model}", response_model=ModelMetadata, responses=ERRORS)
+async def model_metadata(model: str, registry: RegistryDep) -> ModelMetadata:
+    """The live version's inputs and outputs."""
+    return _metadata(dataplane.live_model(registry, model)[1])
+
+
+@router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
+async def model_version_metadata(model: str, version: str, registry: RegistryDep) -> ModelMetadata:
+    """The inputs and outputs of `version`, when it is the live one."""
+    return _metadata(dataplane.live_model(registry, model, version)[1])
+
+
+@router.get("/models/{model}/ready", response_model=ModelReady, responses=ERRORS)
+async def model_ready(model: str, registry: RegistryDep) -> ModelReady:
+    """200 when the model has a live version; 503 while it has none; 404 for an unknown model."""
+    dataplane.live_model(registry, model)
+    return ModelReady(name=model, ready=True)
+
+
+@router.get("/models/{model}/versions/{version}/ready", response_model=ModelReady, responses=ERRORS)
+async def model_version_ready(model: str, version: str, registry: RegistryDep) -> ModelReady:
+    """200 when `version` is the live one; 404 when it is not (naming the live one)."""
+    dataplane.live_model(registry, model, version)
+    return ModelReady(name=model, ready=True)
+
+
+InferenceHeaderLength = Annotated[
+    int | None,
+    Header(alias=HEADER_LENGTH, ge=0, description="length of the JSON part of a binary-extension body"),
+]
+
+
+@inference.post(
+    "/models/{model}/infer", response_model=None, responses=INFER_RESPONSES, openapi_extra=INFER_BODY
+)
+async def infer(request: Request, model: str, header_length: InferenceHeaderLength = None) -> Response:
+    """Run the live version on the request's inputs."""
+    return await _infer(request, model, None, header_length)
+
+
+@inference.post(
+    "/models/{model}/versions/{version}/infer",
+    response_model=None,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+async def infer_version(
+    request: Request, model: str, version: str, header_length: InferenceHeaderLength = None
+) -> Response:
+    """Run `version`, when it is the live one, on the request's inputs."""
+    return await _infer(request, model, version, header_length)
+
+
+async def _infer(request: Request, model: str, version: str | None, header_length: int | None) -> Response:
+    served, predictor = dataplane.live_model(request.app.state.registry, model, version)
+    settings = request.app.state.settings
+    max_rows = settings.max_batch_size
+    with served.batcher.expecting():  # the body may take a while: let a batch wait for it
+        body = decode_content(
+            await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
+        )
+        parsed, tensors = parse_request(body, header_length)
+        outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
+        rows = await _rows(request, predictor, tensors, max_rows)
+    probabilities = await dataplane.classify(served, predictor, rows)
+    computed = {
+        dataplane.output_name(predictor): probabilities,
+        LABEL: np.array([label.encode() for label in dataplane.labels_of(predictor, probabilities)], object),
+    }
+    answers = [Output(name, _datatype(computed[name]), computed[name], binary) for name, binary in outputs]
+    content, length = encode_response(predictor.name, str(predictor.version), parsed.id, answers)
+    if length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
+
+
+def _inputs(predictor: Predictor) -> list[MetadataTensor]:
+    raw = MetadataTensor(
+        name=predictor.input_name,
+        datatype=datatype_of(predictor.input_dtype),
+        shape=[-1, *predictor.input_shape],
+    )
+    if predictor.kind != "image":
+        return [raw]
+    return [raw, MetadataTensor(name=dataplane.encoded_input_name(predictor), datatype=BYTES, shape=[-1])]
+
+
+def _outputs(predictor: Predictor) -> list[MetadataTensor]:
+    output = predictor.metadata["output"]
+    return [
+        MetadataTensor(
+            name=output["name"],
+            datatype=datatype_of(np.dtype(output["dtype"])),
+            shape=[-1, len(predictor.labels)],
+        ),
+        MetadataTensor(name=LABEL, datatype=BYTES, shape=[-1]),
+    ]
+
+
+def _metadata(predictor: Predictor) -> ModelMetadata:
+    return ModelMetadata(
+        name=predictor.name,
+        versions=[str(predictor.version)],
+        platform=PLATFORM,
+        inputs=_inputs(predictor),
+        outputs=_outputs(predictor),
+    )
+
+
+def _requested_outputs(request: InferenceRequest, predictor: Predictor) -> list[tuple[str, bool]]:
+    """(name, binary) of each output to answer: those asked for, in order, or all of them."""
+    all_binary = bool((request.parameters or {}).get("binary_data_output", False))
+    known = [tensor.name for tensor in _outputs(predictor)]
+    if not request.outputs:
+        return [(name, all_binary) for name in known]
+    answers = []
+    for output in request.outputs:
+        if output.name not in known:
+            raise BadInput(f"unknown output {output.name!r}; model {predictor.name!r} has {', '.join(known)}")
+        answers.append((output.name, bool((output.parameters or {}).get("binary_data", all_binary))))
+    return answers
+
+
+async def _rows(
+    request: Request, predictor: Predictor, tensors: dict[str, np.ndarray], max_rows: int
+) -> np.ndarray:
+    """The model's input rows from exactly one of its inputs."""
+    accepted = {tensor.name: tensor for tensor in _inputs(predictor)}
+    unknown = sorted(set(tensors) - set(accepted))
+    if unknown:
+        raise BadInput(
+            f"unknown input {unknown[0]!r}; model {predictor.name!r} takes {' or '.join(accepted)}"
+        )
+    if len(tensors) != 1:
+        raise BadInput(f"model {predictor.name!r} takes one input: {' or '.join(accepted)}")
+    ((name, tensor),) = tensors.items()
+    expected = accepted[name]
+    if (datatype := _datatype(tensor)) != expected.datatype:
+        raise BadInput(f"input {name!r} must be {expected.datatype}; got {datatype}")
+    if expected.datatype == BYTES:
+        if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
+            raise BadInput(f"input {name!r} must have shape [n] (or [n, 1]); got {list(tensor.shape)}")
+        return await dataplane.decode_images(request, predictor, tensor.ravel().tolist())
+    return dataplane.check_rows(tensor, predictor, max_rows)
+
+
+def _datatype(array: np.ndarray) -> str:
+    return BYTES if array.dtype == object else datatype_of(array.dtype)
