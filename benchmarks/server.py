@@ -61,9 +61,10 @@ def serve(
     settings: dict[str, str] | None = None,
     until_ready: bool = True,
 ) -> Iterator[Running]:
-    """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200, stop it
-    on exit (with `until_ready` false, once it answers at all). `settings` are environment variables the caller's environment may override. Its
-    output goes to `log_path`, not a pipe, so a chatty server can never block."""
+    """Start `app` (one of APPS) serving `model_dir`, yield once /readyz answers 200 (with
+    `until_ready` false, once it answers at all), stop it on exit. `settings` are environment
+    variables the caller's environment may override. Its output goes to `log_path`, not a pipe,
+    so a chatty server can never block."""
     port = free_port()
     env = {
         **(settings or {}),
