@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -16,6 +18,7 @@ from service.metrics import Metrics, RequestMetrics
 from service.registry import ModelRegistry
 from service.routes import predict, status
 from service.settings import Settings
+from service.startup import announce_when_ready
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,9 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.decode_threads, thread_name_prefix="decode"
         )
         registry.start()
+        announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
         try:
             yield
         finally:  # the server has stopped taking requests and finished those in flight
+            announcement.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcement
             await registry.close()
             decoders.shutdown()
 
