@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,10 +34,11 @@ def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
         return JSONResponse({"detail": str(error)}, status, headers)
 
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, error: Exception) -> JSONResponse:
         # FastAPI's default echoes the input back, which fails to serialize for NaN or ±Infinity
         # (a 500) and can be as large as the body; location, message and type are enough.
-        return JSONResponse({"detail": [_validation_error(e) for e in error.errors()]}, 422)
+        errors = cast(RequestValidationError, error).errors()
+        return JSONResponse({"detail": [_validation_error(e) for e in errors]}, 422)
 
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # The last resort. Starlette re-raises the error after this response, so the server
