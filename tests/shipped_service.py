@@ -17,7 +17,7 @@ from conftest import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODELS = ROOT / "models"
 # Settings a developer's environment might hold that would change what a newcomer sees.
-UNSET = ("MODEL_VERSIONS", "API_KEY", "WORKERS", "DEVICE", "HOST", "TF_CPP_MIN_LOG_LEVEL")
+UNSET = ("MODEL_VERSIONS", "API_KEY", "WORKERS", "DEVICE", "HOST", "LOG_LEVEL", "TF_CPP_MIN_LOG_LEVEL")
 
 
 def newest_versions(model_dir: Path = SHIPPED_MODELS) -> dict[str, int]:
