@@ -4,16 +4,23 @@ On SIGTERM or Ctrl-C uvicorn stops accepting connections and lets in-flight requ
 (for up to SHUTDOWN_TIMEOUT_S), then the app drains its batchers and the process exits 0.
 """
 
+import importlib.util
 import signal
 import sys
 
 import uvicorn
 
+from service.device import quiet_tensorflow
 from service.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
+    if importlib.util.find_spec("tensorflow") is None:
+        # TensorFlow comes in an extra, one build or the other (pyproject.toml says why).
+        sys.exit('TensorFlow is not installed: pip install -e ".[cpu]" (or ".[gpu]" on an NVIDIA GPU host)')
+    # Before any worker imports TensorFlow; workers inherit the environment.
+    quiet_tensorflow(settings.device)
     # After its graceful shutdown uvicorn raises the signal again, which would end the process
     # as killed by SIGTERM (status 143); a clean drain is a successful exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

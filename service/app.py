@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -17,6 +19,7 @@ from service.protocols import tfserving_routes, v2_routes
 from service.registry import ModelRegistry
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
+from service.startup import announce_when_ready
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,9 +34,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.decode_threads, thread_name_prefix="decode"
         )
         registry.start()
+        announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
         try:
             yield
         finally:  # the server has stopped taking requests and finished those in flight
+            announcement.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcement
             await registry.close()
             decoders.shutdown()
 

@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import ctypes
+import importlib.metadata
 import logging
-
-import tensorflow as tf
+import os
+from collections.abc import MutableMapping
 
 log = logging.getLogger(__name__)
+
+
+def quiet_tensorflow(device: str, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep TensorFlow's start-up log to real problems; call before TensorFlow is imported.
+
+    TensorFlow's full (GPU) build asks the CUDA driver for GPUs on first use and, on a machine
+    with no NVIDIA driver at all, logs that failure at error level ("failed call to cuInit ...
+    UNKNOWN ERROR (303)") before carrying on with the CPU. When the CPU is what was asked for
+    (DEVICE=auto or cpu) and no driver exists, that line reports nothing wrong, so TensorFlow's
+    C++ log is limited to fatal messages. Everything else stays as TensorFlow has it: with a
+    driver, with DEVICE=gpu (which must fail loudly), and with the CPU build (`tensorflow-cpu`),
+    which never looks for CUDA. A TF_CPP_MIN_LOG_LEVEL set by the user is left alone.
+    """
+    if device != "gpu" and _looks_for_cuda() and not _nvidia_driver_present():
+        environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _looks_for_cuda() -> bool:
+    """Whether the installed TensorFlow is a build that looks for CUDA (not `tensorflow-cpu`)."""
+    try:
+        importlib.metadata.distribution("tensorflow-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return True
+    return False
+
+
+def _nvidia_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")  # what TensorFlow loads; the NVIDIA container toolkit mounts it
+    except OSError:
+        return False
+    return True
 
 
 def configure_device(device: str, intra_op_threads: int = 0, inter_op_threads: int = 0) -> str:
@@ -15,6 +49,8 @@ def configure_device(device: str, intra_op_threads: int = 0, inter_op_threads: i
     `auto` takes the first GPU when one is visible, else the CPU; `gpu` without a GPU is a
     configuration error and fails start-up rather than silently running on the CPU.
     """
+    import tensorflow as tf  # here, so that quiet_tensorflow can run before the import
+
     gpus = tf.config.list_physical_devices("GPU")
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)

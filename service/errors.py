@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,6 +12,7 @@ from service.batching import Closed, QueueFull
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage
 from service.metrics import Metrics
 from service.registry import ModelNotReady, UnknownModel
+from service.schemas import FEATURES_FORMS, FEATURES_TAGS
 
 RETRY_AFTER_S = "1"
 
@@ -37,11 +40,11 @@ def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
         return JSONResponse({"detail": str(error)}, status, headers)
 
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, error: Exception) -> JSONResponse:
         # FastAPI's default echoes the input back, which fails to serialize for NaN or ±Infinity
         # (a 500) and can be as large as the body; location, message and type are enough.
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
-        return JSONResponse({"detail": errors}, 422)
+        errors = cast(RequestValidationError, error).errors()
+        return JSONResponse({"detail": [_validation_error(e) for e in errors]}, 422)
 
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # The last resort. Starlette re-raises the error after this response, so the server
@@ -53,3 +56,24 @@ def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         app.add_exception_handler(exception, domain_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _validation_error(error: dict) -> dict:
+    """One of pydantic's errors, located where the client put the value: `foo`, `features[0]`."""
+    loc = list(error["loc"])
+    # A features request is a union chosen by its keys, and pydantic puts the chosen form's tag
+    # into the location (["body", "features", "features", 0]); the client never sent it.
+    features_request = len(loc) >= 3 and loc[0] == "body" and loc[1] in FEATURES_TAGS
+    if features_request:
+        del loc[1]
+    field = _field_name(loc[1:]) or str(loc[0])
+    message = f"{field}: {error['msg']}" + (f"; {FEATURES_FORMS}" if features_request else "")
+    return {"loc": loc, "field": field, "msg": message, "type": error["type"]}
+
+
+def _field_name(path: list) -> str:
+    """["instances", 0, 1] -> "instances[0][1]"."""
+    name = ""
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name

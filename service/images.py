@@ -25,6 +25,12 @@ from service.resizing import MAX_ENLARGEMENT, REDUCING_GAP, to_model_size
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
+# Pillow guards against decompression bombs with a process-wide limit of its own (refusing over
+# about 179 M pixels, with its own message). Every image here is checked against the service's
+# limit (MAX_IMAGE_PIXELS) from its header before anything is decoded, so that one applies
+# alone: lower or higher than Pillow's, and with the service's message.
+Image.MAX_IMAGE_PIXELS = None
+
 
 class ImageRejected(ValueError):
     """An upload that cannot become a model input."""
@@ -55,20 +61,18 @@ def decode_image(
         raise UnsupportedImage(
             f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
         ) from None
-    except Image.DecompressionBombError as error:
-        raise ImageTooLarge(str(error)) from None
     except Exception as error:  # a corrupt header can fail inside any of the format parsers
         raise UndecodableImage(f"cannot read the image: {error}") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageTooLarge(f"{width}x{height} image has more than {max_pixels} pixels")
+            raise ImageTooLarge(
+                f"{width}x{height} image: {width * height:,} pixels, more than the {max_pixels:,} allowed"
+            )
         try:
             if max(image.size) > MAX_ENLARGEMENT * max(size):  # too large to be an enlargement
                 image.draft(None, (round(REDUCING_GAP * max(size)),) * 2)
             rgb = _to_rgb(ImageOps.exif_transpose(image))
-        except Image.DecompressionBombError as error:
-            raise ImageTooLarge(str(error)) from None
         except Exception as error:  # truncated or corrupt data fails inside the decoders
             raise UndecodableImage(f"cannot decode the {image.format} image: {error}") from None
     return to_model_size(rgb, size, undo_enlargements, build)

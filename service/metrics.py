@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -71,7 +72,20 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_record_status)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = _route_template(scope)
             protocol = getattr(route, "protocol", "native")  # set by the protocols' route classes
             self.metrics.requests.labels(path, scope["method"], str(status), protocol).inc()
             self.metrics.latency.labels(path, protocol).observe(time.perf_counter() - started)
+
+
+def _route_template(scope: Scope) -> str:
+    """The path template of the route that answered, "unmatched" for none. FastAPI's own routes
+    put themselves in the scope; plain Starlette routes (/docs, /redoc, /openapi.json) do not,
+    so those are looked up again, which only requests outside the API's routes pay for."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        if candidate.matches(scope)[0] == Match.FULL:
+            return getattr(candidate, "path", "unmatched")
+    return "unmatched"

@@ -92,7 +92,7 @@ def undo_enlargement(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray | 
         )
 
     misfits = {interpolator: misfit(interpolator) for interpolator in INTERPOLATORS}
-    interpolator = min(misfits, key=misfits.get)
+    interpolator = min(misfits, key=misfits.__getitem__)
     if misfits[interpolator] > ENLARGEMENT_RESIDUAL:
         return None
     rows, rows_inverse = enlargement(size[1], height, interpolator)

@@ -39,17 +39,17 @@ def _request_form(body: Any) -> str | None:
     return "features" if "features" in body else "instances" if "instances" in body else "named"
 
 
+# The accepted shapes of a features request, in one sentence for error messages.
+FEATURES_FORMS = 'expected {"features": [...]}, {"instances": [[...], ...]} or an object of features by name'
+# The tags of the forms below: pydantic puts the tag into an error's location, after "body".
+FEATURES_TAGS = frozenset({"features", "instances", "named"})
+
 # The form is chosen by its keys, so a mistake is reported against that form alone.
 FeaturesRequest = Annotated[
     Annotated[OneInstance, Tag("features")]
     | Annotated[Instances, Tag("instances")]
     | Annotated[NamedFeatures, Tag("named")],
-    Discriminator(
-        _request_form,
-        custom_error_type="invalid_request",
-        custom_error_message='expected {"features": [...]}, {"instances": [[...], ...]} '
-        "or an object of features by name",
-    ),
+    Discriminator(_request_form, custom_error_type="invalid_request", custom_error_message=FEATURES_FORMS),
 ]
 
 

@@ -7,10 +7,15 @@ touch the disk, user-chosen file names are never used, and the total size is alr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 
 async def read_files(request: Request, field: str, max_parts: int) -> list[bytearray]:
@@ -48,7 +53,7 @@ class _Parts:
         self._disposition = b""
         self._data: bytearray | None = None  # None: a part we do not keep
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": lambda data, start, end: self._add_header(0, data[start:end]),

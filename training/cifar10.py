@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -219,7 +220,8 @@ class Lookahead(keras.callbacks.Callback):
     def __init__(self, recipe: Recipe, total_steps: int):
         super().__init__()
         self.recipe, self.total_steps = recipe, total_steps
-        self.step, self.average = 0, None
+        self.step = 0
+        self.average: Any = None  # a list of arrays once training begins
 
     def on_train_begin(self, logs=None):
         self.average = [ops.convert_to_numpy(v) for v in self._variables()]

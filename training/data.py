@@ -23,6 +23,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO, cast
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
@@ -91,7 +92,8 @@ def load_cifar10(data: str | None = None, validation_fraction: float = 0.1, seed
         import keras
 
         (x, y), (x_test, y_test) = keras.datasets.cifar10.load_data()
-        labels, test = CIFAR10_LABELS, Split(x_test, y_test.reshape(-1).astype(np.int64))
+        test: Split | None = Split(x_test, y_test.reshape(-1).astype(np.int64))
+        labels = CIFAR10_LABELS
         x, y, source = x, y.reshape(-1).astype(np.int64), "keras.datasets.cifar10"
         jpeg = None  # the official arrays, never compressed
     else:
@@ -160,7 +162,7 @@ def _files(path: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     with tarfile.open(path) as tar:
         for member in tar:  # streams: each member once, in stored order
             if member.isfile():
-                yield member.name, tar.extractfile(member).read
+                yield member.name, cast(IO[bytes], tar.extractfile(member)).read
 
 
 def _read_pickle_batches(files: dict[str, bytes]) -> dict[str, np.ndarray]:
@@ -201,7 +203,7 @@ def _read_class_folders(
         if split == "train":
             kinds = {jpeg for _, jpeg in decoded}
             if len(kinds) == 1 and None not in kinds:
-                arrays["jpeg_quality"], arrays["jpeg_subsampled"] = map(np.array, kinds.pop())
+                arrays["jpeg_quality"], arrays["jpeg_subsampled"] = map(np.array, cast(tuple, kinds.pop()))
     return arrays
 
 
@@ -210,7 +212,7 @@ def _decode(data: bytes) -> tuple[np.ndarray, tuple[int, bool] | None]:
     with Image.open(io.BytesIO(data)) as im:
         jpeg = None
         if im.format == "JPEG":
-            quality = ijg_quality(tuple(im.quantization.get(0, ())))
+            quality = ijg_quality(tuple(cast(JpegImagePlugin.JpegImageFile, im).quantization.get(0, ())))
             if quality is not None:
                 jpeg = (quality, JpegImagePlugin.get_sampling(im) == 2)  # 2: 4:2:0
         return np.asarray(im.convert("RGB"), dtype=np.uint8), jpeg

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from service.batching import MicroBatcher
 from service.deps import RegistryDep, SettingsDep, require_json
 from service.images import ImageRejected, decode_image, encode_png
 from service.predictor import Predictor
@@ -61,12 +62,14 @@ IMAGE_UPLOAD = {
     }
 }
 # Documented so clients (and Schemathesis) know every answer's shape.
-ERRORS = {status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 422, 503)
+}
 
 
 def _of_kind(served: ServedModel, kind: str) -> ServedModel:
     name = served.name
-    if served.predictor.kind != kind:
+    if cast(Predictor, served.predictor).kind != kind:  # registry.get: a live version
         raise UnknownModel(
             f"model {name!r} takes features, not images: POST JSON to /predict/{name}"
             if kind == "image"
@@ -125,14 +128,15 @@ async def predict_features(
 ):
     """Classify feature vectors: `{"features": [...]}` or features by name answer one
     prediction; `{"instances": [[...], ...]}` answers `{"predictions": [...]}` in order."""
-    predictor = served.predictor
+    predictor = cast(Predictor, served.predictor)  # registry.get: a live version
     rows = _feature_rows(body, predictor, settings.max_batch_size)
-    predictions = _predictions(predictor, await served.batcher.predict(rows, predictor), top_k)
+    predictions = _predictions(predictor, await _batcher(served).predict(rows, predictor), top_k)
     return Predictions(predictions=predictions) if isinstance(body, Instances) else predictions[0]
 
 
 async def _classify_images(request: Request, served: ServedModel, top_k: int | None, preview: bool):
-    predictor = served.predictor  # this request is served by this version, even across a swap
+    # This request is served by this version, even across a swap; a live one (registry.get).
+    predictor = cast(Predictor, served.predictor)
     settings: Settings = request.app.state.settings
     decode = functools.partial(
         decode_image,
@@ -140,7 +144,7 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
         max_pixels=settings.max_image_pixels,
         undo_enlargements=settings.undo_enlargements,
     )
-    with served.batcher.expecting():
+    with _batcher(served).expecting():
         files = await read_files(request, "file", settings.max_batch_size)
         images = await decode_all(files, decode, request.app.state.decoders)
     for number, image in enumerate(images, 1):
@@ -149,11 +153,15 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
         if isinstance(image, BaseException):
             raise image
     batch = np.stack(images)
-    predictions = _predictions(predictor, await served.batcher.predict(batch, predictor), top_k)
+    predictions = _predictions(predictor, await _batcher(served).predict(batch, predictor), top_k)
     if preview:  # encoded from the very array the model was given
         for prediction, pixels in zip(predictions, batch, strict=True):
             prediction.input_png = encode_png(pixels)
     return predictions[0] if len(predictions) == 1 else Predictions(predictions=predictions)
+
+
+def _batcher(served: ServedModel) -> MicroBatcher:
+    return cast(MicroBatcher, served.batcher)  # a model with a live version has its batcher
 
 
 async def decode_all(files: list[bytearray], decode, decoders: ThreadPoolExecutor) -> list:

@@ -13,12 +13,15 @@ from service.schemas import Health, ModelInfo, ModelList, Readiness
 router = APIRouter(tags=["status"])
 
 
+# HEAD as well, for health checkers that use it; left out of the schema, which documents GET.
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
     """The process is up and answering (models may still be loading)."""
     return Health()
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(registry: RegistryDep):
     """200 once every model found is loaded and warmed up; 503 naming those that are not."""

@@ -1,0 +1,35 @@
+"""The one line that says a server is up: what it serves, where, and where to read more."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI
+
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def announce_when_ready(app: FastAPI, registry: ModelRegistry, settings: Settings) -> None:
+    """Log once, when every model is first ready: models and versions, device, workers, URLs."""
+    while not registry.ready:
+        await asyncio.sleep(0.1)
+    log.info(ready_line(app, registry, settings))
+
+
+def ready_line(app: FastAPI, registry: ModelRegistry, settings: Settings) -> str:
+    models = ", ".join(
+        f"{name} v{served.predictor.version}"
+        for name, served in sorted(registry.models.items())
+        if served.predictor is not None
+    )
+    workers = f"{settings.workers} worker" + ("s" if settings.workers > 1 else "")
+    base = f"http://{settings.host}:{settings.port}"
+    # Only what this app really serves: the page at / comes with the page's router.
+    places = [f"page {base}/" for route in app.routes if getattr(route, "path", None) == "/"]
+    if app.docs_url:
+        places.append(f"API docs {base}{app.docs_url}")
+    return f"ready: {models} on {registry.device}; {workers}" + "".join(f"; {p}" for p in places)

@@ -1,0 +1,199 @@
+"""README.md's shell examples run as written, against `python -m service` on the shipped models.
+
+Every fenced ```sh block runs with bash from the repository's root, `localhost:8000` pointing at
+the test's server, unless the line right above its fence says why not:
+`<!-- readme-test: skip (reason) -->`. A block is cut into steps at its `# →` lines; each step
+must exit 0 (curl fails on an HTTP error unless the `# →` line names the status, as in
+`# → 422 {...}`), and prints what its `# →` line shows: JSON with the same keys and the same
+strings, booleans and integers (numbers with a fraction only have to be numbers: they move with
+every retraining), `...` standing for what is left out; other output must contain the line's
+text, piece by piece between the `...`. The models' versions shown must be the newest shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+from shipped_service import ROOT, newest_versions, shipped_service
+
+README = ROOT / "README.md"
+SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->")
+EXPECTED = "# →"
+STATUS = re.compile(r"(?P<status>[1-5]\d\d)\s+(?P<body>.*)", re.S)
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # of the opening fence, 1-based
+    text: str
+    skip: str | None  # the reason, when marked
+
+
+@dataclass(frozen=True)
+class Step:
+    commands: str
+    expected: str | None  # the text after "# →"
+
+
+def sh_blocks(markdown: str) -> list[Block]:
+    lines = markdown.splitlines()
+    blocks, start = [], None
+    for number, line in enumerate(lines):
+        if start is None and line.strip() == "```sh":
+            start = number
+        elif start is not None and line.strip() == "```":
+            marker = SKIP.fullmatch(lines[start - 1].strip()) if start else None
+            text = "\n".join(lines[start + 1 : number])
+            blocks.append(Block(start + 1, text, marker["reason"] if marker else None))
+            start = None
+    return blocks
+
+
+def steps(block: Block) -> list[Step]:
+    found, commands = [], []
+    for line in block.text.splitlines():
+        if line.strip().startswith(EXPECTED):
+            found.append(Step("\n".join(commands), line.strip()[len(EXPECTED) :].strip()))
+            commands = []
+        else:
+            commands.append(line)
+    if any(line.strip() and not line.strip().startswith("#") for line in commands):
+        found.append(Step("\n".join(commands), None))
+    return found
+
+
+BLOCKS = sh_blocks(README.read_text())
+RUN = [block for block in BLOCKS if block.skip is None]
+
+
+def without_ellipses(text: str) -> str:
+    """The JSON left when the `...` outside its strings are taken out, with their commas."""
+    parts = re.split(r'("(?:\\.|[^"\\])*")', text)  # odd parts are string literals
+    return "".join(
+        part if i % 2 else re.sub(r"\.\.\.\s*,\s*|,?\s*\.\.\.", "", part) for i, part in enumerate(parts)
+    )
+
+
+def mismatches(expected, actual, where: str = "") -> list[str]:
+    """How `actual` differs from the README's `expected` (a subset, numbers with fractions loose)."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{where or 'output'}: expected an object, got {actual!r}"]
+        return [
+            problem
+            for key, value in expected.items()
+            for problem in (
+                mismatches(value, actual[key], f"{where}.{key}")
+                if key in actual
+                else [f"{where}.{key}: missing from {sorted(actual)}"]
+            )
+        ]
+    if isinstance(expected, list):
+        if not isinstance(actual, list) or len(actual) < len(expected):
+            return [f"{where}: expected a list of at least {len(expected)}, got {actual!r}"]
+        return [
+            p
+            for i, (e, a) in enumerate(zip(expected, actual, strict=False))
+            for p in mismatches(e, a, f"{where}[{i}]")
+        ]
+    if isinstance(expected, float):
+        ok = isinstance(actual, int | float) and not isinstance(actual, bool)
+        return [] if ok else [f"{where}: expected a number, got {actual!r}"]
+    return (
+        []
+        if expected == actual and type(expected) is type(actual)
+        else [f"{where}: README says {expected!r}, got {actual!r}"]
+    )
+
+
+def shown_versions(value) -> list[tuple[str, str]]:
+    """(model, version) pairs a README output shows."""
+    if isinstance(value, list):
+        return [pair for item in value for pair in shown_versions(item)]
+    if not isinstance(value, dict):
+        return []
+    own = []
+    if "model" in value and "version" in value:
+        own.append((value["model"], value["version"]))
+    if "name" in value and "live_version" in value:
+        own.append((value["name"], value["live_version"]))
+    return own + [pair for item in value.values() for pair in shown_versions(item)]
+
+
+@pytest.fixture(scope="module")
+def port(tmp_path_factory):
+    with shipped_service(tmp_path_factory.mktemp("readme") / "service.log") as (_, port):
+        yield port
+
+
+def run(step: Step, port: int) -> tuple[int | None, str]:
+    """Run a step as README's reader would; (HTTP status when the README names one, stdout)."""
+    status = STATUS.fullmatch(step.expected or "")
+    # Quiet curl, failing on HTTP errors; or, where the README shows an error, printing its status.
+    options = '--write-out "\\n%{http_code}"' if status else "--fail-with-body"
+    script = (
+        "set -euo pipefail\n"
+        f'curl() {{ command curl --silent --show-error {options} "$@"; }}\n'
+        + step.commands.replace("localhost:8000", f"localhost:{port}").replace(
+            "127.0.0.1:8000", f"127.0.0.1:{port}"
+        )
+    )
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{step.commands}\n{result.stdout}{result.stderr}"
+    )
+    if not status:
+        return None, result.stdout
+    body, _, code = result.stdout.rstrip("\n").rpartition("\n")
+    return int(code), body
+
+
+def test_curl_is_there_to_run_the_examples():
+    assert shutil.which("curl"), "README's examples use curl: install it (apt-get install curl)"
+
+
+def test_skipped_blocks_say_why_and_markers_sit_on_a_fence():
+    lines = README.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip().startswith("<!--") and "readme-test" in line:  # a marker, not prose about one
+            assert SKIP.fullmatch(line.strip()), f"README.md:{number + 1}: malformed marker {line!r}"
+            assert lines[number + 1].strip() == "```sh", f"README.md:{number + 1}: no ```sh fence below"
+
+
+def test_the_readme_has_examples_that_talk_to_the_service():
+    assert any("localhost:8000" in block.text for block in RUN)
+    assert any(step.expected for block in RUN for step in steps(block))
+
+
+@pytest.mark.parametrize("block", RUN, ids=[f"README.md:{block.line}" for block in RUN])
+def test_readme_block_runs_as_written(block, port):
+    newest = {name: str(version) for name, version in newest_versions().items()}
+    for step in steps(block):
+        status, output = run(step, port)
+        if step.expected is None:
+            continue
+        expected_text = step.expected
+        if status is not None:
+            match = STATUS.fullmatch(expected_text)
+            assert status == int(match["status"]), f"{step.commands}\n{status} {output}"
+            expected_text = match["body"]
+        try:
+            expected = json.loads(without_ellipses(expected_text))
+        except json.JSONDecodeError:  # text: its pieces, in order
+            position = 0
+            for piece in (p.strip() for p in expected_text.split("...")):
+                found = output.find(piece, position)
+                assert found >= 0, f"{step.commands}\nREADME shows {expected_text!r}; got:\n{output}"
+                position = found + len(piece)
+            continue
+        for model, version in shown_versions(expected):
+            assert version == newest.get(model), (
+                f"README shows {model} version {version}; the newest shipped is {newest.get(model)}"
+            )
+        problems = mismatches(expected, json.loads(output))
+        assert not problems, f"{step.commands}\n" + "\n".join(problems) + f"\ngot: {output}"

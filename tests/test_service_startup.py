@@ -1,0 +1,80 @@
+"""Start-up as a new user sees it: `python -m service` on the shipped models logs no error-level
+line on a CPU-only machine, and one line saying what it serves and where."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import pytest
+from conftest import wait_for
+from shipped_service import newest_versions, shipped_service
+
+from service import device
+
+
+def nvidia_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+cpu_only = pytest.mark.skipif(nvidia_driver_present(), reason="about machines without an NVIDIA driver")
+
+# An error-level line from TensorFlow's C++ log (E0000 ...), Python's logging or uvicorn.
+ERROR_LINE = re.compile(r"^(E\d{4} |.*\bERROR\b|.*\bCRITICAL\b|Traceback)")
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """The default start-up (DEVICE=auto), its log once it has announced itself."""
+    log = tmp_path_factory.mktemp("startup") / "service.log"
+    with shipped_service(log) as (_, port):
+        wait_for(lambda: "ready:" in log.read_text(), timeout=30)
+        yield log.read_text(), port
+
+
+@cpu_only
+def test_startup_on_a_cpu_only_machine_logs_no_error_line(started):
+    text, _ = started
+    errors = [line for line in text.splitlines() if ERROR_LINE.match(line)]
+    assert not errors, text
+
+
+def test_one_line_says_what_is_served_on_which_device_by_how_many_workers_and_where(started):
+    text, port = started
+    lines = [line for line in text.splitlines() if " ready: " in line]
+    assert len(lines) == 1, text
+    line = lines[0]
+    for name, version in newest_versions().items():
+        assert f"{name} v{version}" in line
+    assert "on /CPU:0" in line or "on /GPU:0" in line
+    assert "1 worker" in line
+    assert f"API docs http://127.0.0.1:{port}/docs" in line
+
+
+@cpu_only
+def test_device_gpu_without_a_gpu_fails_loudly(tmp_path):
+    log = tmp_path / "service.log"
+    with shipped_service(log, ready=False, DEVICE="gpu") as (process, _):
+        assert process.wait(120) != 0
+    assert "DEVICE=gpu but TensorFlow sees no GPU" in log.read_text()
+
+
+def test_tensorflow_logging_is_left_alone_where_its_errors_could_be_real(monkeypatch):
+    monkeypatch.setattr(device, "_looks_for_cuda", lambda: True)
+    monkeypatch.setattr(device, "_nvidia_driver_present", lambda: False)
+    environ: dict[str, str] = {}
+    device.quiet_tensorflow("gpu", environ)  # asked for a GPU: CUDA's complaints matter
+    assert environ == {}
+    device.quiet_tensorflow("auto", environ)  # no driver: there is no GPU to complain about
+    assert environ == {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    environ = {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    device.quiet_tensorflow("cpu", environ)  # the user's choice stands
+    assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0"}
+    monkeypatch.setattr(device, "_nvidia_driver_present", lambda: True)
+    environ = {}
+    device.quiet_tensorflow("auto", environ)  # a driver: a failure to use it is worth seeing
+    assert environ == {}
