@@ -8,6 +8,7 @@ Everything model-specific (labels, input name, shape and dtype, feature names) c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import tensorflow as tf
@@ -35,7 +36,7 @@ class Predictor:
         self.labels: list[str] = checked.labels
         spec = checked.input
         self.input_name: str = spec.name
-        self.input_shape: tuple[int, ...] = tuple(spec.shape[1:])
+        self.input_shape: tuple[int, ...] = tuple(cast(list[int], spec.shape[1:]))  # fixed after the batch
         self.input_dtype = np.dtype(spec.dtype)
         self.kind = _input_kind(self.input_shape, self.input_dtype)
         self.feature_names: list[str] | None = spec.feature_names

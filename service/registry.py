@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from model_repository import existing_versions
 from service.batching import MicroBatcher
@@ -48,6 +49,11 @@ class ServedModel:
     failed: dict[int, str] = field(default_factory=dict)  # version -> why it was rejected
     predictor: Predictor | None = None  # the live version
     batcher: MicroBatcher | None = None  # created with the first live version
+
+    @property
+    def live_batcher(self) -> MicroBatcher:
+        """The batcher, for a model `ModelRegistry.get` returned: one with a live version has one."""
+        return cast(MicroBatcher, self.batcher)
 
     @property
     def problem(self) -> str | None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from conftest import wait_for
+from deployments import wait_for
+
+from benchmarks.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODELS = ROOT / "models"
@@ -27,12 +28,6 @@ def newest_versions(model_dir: Path = SHIPPED_MODELS) -> dict[str, int]:
         for folder in sorted(model_dir.iterdir())
         if folder.is_dir() and any(version.name.isdigit() for version in folder.iterdir())
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ format; the same checks and the same image decoding as the service's own routes 
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import numpy as np
 from fastapi import Request
@@ -31,7 +32,7 @@ def live_model(
     """The model and the version serving it now; UnknownModel, VersionNotLive or ModelNotReady.
     The predictor is read once, so the whole request is served by one version, even across a swap."""
     served = registry.get(name)
-    predictor = served.predictor
+    predictor = cast(Predictor, served.predictor)  # registry.get returns live models only
     if version is not None and version != str(predictor.version):
         raise VersionNotLive(
             f"model {name!r} has no live version {version!r}; version {predictor.version} is live"
@@ -76,7 +77,12 @@ async def decode_images(request: Request, predictor: Predictor, files: list[byte
     does (the same function, on the same decoder threads)."""
     settings: Settings = request.app.state.settings
     check_count(len(files), settings.max_batch_size)
-    decode = functools.partial(decode_image, size=predictor.image_size, max_pixels=settings.max_image_pixels)
+    decode = functools.partial(
+        decode_image,
+        size=predictor.image_size,
+        max_pixels=settings.max_image_pixels,
+        undo_enlargements=settings.undo_enlargements,
+    )
     images = await decode_all(files, decode, request.app.state.decoders)
     for number, image in enumerate(images, 1):
         if isinstance(image, ImageRejected):
@@ -88,7 +94,7 @@ async def decode_images(request: Request, predictor: Predictor, files: list[byte
 
 async def classify(served: ServedModel, predictor: Predictor, rows: np.ndarray) -> np.ndarray:
     """Class probabilities for `rows`, [n, len(labels)], batched with every other request."""
-    probabilities = await served.batcher.predict(rows, predictor)
+    probabilities = await served.live_batcher.predict(rows, predictor)
     if not np.isfinite(probabilities).all():
         # Extreme (if finite) features can overflow inside the model; that is the input's doing.
         raise BadInput("the model's output is not finite for these inputs")

@@ -5,6 +5,7 @@ and FastAPI's 422 for invalid requests never reaches these routes (the protocols
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +23,7 @@ from service.registry import ModelNotReady, UnknownModel
 
 log = logging.getLogger(__name__)
 
-STATUS = {  # the first match counts
+STATUS: dict[type[Exception], int] = {  # the first match counts
     BodyTooLarge: 413,
     BadInput: 400,
     CodecError: 400,
@@ -45,7 +46,7 @@ class ProtocolError(BaseModel):
 ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 408, 413, 503, "4XX")}
 
 
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     if status == 503:
         headers = {**(headers or {}), "Retry-After": RETRY_AFTER_S}
     return JSONResponse({"error": message}, status, headers)

@@ -93,7 +93,7 @@ async def predict_version(request: Request, model: str, version: str) -> Respons
 
 async def _predict(request: Request, model: str, version: str | None) -> Response:
     served, predictor = dataplane.live_model(request.app.state.registry, model, version)
-    with served.batcher.expecting():
+    with served.live_batcher.expecting():
         body = await request.body()
         parsed = parse_predict(body, predictor.input_name)
         signature = predictor.metadata["signature"]

@@ -17,6 +17,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -185,7 +186,11 @@ def encode_response(
     """The response body, and the JSON header's length when binary tensors follow it."""
     described, blobs = [], []
     for output in outputs:
-        tensor = {"name": output.name, "datatype": output.datatype, "shape": list(output.array.shape)}
+        tensor: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.array.shape),
+        }
         if output.binary:
             blob = to_binary(output.array, output.datatype)
             tensor["parameters"] = {"binary_data_size": len(blob)}

@@ -10,7 +10,7 @@ Models as v2 sees them, all from each export's metadata: an image model takes `i
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Header, Request
@@ -68,7 +68,7 @@ INFER_BODY = {
         },
     }
 }
-INFER_RESPONSES = {
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": InferenceResponse,
         "content": {
@@ -164,7 +164,7 @@ async def _infer(request: Request, model: str, version: str | None, header_lengt
     served, predictor = dataplane.live_model(request.app.state.registry, model, version)
     settings = request.app.state.settings
     max_rows = settings.max_batch_size
-    with served.batcher.expecting():  # the body may take a while: let a batch wait for it
+    with served.live_batcher.expecting():  # the body may take a while: let a batch wait for it
         body = decode_content(
             await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
         )

@@ -49,7 +49,7 @@ def _policy(scripts: list[str]) -> dict[str, str]:
 
 
 def _with_policy(page: HTMLResponse) -> HTMLResponse:
-    html = page.body.decode()
+    html = bytes(page.body).decode()
     inline = re.findall(r"<script>(.*?)</script>", html, flags=re.DOTALL)
     return HTMLResponse(html, headers=_policy(inline))
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from service.batching import MicroBatcher
 from service.deps import RegistryDep, SettingsDep, require_json
 from service.images import ImageRejected, decode_image, encode_png
 from service.predictor import Predictor
@@ -130,7 +130,7 @@ async def predict_features(
     prediction; `{"instances": [[...], ...]}` answers `{"predictions": [...]}` in order."""
     predictor = cast(Predictor, served.predictor)  # registry.get: a live version
     rows = _feature_rows(body, predictor, settings.max_batch_size)
-    predictions = _predictions(predictor, await _batcher(served).predict(rows, predictor), top_k)
+    predictions = _predictions(predictor, await served.live_batcher.predict(rows, predictor), top_k)
     return Predictions(predictions=predictions) if isinstance(body, Instances) else predictions[0]
 
 
@@ -144,7 +144,7 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
         max_pixels=settings.max_image_pixels,
         undo_enlargements=settings.undo_enlargements,
     )
-    with _batcher(served).expecting():
+    with served.live_batcher.expecting():
         files = await read_files(request, "file", settings.max_batch_size)
         images = await decode_all(files, decode, request.app.state.decoders)
     for number, image in enumerate(images, 1):
@@ -153,18 +153,14 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
         if isinstance(image, BaseException):
             raise image
     batch = np.stack(images)
-    predictions = _predictions(predictor, await _batcher(served).predict(batch, predictor), top_k)
+    predictions = _predictions(predictor, await served.live_batcher.predict(batch, predictor), top_k)
     if preview:  # encoded from the very array the model was given
         for prediction, pixels in zip(predictions, batch, strict=True):
             prediction.input_png = encode_png(pixels)
     return predictions[0] if len(predictions) == 1 else Predictions(predictions=predictions)
 
 
-def _batcher(served: ServedModel) -> MicroBatcher:
-    return cast(MicroBatcher, served.batcher)  # a model with a live version has its batcher
-
-
-async def decode_all(files: list[bytearray], decode, decoders: ThreadPoolExecutor) -> list:
+async def decode_all(files: Sequence[bytes | bytearray], decode, decoders: ThreadPoolExecutor) -> list:
     """Each file's pixels, or the exception decoding it raised. A single small file is decoded
     right here: that takes less than handing it to a decoder thread and back (unless resizing it
     needs matrices not built yet); anything larger goes to the decoder threads, where Pillow's
