@@ -4,7 +4,7 @@ actually sent, HEAD on the health checks, and documentation routes counted by th
 from __future__ import annotations
 
 import pytest
-from conftest import serving
+from deployments import serving
 from test_service_errors import GOOD_FEATURES, assert_error
 from test_service_images import png_declaring
 from test_service_metrics import samples, value

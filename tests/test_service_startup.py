@@ -7,7 +7,7 @@ import ctypes
 import re
 
 import pytest
-from conftest import wait_for
+from deployments import wait_for
 from shipped_service import newest_versions, shipped_service
 
 from service import device
