@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.deps import require_api_key
 from service.device import configure_device
 from service.errors import add_error_handlers
+from service.identity import ServedBy
 from service.limits import BodyLimits
 from service.metrics import Metrics, RequestMetrics
 from service.registry import ModelRegistry
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:  # the server has stopped taking requests and finished those in flight
             await registry.close()
             decoders.shutdown()
+            metrics.close()
 
     app = FastAPI(
         title="Image and feature classifiers",
@@ -58,5 +60,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
         )
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost of ours: sees every status
+    app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
+    app.add_middleware(ServedBy)  # outermost of ours: on every response, CORS and 413 included
     return app

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     # Server processes, each with its own event loop, copy of the models and batcher. One
     # event loop tops out at about one core of request handling; on CPUs, one worker per core
     # with INTRA_OP_THREADS=1 used the whole machine (2 cores: 451 vs 375 images/s at 32
-    # users). Each worker reports its own /metrics.
+    # users). One scrape of /metrics sums all workers (service/metrics.py).
     workers: int = Field(1, ge=1)
     # TensorFlow thread pools; 0 lets TensorFlow choose (one per core).
     intra_op_threads: int = Field(0, ge=0)
