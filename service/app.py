@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.deps import require_api_key
 from service.device import configure_device
+from service.draining import Drain
 from service.errors import add_error_handlers
 from service.identity import ServedBy
 from service.limits import BodyLimits
@@ -22,6 +23,7 @@ from service.settings import Settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    drain = Drain(settings.drain_delay_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -31,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.decode_threads, thread_name_prefix="decode"
         )
         registry.start()
+        drain.install()
         try:
             yield
         finally:  # the server has stopped taking requests and finished those in flight
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.drain = drain
     app.include_router(status.router)
     app.include_router(predict.router, dependencies=[Depends(require_api_key)] if settings.api_key else [])
     add_error_handlers(app, metrics)

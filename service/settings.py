@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # to finish on SIGTERM.
     timeout_keep_alive_s: int = Field(5, ge=1)
     shutdown_timeout_s: int = Field(30, ge=1)
+    # After SIGTERM, seconds of answering /readyz with 503 while still serving, before the
+    # listener closes: load balancers that check /readyz stop sending requests first
+    # (service/draining.py). 0 under Kubernetes, where the pod's preStop sleep does this.
+    drain_delay_s: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self):

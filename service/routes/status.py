@@ -20,10 +20,14 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(registry: RegistryDep):
-    """200 once every model found is loaded and warmed up; 503 naming those that are not."""
+async def readyz(registry: RegistryDep, request: Request):
+    """200 once every model found is loaded and warmed up; 503 naming those that are not, or
+    saying that the server is draining before it stops."""
     models = registry.readiness()
     waiting = {name: state for name, state in models.items() if state != "ready"}
+    if request.app.state.drain.started.is_set():
+        body = Readiness(ready=False, detail="draining: stopping soon", models=models)
+        return JSONResponse(body.model_dump(), 503, {"Retry-After": "1"})
     if registry.ready:
         return Readiness(ready=True, detail="all models ready", models=models)
     if not registry.scanned:
