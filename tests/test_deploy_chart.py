@@ -56,18 +56,20 @@ def helm() -> str:
     return helm_binary()
 
 
-def render(values: str | None) -> list[dict]:
+def render(values: str | None, *sets: str) -> list[dict]:
     """The objects `helm template` renders with these values (a copy each time: tests may edit)."""
     if helm_binary() is None:
         missing("no helm: run scripts/install-helm")
-    return copy.deepcopy(_rendered(values))
+    return copy.deepcopy(_rendered(values, *sets))
 
 
 @functools.cache
-def _rendered(values: str | None) -> tuple[dict, ...]:
+def _rendered(values: str | None, *sets: str) -> tuple[dict, ...]:
     command = [helm_binary(), "template", "cifar", str(CHART)]
     if values:
         command += ["-f", str(CHART / values)]
+    for assignment in sets:
+        command += ["--set", assignment]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
@@ -262,6 +264,26 @@ def test_models_are_mounted_read_only_where_model_dir_points():
     claim = one(objects, "PersistentVolumeClaim")
     assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
     assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+
+
+MODEL_IMAGE = (
+    "models.source=image",
+    "models.image.repository=registry.example/cifar-models",
+    "models.image.tag=4",
+)
+
+
+def test_models_from_an_image_are_copied_by_an_init_container_into_the_served_volume():
+    objects = render(None, *MODEL_IMAGE)
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    assert init["image"] == "registry.example/cifar-models:4"
+    assert init["command"] == ["cp", "-R", "/models/.", init["volumeMounts"][0]["mountPath"] + "/"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert "emptyDir" in volume and init["volumeMounts"][0]["name"] == "models"
+    assert "PersistentVolumeClaim" not in {obj["kind"] for obj in objects}
+    errors = [error for version in KUBERNETES for obj in objects for error in k8s_errors(obj, version)]
+    assert not errors, "\n".join(errors)
 
 
 def test_pods_are_locked_down():
