@@ -80,7 +80,8 @@ def serve(
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_ready(url, process, ready_timeout, log_path, 10 if until_ready else 0)
+            workers = int(env.get("WORKERS", "1"))
+            wait_ready(url, process, ready_timeout, log_path, 10 if until_ready else 0, workers)
             yield Running(url, process.pid, process)
         finally:
             process.terminate()
@@ -92,20 +93,30 @@ def serve(
 
 
 def wait_ready(
-    url: str, process: subprocess.Popen, timeout: float, log_path: Path, in_a_row: int = 10
+    url: str,
+    process: subprocess.Popen,
+    timeout: float,
+    log_path: Path,
+    in_a_row: int = 10,
+    workers: int = 1,
 ) -> None:
-    """Until /readyz answers 200 `in_a_row` times on fresh connections: with several workers,
-    each connection reaches one of them, and all must have loaded their models. With `in_a_row`
-    0, any answer will do (a server meant to stay not ready)."""
+    """Until /readyz answers 200 `in_a_row` times on fresh connections and, where the server
+    names the worker that answered (X-Served-By), from `workers` different workers: each
+    connection reaches one of them, and all must have loaded their models (a worker still
+    importing TensorFlow accepts none, so a run of 200s alone can come from one worker). With
+    `in_a_row` 0, any answer will do (a server meant to stay not ready)."""
     deadline = time.monotonic() + timeout
     ready = 0
+    answered: set[str | None] = set()
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-                ready = ready + 1 if response.status == 200 else 0
-                if ready >= in_a_row:
+                ready += 1
+                answered.add(response.headers.get("X-Served-By"))
+                every_worker = None in answered or len(answered) >= workers
+                if ready >= in_a_row and every_worker:
                     return
                 continue
         except urllib.error.HTTPError:
@@ -115,7 +126,7 @@ def wait_ready(
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             ready = 0  # not listening yet
         time.sleep(0.25)
-    raise TimeoutError(f"{url}/readyz not 200 within {timeout:.0f} s; see {log_path}")
+    raise TimeoutError(f"{url}/readyz not 200 from every worker within {timeout:.0f} s; see {log_path}")
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

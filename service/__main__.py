@@ -11,6 +11,7 @@ import sys
 import uvicorn
 
 from service.device import quiet_tensorflow
+from service.metrics import share_between_workers
 from service.settings import Settings
 
 
@@ -24,6 +25,8 @@ def main() -> None:
     # After its graceful shutdown uvicorn raises the signal again, which would end the process
     # as killed by SIGTERM (status 143); a clean drain is a successful exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    if settings.workers > 1:  # else one process: its own registry is the whole truth
+        share_between_workers()
     uvicorn.run(
         "service.main:app",  # by name, so that each worker process builds its own
         workers=settings.workers,

@@ -12,7 +12,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.deps import require_api_key
 from service.device import configure_device
+from service.draining import Drain
 from service.errors import add_error_handlers
+from service.identity import ServedBy
 from service.limits import BodyLimits
 from service.metrics import Metrics, RequestMetrics
 from service.protocols import tfserving_routes, v2_routes
@@ -25,6 +27,7 @@ from service.startup import announce_when_ready
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    drain = Drain(settings.drain_delay_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -35,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         registry.start()
         announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
+        drain.install()
         try:
             yield
         finally:  # the server has stopped taking requests and finished those in flight
@@ -43,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await announcement
             await registry.close()
             decoders.shutdown()
+            metrics.close()
 
     app = FastAPI(
         title="Image and feature classifiers",
@@ -57,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.drain = drain
     app.include_router(status.router)
     app.include_router(cards.router)
     app.include_router(page.router)
@@ -77,5 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
         )
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost of ours: sees every status
+    app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
+    app.add_middleware(ServedBy)  # outermost of ours: on every response, CORS and 413 included
     return app

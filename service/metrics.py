@@ -1,10 +1,17 @@
-"""Prometheus metrics: requests, latency, batches, queue depth, errors, live versions."""
+"""Prometheus metrics: requests, latency, batches, queue depth, errors, live versions.
+
+With several worker processes (WORKERS > 1) the workers write their metrics to files in one
+folder (prometheus_client's multiprocess mode, turned on by `share_between_workers` before they
+start), and a scrape of any worker sums them all: one scrape per pod or container is complete."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,11 +48,49 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("model_queue_depth", "Rows waiting for a model call", ["model"], registry=r)
-        self.live_version = Gauge("model_live_version", "Version being served", ["model"], registry=r)
+        # Across workers (multiprocess mode): rows waiting in all of them, the newest version live.
+        self.queue_depth = Gauge(
+            "model_queue_depth",
+            "Rows waiting for a model call",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.live_version = Gauge(
+            "model_live_version", "Version being served", ["model"], registry=r, multiprocess_mode="livemax"
+        )
         self.errors = Counter(
             "service_errors", "Failures: model_load, inference, unhandled", ["kind"], registry=r
         )
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's metrics, or every worker's when they share them."""
+        if not os.environ.get(MULTIPROCESS_DIR):
+            return generate_latest(self.registry)
+        shared = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shared)
+        return generate_latest(shared)
+
+    def close(self) -> None:
+        """On a worker's exit: its gauges leave the live sums (its counters still count)."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            multiprocess.mark_process_dead(os.getpid())
+
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_between_workers() -> Path:
+    """Call in the server process before it starts workers: they inherit the environment and keep
+    their metrics in files in this folder, emptied now so nothing of an earlier run is counted.
+    The folder is PROMETHEUS_MULTIPROC_DIR when set, else a new one under TMPDIR (writable even
+    with a read-only root filesystem: /tmp is a tmpfs or emptyDir there)."""
+    directory = Path(os.environ.get(MULTIPROCESS_DIR) or tempfile.mkdtemp(prefix="prometheus-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_DIR] = str(directory)
+    return directory
 
 
 class RequestMetrics:

@@ -24,8 +24,8 @@ class Settings(BaseSettings):
     # Server processes, each with its own event loop, copy of the models and batcher. One
     # event loop tops out at about one core of request handling; on CPUs, one worker per core
     # with INTRA_OP_THREADS=1 used the whole machine where one worker left it partly idle
-    # (README, "Load testing and benchmarks": benchmarks.serving, 2026-11-26). Each worker
-    # reports its own /metrics.
+    # (README, "Load testing and benchmarks": benchmarks.serving, 2026-11-26). One scrape of
+    # /metrics sums all workers (service/metrics.py).
     workers: int = Field(1, ge=1)
     # TensorFlow thread pools; 0 lets TensorFlow choose (one per core).
     intra_op_threads: int = Field(0, ge=0)
@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # to finish on SIGTERM.
     timeout_keep_alive_s: int = Field(5, ge=1)
     shutdown_timeout_s: int = Field(30, ge=1)
+    # After SIGTERM, seconds of answering /readyz with 503 while still serving, before the
+    # listener closes: load balancers that check /readyz stop sending requests first
+    # (service/draining.py). 0 under Kubernetes, where the pod's preStop sleep does this.
+    drain_delay_s: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self):

@@ -28,8 +28,9 @@ def ready_line(app: FastAPI, registry: ModelRegistry, settings: Settings) -> str
     )
     workers = f"{settings.workers} worker" + ("s" if settings.workers > 1 else "")
     base = f"http://{settings.host}:{settings.port}"
-    # Only what this app really serves: the page at / comes with the page's router.
-    places = [f"page {base}/" for route in app.routes if getattr(route, "path", None) == "/"]
-    if app.docs_url:
-        places.append(f"API docs {base}{app.docs_url}")
+    # Only what this app really serves (the docs are the app's own routes, served offline).
+    paths = {getattr(route, "path", None) for route in app.routes}
+    places = [
+        f"{what} {base}{path}" for what, path in (("page", "/"), ("API docs", "/docs")) if path in paths
+    ]
     return f"ready: {models} on {registry.device}; {workers}" + "".join(f"; {p}" for p in places)

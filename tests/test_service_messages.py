@@ -62,7 +62,7 @@ def test_documentation_routes_are_counted_by_their_path(client, path):
     before = samples(client)
     assert client.get(path).status_code == 200
     after = samples(client)
-    labels = {"route": path, "method": "GET", "status": "200"}
+    labels = {"route": path, "method": "GET", "status": "200", "protocol": "native"}
     assert value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels) == 1
     unmatched = {**labels, "route": "unmatched"}
     assert value(after, "http_requests_total", **unmatched) == value(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import RegistryDep
 from service.registry import ServedModel
@@ -23,10 +23,14 @@ async def healthz() -> Health:
 
 @router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(registry: RegistryDep):
-    """200 once every model found is loaded and warmed up; 503 naming those that are not."""
+async def readyz(registry: RegistryDep, request: Request):
+    """200 once every model found is loaded and warmed up; 503 naming those that are not, or
+    saying that the server is draining before it stops."""
     models = registry.readiness()
     waiting = {name: state for name, state in models.items() if state != "ready"}
+    if request.app.state.drain.started.is_set():
+        body = Readiness(ready=False, detail="draining: stopping soon", models=models)
+        return JSONResponse(body.model_dump(), 503, {"Retry-After": "1"})
     if registry.ready:
         return Readiness(ready=True, detail="all models ready", models=models)
     if not registry.scanned:
@@ -51,8 +55,8 @@ async def models(registry: RegistryDep) -> ModelList:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics, of all the workers of this server together."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _info(served: ServedModel) -> ModelInfo:

@@ -1,0 +1,42 @@
+"""Draining: told to stop (SIGTERM), a replica first reports itself not ready for DRAIN_DELAY_S
+while it goes on serving, so that load balancers checking /readyz stop sending it requests
+before it closes its listener; then the server's own graceful shutdown finishes what is in flight.
+
+Without the delay, requests that a balancer sends in the instant between SIGTERM and its next
+health check reach a closing server: those still waiting to be accepted or read are dropped.
+Kubernetes does the same from outside with the pod's preStop sleep (the chart sets one, and
+keeps this delay at 0); behind HAProxy or any balancer that only checks health, only the
+service can."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class Drain:
+    """The SIGTERM handler put in front of the server's own; `started` once a stop is asked for."""
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+        self.started = threading.Event()
+
+    def install(self) -> None:
+        """Call in the serving process once its server handles signals (the app's start-up):
+        SIGTERM then starts the delay, and the server's handler runs when it ends."""
+        if not self.delay_s or threading.current_thread() is not threading.main_thread():
+            return  # no delay asked for, or an in-process test client: signals are not ours
+        server_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(server_handler):
+            return
+
+        def delay_then_stop(signum, frame):
+            if self.started.is_set():  # a second SIGTERM: stop now
+                server_handler(signum, frame)
+                return
+            self.started.set()
+            timer = threading.Timer(self.delay_s, server_handler, (signum, frame))
+            timer.daemon = True
+            timer.start()
+
+        signal.signal(signal.SIGTERM, delay_then_stop)

