@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 from deployments import wait_for
 from test_service_errors import GOOD_FEATURES
-from test_service_server import free_port
+
+from benchmarks.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
