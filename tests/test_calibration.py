@@ -295,3 +295,20 @@ def test_corruptions_keep_shape_and_the_service_undoes_an_upscale():
     flat = np.full((1, 32, 32, 3), 100, np.uint8)
     np.testing.assert_array_equal(robustness.gaussian_blur(flat), flat)
     assert robustness.contrast(flat).mean() == 100 and robustness.brightness(flat).mean() == 130
+
+
+# --- what the service says about it ----------------------------------------------------------
+
+
+def test_models_endpoint_shows_temperature_ece_and_card_of_the_live_version(calibrated):
+    from conftest import serving
+
+    _, target, _ = calibrated
+    meta = export.load_metadata(target)
+    with serving(target.parent.parent) as client:
+        (cifar10,) = client.get("/models").json()["models"]
+    assert cifar10["live_version"] == "2"
+    assert cifar10["temperature"] == meta["calibration"]["temperature"]
+    assert cifar10["validation_ece"] == meta["calibration"]["after"]["ece"]
+    assert cifar10["card"] == "cifar10/2/assets.extra/MODEL_CARD.md"
+    assert (target.parent.parent / cifar10["card"]).is_file()
