@@ -368,6 +368,7 @@ def export_run(run: Run) -> Path:
     )
     fitted = calibration.fit(fit_probabilities, fit_labels, fitted_on)
     temperature = fitted.temperature
+    print(f"temperature {temperature:.4f} (fitted on {fitted_on}); measuring for the model card", flush=True)
     metrics = {
         "validation": scores(calibration.apply_temperature(val_probabilities, temperature), validation.y)
     }
