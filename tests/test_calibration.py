@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -22,9 +23,11 @@ CLASSES = ["cat", "dog", "frog"]
 SMALL = cifar10.Recipe(widths=(8, 16, 16), batch_size=32, epochs=1)
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CIFAR_SERVING_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIFAR_SERVING_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 # --- the temperature -------------------------------------------------------------------------
@@ -82,14 +85,17 @@ def test_calibration_never_changes_an_argmax(temperature):
 
 
 def test_calibration_metrics_on_hand_made_predictions():
-    # Four answers at confidence 0.8, three right: 0.05 off in the one occupied bin.
-    p = np.array([[0.8, 0.2]] * 4)
-    y = np.array([0, 0, 0, 1])
+    # Four answers at confidence 0.8, three right (0.05 off); two at 0.95, one right (0.45 off).
+    p = np.array([[0.8, 0.2]] * 4 + [[0.05, 0.95]] * 2)
+    y = np.array([0, 0, 0, 1, 1, 0])
     metrics = calibration.calibration_metrics(p, y)
-    assert metrics["accuracy"] == 0.75 and metrics["mean_confidence"] == 0.8
-    assert metrics["ece"] == pytest.approx(0.05)
-    assert metrics["nll"] == pytest.approx(-(3 * np.log(0.8) + np.log(0.2)) / 4, abs=1e-4)
-    assert metrics["brier"] == pytest.approx((3 * 0.08 + 1.28) / 4, abs=1e-4)
+    assert metrics["accuracy"] == pytest.approx(4 / 6, abs=1e-4)
+    assert metrics["mean_confidence"] == pytest.approx((4 * 0.8 + 2 * 0.95) / 6, abs=1e-4)
+    assert metrics["ece"] == pytest.approx((4 * 0.05 + 2 * 0.45) / 6, abs=1e-4)  # weighted by bin counts
+    assert metrics["nll"] == pytest.approx(
+        -(3 * np.log(0.8) + np.log(0.2) + np.log(0.95) + np.log(0.05)) / 6, abs=1e-4
+    )
+    assert metrics["brier"] == pytest.approx((3 * 0.08 + 1.28 + 2 * 0.05**2 + 2 * 0.95**2) / 6, abs=1e-4)
 
 
 # --- calibrating an existing export ----------------------------------------------------------
@@ -155,13 +161,14 @@ def source_tree(tmp_path_factory) -> Path:
 @pytest.fixture
 def models(source_tree, tmp_path) -> Path:
     """A private copy of the models tree with the uncalibrated cifar10 v1."""
-    import shutil
-
     return Path(shutil.copytree(source_tree, tmp_path / "models"))
 
 
-@pytest.fixture
-def calibrated(models) -> tuple[Path, Path, str]:
+@pytest.fixture(scope="module")
+def calibrated(source_tree, tmp_path_factory) -> tuple[Path, Path, str]:
+    """(source, calibrated version, hash of the source before): `calibrate` run once, on a copy;
+    the tests that use it only read."""
+    models = Path(shutil.copytree(source_tree, tmp_path_factory.mktemp("calibrated") / "models"))
     source = models / "cifar10" / "1"
     before = folder_hash(source)
     training_main(["calibrate", str(source)])

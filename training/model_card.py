@@ -55,7 +55,8 @@ def gather_evidence(predict, dataset, fit, held_out_predictions, input_kind: str
         splits["test"] = len(dataset.test.y)
     if input_kind == "image":
         images = robustness.ood_images(*dataset.validation.x.shape[1:3])
-        table = robustness.robustness_table(predict, dataset.validation.x, dataset.validation.y)
+        known = y_pred if split == "validation" else None
+        table = robustness.robustness_table(predict, dataset.validation.x, dataset.validation.y, known)
         described = (
             f"{robustness.OOD_PER_KIND} generated 32×32 images of each kind: uniform noise, flat colours, "
             "short words rendered in Pillow's default font on a flat background, linear colour gradients"
@@ -88,7 +89,7 @@ def write_model_card(folder: Path, metadata: dict, evidence: Evidence) -> Path:
         ("after", after, fitted.after),
     ):
         table = calibration.reliability(probabilities, evidence.fit_labels)
-        heading = f"{title}: {stage} calibration ({fitted.fitted_on})"
+        heading = f"{title}, {stage} calibration, on {fitted.fitted_on.split(':')[0]}"
         reports.plot_reliability(table, scores, folder / f"reliability_{stage}.png", heading)
     reports.plot_confusion(evidence.confusion, evidence.labels, folder / "confusion_matrix.png", title)
     reports.plot_per_class_accuracy(

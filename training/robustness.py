@@ -88,9 +88,12 @@ CORRUPTIONS = {
 }
 
 
-def robustness_table(predict, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy on the clean images and under each corruption."""
-    table = {"clean": _accuracy(predict, images, labels)}
+def robustness_table(predict, images: np.ndarray, labels: np.ndarray, clean_predictions=None) -> dict:
+    """Accuracy on the clean images (from `clean_predictions`, the classes predicted for them,
+    when already known) and under each corruption."""
+    if clean_predictions is None:
+        clean_predictions = predict_probabilities(predict, images).argmax(1)
+    table = {"clean": round(float(np.mean(clean_predictions == labels)), 4)}
     for name, corrupt in CORRUPTIONS.items():
         table[name] = _accuracy(predict, corrupt(images), labels)
     return table
