@@ -279,8 +279,11 @@ REWRITTEN = {"name", "version", "labels", "metrics", "training", "signature", "i
 def calibrate_export(source: Path, command: str, data_path: str | None = None) -> Path:
     """Write `source`'s weights with a temperature fitted on the validation split it was trained
     with as the next version of its model; the source is only read."""
+    source = source.resolve()  # "." or a trailing slash still name the version folder
     if not (source / export.METADATA).is_file():
         raise FileNotFoundError(f"{source}: not an export (no {export.METADATA})")
+    if not source.name.isdigit():
+        raise NotCalibratable(f"{source}: not a version folder (<model>/<integer version>)")
     metadata = export.load_metadata(source)
     if "calibration" in metadata:
         raise NotCalibratable(
