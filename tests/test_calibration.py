@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -319,3 +320,18 @@ def test_models_endpoint_shows_temperature_ece_and_card_of_the_live_version(cali
     assert cifar10["validation_ece"] == meta["calibration"]["after"]["ece"]
     assert cifar10["card"] == "cifar10/2/assets.extra/MODEL_CARD.md"
     assert (target.parent.parent / cifar10["card"]).is_file()
+
+
+def test_without_the_service_package_the_upscale_row_is_left_out_saying_why(monkeypatch):
+    # Docker's train target copies training/ alone: a run there must still finish, card and all.
+    monkeypatch.setitem(sys.modules, "service.images", None)
+    images = np.random.default_rng(4).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels = np.zeros(6, dtype=int)
+
+    def predict(x):
+        return tf.one_hot(tf.zeros(tf.shape(x)[0], tf.int32), 3)
+
+    table = robustness.robustness_table(predict, images, labels)
+    upscale = next(name for name in robustness.CORRUPTIONS if "upscale" in name)
+    assert table[upscale] is None
+    assert table["clean"] == table["JPEG quality 30"] == 1.0

@@ -186,6 +186,8 @@ def _markdown(meta: dict, ev: Evidence) -> str:
             "|---|---|---|",
             *(
                 f"| {name} | {acc:.1%} | {'' if name == 'clean' else f'{acc - clean:+.1%}'} |"
+                if acc is not None
+                else f"| {name} | not measured (the `service` package was not installed) | |"
                 for name, acc in ev.robustness.items()
             ),
             "",
