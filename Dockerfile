@@ -53,6 +53,8 @@ RUN python /tmp/build/requirements.py --pyproject /tmp/build/pyproject.toml trai
 COPY pyproject.toml README.md* /tmp/src/
 COPY model_repository /tmp/src/model_repository
 COPY training /tmp/src/training
+# the model card measures the service's own resizing of large uploads
+COPY service /tmp/src/service
 RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
 USER 10001:10001
 ENTRYPOINT ["python", "-m", "training"]

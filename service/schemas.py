@@ -103,6 +103,18 @@ class ModelInfo(BaseModel):
     input: dict[str, Any] | None
     output: dict[str, Any] | None
     metrics: dict[str, Any] | None
+    temperature: float | None = Field(
+        description="the temperature the live version divides its log-probabilities by inside the graph "
+        "(its calibration); null: uncalibrated"
+    )
+    validation_ece: float | None = Field(
+        description="expected calibration error (15 bins) of the live version's calibrated probabilities on "
+        "the held-out data the temperature was fitted on (metadata calibration.fitted_on)"
+    )
+    card: str | None = Field(
+        description="the live version's model card (Markdown), relative to the service's model directory",
+        examples=["cifar10/4/assets.extra/MODEL_CARD.md"],
+    )
 
 
 class ModelList(BaseModel):

@@ -1,36 +1,64 @@
-"""`python -m training cifar10|iris`: train, evaluate, export the next version, write reports."""
+"""`python -m training cifar10|iris|calibrate`: train a model (or take an existing export), fit
+its temperature on held-out data, export the next version with its reports and model card.
+
+    python -m training cifar10 --data ../shared/datasets/cifar10-train.tar.gz
+    python -m training iris
+    python -m training calibrate models/cifar10/3    # same weights, calibrated: the next version
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime as dt
+import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from training import cifar10, data, export, iris, reports
+from training import calibration, cifar10, data, export, iris, model_card, reports
+from training.robustness import predict_probabilities
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "training", *(sys.argv[1:] if argv is None else argv)])
-    keras.utils.set_random_seed(args.seed)
-    # The precision policy is process-wide: a caller that goes on (tests, a notebook, a second
-    # model) must not build its next models in this run's mixed precision.
-    policy = keras.mixed_precision.global_policy()
-    try:
-        version_dir = train_cifar10(args, command) if args.model == "cifar10" else train_iris(args, command)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    metrics = export.load_metadata(version_dir)["metrics"]
+    if args.model == "calibrate":
+        try:
+            version_dir = calibrate_export(Path(args.source), command, args.data)
+        except (export.NotAProbabilityExport, NotCalibratable, FileNotFoundError) as error:
+            raise SystemExit(f"calibrate: {error}; nothing written") from None
+    else:
+        keras.utils.set_random_seed(args.seed)
+        # The precision policy is process-wide: a caller that goes on (tests, a notebook, a second
+        # model) must not build its next models in this run's mixed precision.
+        policy = keras.mixed_precision.global_policy()
+        try:
+            train = train_cifar10 if args.model == "cifar10" else train_iris
+            version_dir = train(args, command)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+    metadata = export.load_metadata(version_dir)
     print(f"exported {version_dir}")
-    print(f"metrics {metrics}")
+    print(f"metrics {metadata['metrics']}")
+    print(calibration_summary(metadata["calibration"]))
+    print(f"model card {version_dir / metadata['card']}")
+
+
+def calibration_summary(fitted: dict) -> str:
+    keys = ["accuracy", "nll", "ece", "brier", "mean_confidence"]
+    rows = [f"calibration: temperature {fitted['temperature']}, fitted on {fitted['fitted_on']}"]
+    rows.append(f"{'':>8}" + "".join(f"{k:>17}" for k in keys))
+    for stage in ("before", "after"):
+        rows.append(f"{stage:>8}" + "".join(f"{fitted[stage][k]:>17.4f}" for k in keys))
+    return "\n".join(rows)
 
 
 def parse_args(argv):
@@ -54,6 +82,15 @@ def parse_args(argv):
         choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
         help="training precision (default auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs "
         "with bfloat16 instructions, else float32); exports are always float32",
+    )
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit a temperature to an existing export on the validation split it was trained "
+        "with, and write it as the next version (same weights; the source is left untouched)",
+    )
+    calibrate.add_argument("source", help="an export's version folder, e.g. models/cifar10/3")
+    calibrate.add_argument(
+        "--data", default=None, help="the training data, if not where the export's metadata says"
     )
     return parser.parse_args(argv)
 
@@ -112,19 +149,18 @@ def training_metadata(command, source, seed, epochs, recipe, seconds, strategy) 
     }
 
 
-def evaluate(predict, x, y, batch_size=500) -> tuple[dict, np.ndarray]:
-    """Accuracy and cross-entropy of the exported inference function; also its predictions."""
-    fn = tf.function(predict)
-    probs = np.concatenate(
-        [fn(tf.constant(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
-    )
-    pred = probs.argmax(1)
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1))))
+def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy and cross-entropy of predicted probabilities."""
     return {
-        "accuracy": round(float(np.mean(pred == y)), 4),
-        "loss": round(loss, 4),
-        "examples": int(len(y)),
-    }, pred
+        "accuracy": round(float(np.mean(probabilities.argmax(1) == labels)), 4),
+        "loss": round(calibration.negative_log_likelihood(probabilities, labels), 4),
+        "examples": int(len(labels)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs
+# ---------------------------------------------------------------------------------------------
 
 
 def train_cifar10(args, command):
@@ -150,35 +186,35 @@ def train_cifar10(args, command):
     model = float32_twin(build, model)
     epochs = args.epochs or recipe.epochs
     # What each test-time augmentation scores, to see what the exported one pays for its cost.
+    validation = dataset.validation
     by_tta = {
-        tta: evaluate(
-            cifar10.predict_fn(model, recipe, tta, dataset.jpeg), dataset.validation.x, dataset.validation.y
-        )[0]["accuracy"]
+        tta: scores(
+            predict_probabilities(cifar10.predict_fn(model, recipe, tta, dataset.jpeg), validation.x),
+            validation.y,
+        )["accuracy"]
         for tta in cifar10.TTA_VIEWS
     }
-    predict = cifar10.predict_fn(model, recipe, jpeg=dataset.jpeg)
-    return _export(
-        args,
-        "cifar10",
-        model,
-        predict,
-        dataset,
-        history,
-        command,
-        epochs,
-        recipe,
-        seconds,
-        strategy,
-        input_spec={
-            "name": "image",
-            "shape": [32, 32, 3],
-            "dtype": "uint8",
-            "color": "RGB",
-            "range": [0, 255],
-            # applied inside the model, recorded for whoever reads the export
-            "jpeg_round_trip": dataset.jpeg,
-        },
-        extra={"validation_accuracy_by_tta": by_tta},
+    return export_run(
+        Run(
+            name="cifar10",
+            command=command,
+            out=args.out,
+            model=model,
+            predict=tf.function(cifar10.predict_fn(model, recipe, jpeg=dataset.jpeg), reduce_retracing=True),
+            dataset=dataset,
+            input_spec={
+                "name": "image",
+                "shape": [32, 32, 3],
+                "dtype": "uint8",
+                "color": "RGB",
+                "range": [0, 255],
+                # applied inside the model, recorded for whoever reads the export
+                "jpeg_round_trip": dataset.jpeg,
+            },
+            training=training_metadata(command, dataset.source, args.seed, epochs, recipe, seconds, strategy),
+            extra_metrics={"validation_accuracy_by_tta": by_tta},
+            history=history.history,
+        )
     )
 
 
@@ -191,7 +227,7 @@ def train_iris(args, command):
     seconds = time.perf_counter() - started
     x_all = np.concatenate([dataset.train.x, dataset.validation.x, dataset.test.x])
     y_all = np.concatenate([dataset.train.y, dataset.validation.y, dataset.test.y])
-    folds = iris.cross_validate(x_all, y_all, recipe, args.seed, args.epochs)
+    folds, out_of_fold = iris.cross_validate(x_all, y_all, recipe, args.seed, args.epochs)
     cv = {
         "folds": len(folds),
         "mean_accuracy": round(float(np.mean(folds)), 4),
@@ -199,78 +235,197 @@ def train_iris(args, command):
         "fold_accuracies": [round(f, 4) for f in folds],
     }
     epochs = args.epochs or recipe.epochs
-
-    def predict(features):
-        return model(features, training=False)
-
-    return _export(
-        args,
-        "iris",
-        model,
-        predict,
-        dataset,
-        history,
-        command,
-        epochs,
-        recipe,
-        seconds,
-        None,
-        input_spec={
-            "name": "features",
-            "shape": [4],
-            "dtype": "float32",
-            "feature_names": data.IRIS_FEATURES,
-            "unit": "cm",
-        },
-        extra={"cross_validation": cv},
+    # 15 validation flowers, usually all right, would push the temperature towards zero
+    # (certainty); the cross-validation's out-of-fold predictions hold 150 held-out answers.
+    fitted_on = (
+        f"cross_validation: out-of-fold predictions of the {len(folds)} fold models ({len(y_all)} flowers)"
+    )
+    return export_run(
+        Run(
+            name="iris",
+            command=command,
+            out=args.out,
+            model=model,
+            predict=tf.function(lambda features: model(features, training=False), reduce_retracing=True),
+            dataset=dataset,
+            input_spec={
+                "name": "features",
+                "shape": [4],
+                "dtype": "float32",
+                "feature_names": data.IRIS_FEATURES,
+                "unit": "cm",
+            },
+            training=training_metadata(command, dataset.source, args.seed, epochs, recipe, seconds, None),
+            extra_metrics={"cross_validation": cv},
+            history=history.history,
+            calibration_set=(fitted_on, out_of_fold, y_all),
+        )
     )
 
 
-def _export(
-    args,
-    name,
-    model,
-    predict,
-    dataset,
-    history,
-    command,
-    epochs,
-    recipe,
-    seconds,
-    strategy,
-    input_spec,
-    extra,
-):
-    metrics = {}
-    metrics["validation"], val_pred = evaluate(predict, dataset.validation.x, dataset.validation.y)
-    judged, judged_pred, judged_on = dataset.validation, val_pred, "validation"
-    if dataset.test is not None:
-        metrics["test"], judged_pred = evaluate(predict, dataset.test.x, dataset.test.y)
-        judged, judged_on = dataset.test, "test"
-    metrics.update(extra)
-    confusion = reports.confusion_matrix(judged.y, judged_pred, len(dataset.labels))
-    meta = {
-        "labels": dataset.labels,
+# ---------------------------------------------------------------------------------------------
+# Calibrating an existing export
+# ---------------------------------------------------------------------------------------------
+
+
+class NotCalibratable(ValueError):
+    """An export that `calibrate` cannot (or must not) recalibrate."""
+
+
+# Metadata keys that export_run and export_model write afresh; every other key is carried over.
+REWRITTEN = {"name", "version", "labels", "metrics", "training", "signature", "input", "output"}
+
+
+def calibrate_export(source: Path, command: str, data_path: str | None = None) -> Path:
+    """Write `source`'s weights with a temperature fitted on the validation split it was trained
+    with as the next version of its model; the source is only read."""
+    source = source.resolve()  # "." or a trailing slash still name the version folder
+    if not (source / export.METADATA).is_file():
+        raise FileNotFoundError(f"{source}: not an export (no {export.METADATA})")
+    if not source.name.isdigit():
+        raise NotCalibratable(f"{source}: not a version folder (<model>/<integer version>)")
+    metadata = export.load_metadata(source)
+    if "calibration" in metadata:
+        raise NotCalibratable(
+            f"{source} is calibrated already (temperature {metadata['calibration']['temperature']}); "
+            f"calibrate the version it came from"
+        )
+    loaded, predict = export.load_serving_function(source)
+    dataset = _training_data(metadata, data_path)
+    metrics_file = source / export.METADATA.parent / "metrics.json"
+    history = json.loads(metrics_file.read_text()).get("history") if metrics_file.is_file() else None
+    spec = metadata["input"]
+    return export_run(
+        Run(
+            name=source.parent.name,
+            command=command,
+            out=source.parent.parent,
+            model=loaded,
+            predict=predict,
+            dataset=dataset,
+            input_spec={**spec, "shape": spec["shape"][1:]},  # export_model adds the batch axis
+            training=metadata["training"],
+            extra_metrics={k: v for k, v in metadata["metrics"].items() if k not in ("validation", "test")},
+            history=history,
+            carried={
+                **{k: v for k, v in metadata.items() if k not in REWRITTEN},
+                "lineage": {"source_version": int(source.name), "command": command},
+            },
+        )
+    )
+
+
+def _training_data(metadata: dict, data_path: str | None) -> data.Dataset:
+    """The dataset, split exactly as when `metadata`'s model was trained (same source and seed)."""
+    training = metadata["training"]
+    if metadata["input"]["name"] == "image":
+        source = data_path or training["data_source"]
+        dataset = data.load_cifar10(
+            None if source == "keras.datasets.cifar10" else source, seed=training["seed"]
+        )
+    else:
+        dataset = data.load_iris(seed=training["seed"])
+    expected = metadata["metrics"]["validation"]["examples"]
+    if dataset.labels != metadata["labels"] or len(dataset.validation.y) != expected:
+        raise NotCalibratable(
+            f"the data at {dataset.source} does not give the split the export was trained with "
+            f"({len(dataset.validation.y)} validation examples of {dataset.labels}, expected {expected} "
+            f"of {metadata['labels']})"
+        )
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibrate, measure, export
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained (or loaded) model on its way to becoming the next exported version."""
+
+    name: str
+    command: str
+    out: str | Path  # export root: the version lands in <out>/<name>/<next>
+    model: keras.Model | tf.Module  # holds the variables `predict` uses
+    predict: Callable  # one raw input batch → class probabilities, before calibration
+    dataset: data.Dataset
+    input_spec: dict  # as export_model takes it (shape without the batch axis)
+    training: dict  # metadata["training"]: how the weights were made
+    extra_metrics: dict = field(default_factory=dict)
+    history: dict | None = None  # per-epoch curves, for learning_curves.png
+    # (fitted_on, probabilities, labels) to fit the temperature on; None: the validation split.
+    calibration_set: tuple[str, np.ndarray, np.ndarray] | None = None
+    carried: dict = field(default_factory=dict)  # further metadata keys (lineage, ...)
+
+
+def export_run(run: Run) -> Path:
+    """Fit the temperature, measure everything the card reports, export with both."""
+    validation, test = run.dataset.validation, run.dataset.test
+    val_probabilities = predict_probabilities(run.predict, validation.x)
+    _require_probabilities(val_probabilities)
+    fitted_on, fit_probabilities, fit_labels = run.calibration_set or (
+        "validation",
+        val_probabilities,
+        validation.y,
+    )
+    fitted = calibration.fit(fit_probabilities, fit_labels, fitted_on)
+    temperature = fitted.temperature
+    print(f"temperature {temperature:.4f} (fitted on {fitted_on}); measuring for the model card", flush=True)
+    metrics = {
+        "validation": scores(calibration.apply_temperature(val_probabilities, temperature), validation.y)
+    }
+    # Answers (argmax) are the same before and after calibration.
+    held_out = ("validation", validation.y, val_probabilities.argmax(1))
+    if test is not None:
+        test_probabilities = predict_probabilities(run.predict, test.x)
+        metrics["test"] = scores(calibration.apply_temperature(test_probabilities, temperature), test.y)
+        held_out = ("test", test.y, test_probabilities.argmax(1))
+    metrics.update(run.extra_metrics)
+    evidence = model_card.gather_evidence(
+        run.predict, run.dataset, (fitted, fit_probabilities, fit_labels), held_out, run.input_spec["name"]
+    )
+    metadata = {
+        "labels": run.dataset.labels,
         "metrics": metrics,
-        "training": training_metadata(command, dataset.source, args.seed, epochs, recipe, seconds, strategy),
+        "training": run.training,
+        **run.carried,
+        "calibration": fitted.to_metadata(),
+        "card": f"{export.METADATA.parent}/{model_card.CARD}",
     }
 
-    def write_reports(folder):
-        reports.write_reports(
-            folder,
-            {
-                **metrics,
-                "confusion_matrix_split": judged_on,
-                "confusion_matrix": confusion.tolist(),
-                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-            },
-            history.history,
-            dataset.labels,
-            confusion,
-            name,
-        )
+    def write_reports(folder: Path) -> None:
+        report = {
+            **metrics,
+            "calibration": fitted.to_metadata(),
+            "robustness": evidence.robustness,
+            "out_of_distribution_confidence": evidence.ood,
+            "confusion_matrix_split": evidence.held_out,
+            "confusion_matrix": evidence.confusion.tolist(),
+            "history": {k: [float(v) for v in vs] for k, vs in (run.history or {}).items()},
+        }
+        reports.write_reports(folder, report, run.history, run.name)
+        model_card.write_model_card(folder, json.loads((folder / export.METADATA.name).read_text()), evidence)
 
-    return export.export_model(model, predict, args.out, name, input_spec, meta, write_reports)
+    return export.export_model(
+        run.model,
+        run.predict,
+        run.out,
+        run.name,
+        run.input_spec,
+        metadata,
+        reports=write_reports,
+        temperature=temperature,
+    )
+
+
+def _require_probabilities(probabilities: np.ndarray) -> None:
+    if (
+        probabilities.ndim != 2
+        or probabilities.min() < 0
+        or not np.allclose(probabilities.sum(1), 1, atol=1e-3)
+    ):
+        raise NotCalibratable("the export's `probabilities` are not probabilities (rows must sum to 1)")
 
 
 if __name__ == "__main__":

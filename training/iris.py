@@ -57,9 +57,12 @@ def train(model, data, recipe: Recipe, epochs: int | None = None):
 
 def cross_validate(
     x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int, epochs: int | None = None
-) -> list[float]:
-    """Accuracy of a fresh model on each held-out fold of a stratified k-fold split."""
+) -> tuple[list[float], np.ndarray]:
+    """Accuracy of a fresh model on each held-out fold of a stratified k-fold split, and every
+    example's probabilities from the model that did not see it (out-of-fold): 150 held-out
+    predictions, where the validation split has 15, so enough to fit a temperature on."""
     scores = []
+    out_of_fold = np.zeros((len(y), int(y.max()) + 1), dtype=np.float32)
     folds = StratifiedKFold(recipe.cv_folds, shuffle=True, random_state=seed)
     for fold, (train_idx, test_idx) in enumerate(folds.split(x, y)):
         keras.utils.set_random_seed(seed + fold)
@@ -72,5 +75,6 @@ def cross_validate(
             epochs=epochs or recipe.epochs,
             verbose=0,
         )
-        scores.append(float(model.evaluate(x[test_idx], y[test_idx], verbose=0)[1]))
-    return scores
+        out_of_fold[test_idx] = model(x[test_idx], training=False).numpy()
+        scores.append(float(np.mean(out_of_fold[test_idx].argmax(1) == y[test_idx])))
+    return scores, out_of_fold

@@ -1,4 +1,5 @@
-"""Reports written beside an export: metrics JSON, learning curves, confusion matrix."""
+"""Reports written beside an export: metrics JSON and plots (learning curves, confusion matrix,
+per-class accuracy, reliability diagrams)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return matrix
 
 
-def write_reports(
-    folder: Path, metrics: dict, history: dict, labels: list[str], confusion: np.ndarray, title: str
-) -> None:
+def write_reports(folder: Path, metrics: dict, history: dict | None, title: str) -> None:
+    """metrics.json and the learning curves; the model card adds the evaluation plots."""
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_learning_curves(history, folder / "learning_curves.png", title)
-    plot_confusion(confusion, labels, folder / "confusion_matrix.png", title)
+    if history:
+        plot_learning_curves(history, folder / "learning_curves.png", title)
 
 
 def plot_learning_curves(history: dict, path: Path, title: str) -> None:
@@ -57,6 +57,53 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path, title: str
             fontsize=8,
         )
     ax.set(xlabel="predicted", ylabel="true", title=f"{title}: confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_per_class_accuracy(confusion: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    accuracy = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(labels), 3.5))
+    ax.bar(range(len(labels)), accuracy, color="tab:blue")
+    for i, value in enumerate(accuracy):
+        ax.text(i, value + 0.01, f"{value:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set(ylim=(0, 1.08), ylabel="accuracy", title=f"{title}: accuracy per class")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(table: dict, scores: dict, path: Path, title: str) -> None:
+    """A reliability diagram: accuracy against confidence per bin (the diagonal is perfect
+    calibration), with the share of predictions in each bin underneath."""
+    edges, count = table["edges"], table["count"]
+    centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    filled = count > 0
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.bar(
+        centres[filled],
+        table["accuracy"][filled],
+        width=width,
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy",
+    )
+    top.plot(
+        table["confidence"][filled], table["accuracy"][filled], "o", color="tab:red", label="mean confidence"
+    )
+    top.set(
+        ylim=(0, 1), ylabel="accuracy", title=f"{title}\nECE {scores['ece']:.3f}, NLL {scores['nll']:.3f}"
+    )
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.bar(centres, count / count.sum(), width=width, edgecolor="black", color="tab:grey")
+    bottom.set(xlim=(0, 1), xlabel="confidence (top probability)", ylabel="share")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

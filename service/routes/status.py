@@ -45,7 +45,8 @@ async def readyz(registry: RegistryDep, request: Request):
 
 @router.get("/models", response_model=ModelList)
 async def models(registry: RegistryDep) -> ModelList:
-    """Every model found: versions on disk, the live one, labels, input and output, metrics, device."""
+    """Every model found: versions on disk, the live one, labels, input and output, metrics, device,
+    and the live version's calibration and model card."""
     return ModelList(models=[_info(served) for _, served in sorted(registry.models.items())])
 
 
@@ -62,6 +63,7 @@ async def metrics(request: Request) -> Response:
 def _info(served: ServedModel) -> ModelInfo:
     live = served.predictor
     meta = live.metadata if live else {}
+    calibration = meta.get("calibration") or {}
     return ModelInfo(
         name=served.name,
         ready=live is not None,
@@ -76,4 +78,7 @@ def _info(served: ServedModel) -> ModelInfo:
         input=meta.get("input"),
         output=meta.get("output"),
         metrics=meta.get("metrics"),
+        temperature=calibration.get("temperature"),
+        validation_ece=calibration.get("after", {}).get("ece"),
+        card=f"{served.name}/{live.version}/{meta['card']}" if meta.get("card") else None,
     )
