@@ -112,8 +112,9 @@ class ModelInfo(BaseModel):
         "the held-out data the temperature was fitted on (metadata calibration.fitted_on)"
     )
     card: str | None = Field(
-        description="the live version's model card (Markdown), relative to the service's model directory",
-        examples=["cifar10/4/assets.extra/MODEL_CARD.md"],
+        description="where this service serves the live version's model card (Markdown; its figures "
+        "are served beside it, and it lies in the version's assets.extra/ on disk)",
+        examples=["/models/cifar10/card/MODEL_CARD.md"],
     )
 
 

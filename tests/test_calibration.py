@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from deployments import serving
 from PIL import Image
 
 from training import calibration, cifar10, export, robustness
@@ -309,17 +310,17 @@ def test_corruptions_keep_shape_and_the_service_undoes_an_upscale():
 
 
 def test_models_endpoint_shows_temperature_ece_and_card_of_the_live_version(calibrated):
-    from conftest import serving
-
     _, target, _ = calibrated
     meta = export.load_metadata(target)
     with serving(target.parent.parent) as client:
         (cifar10,) = client.get("/models").json()["models"]
+        card = client.get(cifar10["card"])
     assert cifar10["live_version"] == "2"
     assert cifar10["temperature"] == meta["calibration"]["temperature"]
     assert cifar10["validation_ece"] == meta["calibration"]["after"]["ece"]
-    assert cifar10["card"] == "cifar10/2/assets.extra/MODEL_CARD.md"
-    assert (target.parent.parent / cifar10["card"]).is_file()
+    assert cifar10["card"] == "/models/cifar10/card/MODEL_CARD.md"
+    assert card.status_code == 200
+    assert card.text == (target / "assets.extra" / "MODEL_CARD.md").read_text()
 
 
 def test_without_the_service_package_the_upscale_row_is_left_out_saying_why(monkeypatch):

@@ -96,7 +96,7 @@ def robustness_table(predict, images: np.ndarray, labels: np.ndarray, clean_pred
     when already known) and under each corruption."""
     if clean_predictions is None:
         clean_predictions = predict_probabilities(predict, images).argmax(1)
-    table = {"clean": round(float(np.mean(clean_predictions == labels)), 4)}
+    table: dict[str, float | None] = {"clean": round(float(np.mean(clean_predictions == labels)), 4)}
     for name, corrupt in CORRUPTIONS.items():
         try:
             table[name] = _accuracy(predict, corrupt(images), labels)

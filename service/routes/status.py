@@ -80,5 +80,5 @@ def _info(served: ServedModel) -> ModelInfo:
         metrics=meta.get("metrics"),
         temperature=calibration.get("temperature"),
         validation_ece=calibration.get("after", {}).get("ece"),
-        card=f"{served.name}/{live.version}/{meta['card']}" if meta.get("card") else None,
+        card=f"/models/{served.name}/card/MODEL_CARD.md" if live and meta.get("card") else None,
     )

@@ -395,7 +395,7 @@ function definitions(rows) {
 
 function cardLink(model) {
   if (!model.card) return null;
-  const url = `/models/${encodeURIComponent(model.name)}/card/MODEL_CARD.md`;
+  const url = model.card; // where the service serves it
   const text = el("pre", { class: "card-text" });
   const details = el("details", {}, el("summary", { text: "Model card" }), el("p", {}, el("a", { href: url, text: "open MODEL_CARD.md" })), text);
   details.addEventListener("toggle", async () => {
