@@ -5,6 +5,7 @@ cached, so every run and every server sees the same bytes."""
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from PIL import Image
 from benchmarks.peers.install import cache_root
 from benchmarks.server import REPO
 
-DATASET = REPO.parent / "shared" / "datasets" / "cifar10-train.tar.gz"
+# The training archive (never the test split); CIFAR10_TRAIN_TAR points elsewhere.
+DATASET = Path(
+    os.environ.get("CIFAR10_TRAIN_TAR", REPO.parent / "shared" / "datasets" / "cifar10-train.tar.gz")
+)
 # name → (width, height); None keeps the dataset's own 32×32 JPEG bytes untouched.
 PAYLOADS = {"32px": None, "640x480": (640, 480), "4032x3024": (4032, 3024)}
 QUALITY = 90  # a camera's or browser's typical JPEG quality for the enlarged photos
