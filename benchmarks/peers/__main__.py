@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     def listed(choices):
         def parse(text: str) -> list[str]:
-            items = text.split(",")
+            items = [i for i in text.split(",") if i]  # "" selects none
             if unknown := [i for i in items if i not in choices]:
                 raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(choices)}")
             return items

@@ -63,7 +63,7 @@ def cpu_per_1000(cpu_s: float, requests: int) -> float:
 
 
 def _locust(url: str, payload_dir: Path, users: int, seconds: float, prefix: Path, processes: int) -> dict:
-    command = [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py"))]
+    command = [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locust_users.py"))]
     command += ["--headless", "--host", url, "-u", str(users), "-r", str(users), "-t", f"{seconds:g}s"]
     command += ["--json-file", str(prefix), "--only-summary", "--loglevel", "WARNING"]
     if processes > 1:  # locust forks workers that share the users: one core is not the ceiling
@@ -73,6 +73,8 @@ def _locust(url: str, payload_dir: Path, users: int, seconds: float, prefix: Pat
         subprocess.run(
             command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=seconds + 120
         )
+    if not Path(f"{prefix}.json").exists():
+        raise RuntimeError(f"locust wrote no statistics; see {prefix}.log")
     stats = summarize(*json.loads(Path(f"{prefix}.json").read_text()))
     return {
         "requests": stats.requests - stats.failures,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from locust import FastHttpUser, constant, events, task
 
-from locustfile import check_predictions, multipart
+from locustfile import check_predictions, multipart  # the repository root's
 
 BODIES = [
     multipart("file", path.name, path.read_bytes(), "image/jpeg")
