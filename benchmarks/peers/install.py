@@ -2,7 +2,8 @@
 
 Installed under ~/.cache/cifar-serving/peers/<name>-<version>/ (or $PEERS_CACHE), so that a
 peer's dependencies never meet the project's or each other's; a venv counts as installed
-only once pip finished (the `.installed` marker), so an interrupted install is redone.
+only once pip finished with exactly the pinned requirements (the `.installed` marker), so an
+interrupted install, or one from older pins, is completed by pip.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ PEERS = {
         ("nvidia-pytriton==0.7.0", "numpy<2", TENSORFLOW, PILLOW, "starlette", "uvicorn", "python-multipart"),
         python="/usr/bin/python3.11",
     ),
-    "litserve": Peer("litserve", "0.2.19", ("litserve==0.2.19", TENSORFLOW, PILLOW)),
+    "litserve": Peer("litserve", "0.2.19", ("litserve==0.2.19", TENSORFLOW, PILLOW, "python-multipart")),
     # 1.4.40 reuses closed connections: about 2% of requests get a 500 under load.
     "bentoml": Peer("bentoml", "1.4.30", ("bentoml==1.4.30", TENSORFLOW, PILLOW)),
     "ray": Peer("ray", "2.60.0", ("ray[serve]==2.60.0", TENSORFLOW, PILLOW, "python-multipart")),
@@ -51,16 +52,18 @@ def cache_root() -> Path:
 
 
 def venv_python(peer: Peer) -> Path:
-    """The peer's interpreter, installing its venv first unless a finished one is there."""
+    """The peer's interpreter, installing its venv first unless it holds these requirements."""
     folder = cache_root() / f"{peer.name}-{peer.version}"
-    python = folder / "bin" / "python"
-    if (folder / ".installed").exists():
+    python, marker = folder / "bin" / "python", folder / ".installed"
+    wanted = "\n".join(peer.requirements) + "\n"
+    if marker.exists() and marker.read_text() == wanted:
         return python
-    print(f"installing {peer.label} into {folder} (once)", flush=True)
-    subprocess.run([peer.python, "-m", "venv", "--clear", str(folder)], check=True)
+    print(f"installing {peer.label} into {folder}", flush=True)
+    if not python.exists():
+        subprocess.run([peer.python, "-m", "venv", str(folder)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, *peer.requirements], check=True)
-    (folder / ".installed").write_text("\n".join(peer.requirements) + "\n")
+    marker.write_text(wanted)
     return python
 
 

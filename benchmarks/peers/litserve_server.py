@@ -41,5 +41,5 @@ class ImageAPI(ls.LitAPI):
 if __name__ == "__main__":
     api = ImageAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S, api_path="/predict/image")
     ls.LitServer(api, accelerator="cpu").run(
-        host="127.0.0.1", port=int(os.environ["PORT"]), generate_client_file=False, log_level="warning"
+        host="127.0.0.1", port=int(os.environ["PORT"]), generate_client_file=False, access_log=False
     )

@@ -77,9 +77,11 @@ def serving(
 
 
 def wait_for_prediction(
-    url: str, process: subprocess.Popen, probe: bytes, timeout: float, log_path: Path
+    url: str, process: subprocess.Popen, probe: bytes, timeout: float, log_path: Path, give_up_after: int = 20
 ) -> None:
-    deadline = time.monotonic() + timeout
+    """Until `probe` gets a prediction; a server that keeps answering errors other than 503
+    (loading) `give_up_after` times in a row is broken, not slow."""
+    deadline, refusals = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
@@ -87,6 +89,9 @@ def wait_for_prediction(
             response = httpx.post(f"{url}/predict/image", files={"file": ("probe.jpg", probe)}, timeout=30)
             if response.status_code == 200 and "label" in response.json():
                 return
+            refusals = 0 if response.status_code == 503 else refusals + 1
+            if refusals == give_up_after:
+                raise RuntimeError(f"{url} answers HTTP {response.status_code}: {response.text[:200]}")
         time.sleep(0.5)
     raise TimeoutError(f"no prediction from {url} within {timeout:.0f} s; see {log_path}")
 
