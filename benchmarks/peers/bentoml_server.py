@@ -1,8 +1,10 @@
 """BentoML, as its adaptive-batching guide writes it: a `@bentoml.service` whose API is
 `batchable=True` with `max_batch_size`; the dispatcher sizes each batch from recent latency.
 
-The upload arrives as a multipart `file` part (a `Path` input); access log off in the service
-config. Served by the harness with `bentoml serve benchmarks.peers.bentoml_server:Classifier`.
+The upload arrives as the multipart `file` part (a `Path` input). A batchable API's HTTP
+interface is batch in, batch out, so each request is a batch of one and its answer a list of one
+prediction; the dispatcher merges concurrent requests. Access log off in the service config.
+Served by the harness with `bentoml serve benchmarks.peers.bentoml_server:Classifier`.
 """
 
 from __future__ import annotations

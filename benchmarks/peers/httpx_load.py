@@ -16,6 +16,14 @@ from pathlib import Path
 import httpx
 
 
+def is_prediction(body: object) -> bool:
+    """The service's answer, `{"label": ..., ...}`, or BentoML's for a batchable API: a list of
+    exactly one such answer (its HTTP API is batch in, batch out)."""
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    return isinstance(body, dict) and "label" in body
+
+
 async def drive(url: str, files: list[tuple[str, bytes]], concurrency: int, seconds: float) -> dict:
     latencies_ms: list[float] = []
     errors: list[str] = []
@@ -33,7 +41,7 @@ async def drive(url: str, files: list[tuple[str, bytes]], concurrency: int, seco
                     response = await client.post(
                         "/predict/image", files={"file": (name, content, "image/jpeg")}
                     )
-                    ok = response.status_code == 200 and "label" in response.json()
+                    ok = response.status_code == 200 and is_prediction(response.json())
                     error = None if ok else f"HTTP {response.status_code}: {response.text[:120]}"
                 except (httpx.HTTPError, ValueError) as failure:
                     error = f"{type(failure).__name__}: {failure}"

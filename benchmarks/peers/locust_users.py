@@ -1,6 +1,6 @@
 """Locust users for the peers benchmark: each posts the JPEGs in $PEERS_PAYLOAD_DIR in turn to
 /predict/image as a multipart `file`, the service's request, and counts a 200 as a success only
-when it carries a prediction (the repository locustfile's check)."""
+when it carries a prediction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 from locust import FastHttpUser, constant, events, task
 
-from locustfile import check_predictions, multipart  # the repository root's
+from benchmarks.peers.httpx_load import is_prediction
+from locustfile import multipart  # the repository root's
 
 BODIES = [
     multipart("file", path.name, path.read_bytes(), "image/jpeg")
@@ -31,7 +32,21 @@ class PeerUser(FastHttpUser):
         with self.client.post(
             "/predict/image", data=body, headers={"Content-Type": content_type}, catch_response=True
         ) as response:
-            check_predictions(response)
+            check(response)
+
+
+def check(response) -> None:
+    if response.status_code == 0:  # no HTTP answer at all: refused, reset, timed out
+        response.failure(response.error)
+    elif response.status_code != 200:
+        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+    else:
+        try:
+            answered = is_prediction(response.json())
+        except ValueError:
+            answered = False
+        if not answered:
+            response.failure(f"not a prediction: {response.text[:200]}")
 
 
 @events.quitting.add_listener

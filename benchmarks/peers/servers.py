@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.peers.httpx_load import is_prediction
 from benchmarks.peers.install import PEERS, venv_python
 from benchmarks.server import REPO, free_port, process_tree
 
@@ -87,7 +88,7 @@ def wait_for_prediction(
             raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
         with contextlib.suppress(httpx.HTTPError, ValueError):
             response = httpx.post(f"{url}/predict/image", files={"file": ("probe.jpg", probe)}, timeout=30)
-            if response.status_code == 200 and "label" in response.json():
+            if response.status_code == 200 and is_prediction(response.json()):
                 return
             refusals = 0 if response.status_code == 503 else refusals + 1
             if refusals == give_up_after:

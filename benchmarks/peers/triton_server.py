@@ -62,7 +62,13 @@ def free_port() -> int:
 
 def main() -> None:
     http_port = free_port()
-    config = TritonConfig(http_port=http_port, grpc_port=free_port(), metrics_port=free_port())
+    config = TritonConfig(
+        http_address="127.0.0.1",
+        http_port=http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
     with Triton(config=config) as triton:
         triton.bind(
             model_name="cifar10",
