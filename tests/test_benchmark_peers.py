@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.peers.__main__ import newest_version, parse_args
+from benchmarks.peers.httpx_load import is_prediction
 from benchmarks.peers.loads import cpu_per_1000, nearest_rank
 from benchmarks.peers.payloads import enlarge, payload_files, training_photos
 from benchmarks.peers.tables import to_markdown
@@ -147,3 +148,13 @@ def test_newest_version_is_the_highest_number_not_the_last_in_text_order(tmp_pat
     assert newest_version(tmp_path).name == "10"
     with pytest.raises(FileNotFoundError):
         newest_version(tmp_path, "iris")
+
+
+def test_a_success_is_a_prediction_or_bentomls_list_of_exactly_one():
+    prediction = {"label": "cat", "probabilities": {"cat": 0.9, "dog": 0.1}}
+    assert is_prediction(prediction)
+    assert is_prediction([prediction])  # BentoML's batchable API: batch of one in, one out
+    assert not is_prediction([prediction, prediction])
+    assert not is_prediction([])
+    assert not is_prediction({"detail": "Internal Server Error"})
+    assert not is_prediction("cat")
