@@ -17,7 +17,7 @@ from benchmarks.peers.__main__ import newest_version, parse_args
 from benchmarks.peers.httpx_load import is_prediction
 from benchmarks.peers.loads import cpu_per_1000, nearest_rank
 from benchmarks.peers.payloads import enlarge, payload_files, training_photos
-from benchmarks.peers.tables import to_markdown
+from benchmarks.peers.tables import lead, to_markdown
 
 
 def jpeg(colour: tuple[int, int, int], size=(32, 32)) -> bytes:
@@ -158,3 +158,13 @@ def test_a_success_is_a_prediction_or_bentomls_list_of_exactly_one():
     assert not is_prediction([])
     assert not is_prediction({"detail": "Internal Server Error"})
     assert not is_prediction("cat")
+
+
+def test_lead_compares_the_service_with_the_fastest_peer_of_each_cell():
+    cells = [
+        cell("this service (defaults)", "locust", "32px", 300.0, 4.0),
+        cell("litserve 0.2.19", "locust", "32px", 200.0, 6.0),
+        cell("ray 2.60.0", "locust", "32px", 250.0, 20.0),
+        cell("ray 2.60.0", "httpx", "32px", 90.0, 20.0),  # no service figure: no row
+    ]
+    assert lead(cells) == [["locust", "32px", "8", "ray 2.60.0", "1.20", "40 / 40"]]

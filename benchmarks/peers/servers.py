@@ -24,6 +24,7 @@ from benchmarks.peers.install import PEERS, venv_python
 from benchmarks.server import REPO, free_port, process_tree
 
 SERVERS = ("service", *PEERS)
+SERVICE = "this service (defaults)"  # its label in reports
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def launch(name: str, version_dir: Path, port: int) -> tuple[list[str], dict[str
     """Command, extra environment and label of server `name`. Access logs are off everywhere."""
     if name == "service":
         env = {"MODEL_DIR": str(version_dir.parent.parent), "HOST": "127.0.0.1", "PORT": str(port)}
-        return [sys.executable, "-m", "service"], {**env, "ACCESS_LOG": "false"}, "this service (defaults)"
+        return [sys.executable, "-m", "service"], {**env, "ACCESS_LOG": "false"}, SERVICE
     peer = PEERS[name]
     python = str(venv_python(peer))
     env = {

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from benchmarks import report
+from benchmarks.peers.servers import SERVICE
 
 COLUMNS = [
     "server",
@@ -57,12 +58,44 @@ def to_markdown(results: dict) -> str:
                     f"## {payload} JPEG, {generator}",
                     report.markdown_table(COLUMNS, map(cell_row, cells)),
                 ]
+    if leads := lead(results["cells"]):
+        parts += [
+            "## The service against the best peer in each cell",
+            report.markdown_table(
+                [
+                    "generator",
+                    "payload",
+                    "clients",
+                    "best peer",
+                    "service ÷ best peer req/s",
+                    "p99 service / peer ms",
+                ],
+                leads,
+            ),
+        ]
     parts.append(
         "req/s counts answered predictions only; p50/p99 are over them. Server CPU and RSS cover "
         "all of a server's processes (workers, Triton's binary, Ray's daemons); client CPU % is "
         "the load generator's own CPU time over the cell's wall time (100 % is one core)."
     )
     return "\n\n".join(parts)
+
+
+def lead(cells: list[dict]) -> list[list[str]]:
+    """For each generator, payload and client count with the service and a peer: the peer with
+    the most req/s, the service's ratio to it, and both p99s."""
+    rows = []
+    for key in dict.fromkeys((c["generator"], c["payload"], c["clients"]) for c in cells):
+        same = [c for c in cells if (c["generator"], c["payload"], c["clients"]) == key]
+        service = next((c for c in same if c["server"] == SERVICE), None)
+        peers = [c for c in same if c["server"] != SERVICE]
+        if service is None or not peers:
+            continue
+        best = max(peers, key=lambda c: c["requests_per_s"])
+        ratio = service["requests_per_s"] / best["requests_per_s"] if best["requests_per_s"] else math.nan
+        p99 = f"{_number(service['p99_ms'], 0)} / {_number(best['p99_ms'], 0)}"
+        rows.append([*map(str, key), best["server"], _number(ratio, 2), p99])
+    return rows
 
 
 def plot(results: dict, path: Path) -> None:
@@ -90,7 +123,7 @@ def plot(results: dict, path: Path) -> None:
                 )
             ax.set(title=f"{payload}, {generator}", xlabel="concurrent clients", ylabel="requests/s")
             ax.set_xscale("log", base=2)
-    axes[0][0].legend(fontsize="small")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))  # off the data
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
