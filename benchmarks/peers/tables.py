@@ -106,7 +106,10 @@ def plot(results: dict, path: Path) -> None:
 
     generators, payloads = results["settings"]["generators"], results["settings"]["payloads"]
     figure, axes = plt.subplots(
-        len(generators), len(payloads), figsize=(4 * len(payloads), 3.2 * len(generators)), squeeze=False
+        len(generators),
+        len(payloads),
+        figsize=(4 * len(payloads) + 2.5, 3.2 * len(generators)),
+        squeeze=False,
     )
     servers = list(dict.fromkeys(c["server"] for c in results["cells"]))
     for row, generator in enumerate(generators):
