@@ -16,6 +16,7 @@ from PIL import Image
 from benchmarks.peers.__main__ import newest_version, parse_args
 from benchmarks.peers.httpx_load import is_prediction
 from benchmarks.peers.loads import cpu_per_1000, nearest_rank
+from benchmarks.peers.model import pillow_decode
 from benchmarks.peers.payloads import enlarge, payload_files, training_photos
 from benchmarks.peers.tables import lead, to_markdown
 
@@ -168,3 +169,18 @@ def test_lead_compares_the_service_with_the_fastest_peer_of_each_cell():
         cell("ray 2.60.0", "httpx", "32px", 90.0, 20.0),  # no service figure: no row
     ]
     assert lead(cells) == [["locust", "32px", "8", "ray 2.60.0", "1.20", "40 / 40"]]
+
+
+def test_the_plain_pillow_decode_gives_the_models_input_from_any_size_and_mode():
+    for size, mode, fmt in [
+        ((640, 480), "RGB", "JPEG"),
+        ((4032, 3024), "L", "JPEG"),
+        ((48, 40), "RGBA", "PNG"),
+    ]:
+        buffer = io.BytesIO()
+        Image.new(mode, size, {"RGB": (200,) * 3, "L": 200, "RGBA": (200, 200, 200, 255)}[mode]).save(
+            buffer, fmt
+        )
+        pixels = pillow_decode(buffer.getvalue())
+        assert (pixels.shape, pixels.dtype) == ((32, 32, 3), np.uint8)
+        assert abs(int(pixels.mean()) - 200) <= 2

@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20, help="per cell (default 20)")
     parser.add_argument("--warmup-seconds", type=float, default=5, help="per server and payload")
     parser.add_argument("--locust-processes", type=int, default=2, help="locust worker processes")
+    parser.add_argument(
+        "--peer-decode",
+        choices=("service", "pillow"),
+        default="service",
+        help="peers decode uploads with the service's decode_image (default) or plain Pillow",
+    )
     parser.add_argument("--model-dir", default="models", help="serves <model-dir>/cifar10/<newest>")
     parser.add_argument("--out", help="default: reports/peers/<UTC time>/")
     return parser.parse_args(argv)
@@ -66,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     probe = payload_files("32px")[0].read_bytes()
     servers, cells = [], []
     for name in ([] if args.no_service else ["service"]) + args.peers:
-        with serving(name, version_dir, probe, out / "logs" / f"{name}.log") as server:
+        with serving(
+            name, version_dir, probe, out / "logs" / f"{name}.log", decode=args.peer_decode
+        ) as server:
             print(f"{server.label}: first prediction after {server.startup_s:.1f} s", flush=True)
             for payload, folder in folders.items():
                 measure(
@@ -96,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                             flush=True,
                         )
     settings = {
-        k: getattr(args, k) for k in ("payloads", "clients", "generators", "seconds", "warmup_seconds")
+        k: getattr(args, k)
+        for k in ("payloads", "clients", "generators", "seconds", "warmup_seconds", "peer_decode")
     }
     results = {
         "conditions": conditions,

@@ -36,7 +36,9 @@ class Started:
     startup_s: float  # from launch to the first correct prediction
 
 
-def launch(name: str, version_dir: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+def launch(
+    name: str, version_dir: Path, port: int, decode: str = "service"
+) -> tuple[list[str], dict[str, str], str]:
     """Command, extra environment and label of server `name`. Access logs are off everywhere."""
     if name == "service":
         env = {"MODEL_DIR": str(version_dir.parent.parent), "HOST": "127.0.0.1", "PORT": str(port)}
@@ -47,6 +49,7 @@ def launch(name: str, version_dir: Path, port: int) -> tuple[list[str], dict[str
         "PYTHONPATH": str(REPO),
         "MODEL_VERSION_DIR": str(version_dir),
         "PORT": str(port),
+        "PEERS_DECODE": decode,
         "RAY_USAGE_STATS_ENABLED": "0",
         "BENTOML_DO_NOT_TRACK": "true",
     }
@@ -60,10 +63,10 @@ def launch(name: str, version_dir: Path, port: int) -> tuple[list[str], dict[str
 
 @contextlib.contextmanager
 def serving(
-    name: str, version_dir: Path, probe: bytes, log_path: Path, timeout: float = 600
+    name: str, version_dir: Path, probe: bytes, log_path: Path, timeout: float = 600, decode: str = "service"
 ) -> Iterator[Started]:
     port = free_port()
-    command, extra, label = launch(name, version_dir.resolve(), port)
+    command, extra, label = launch(name, version_dir.resolve(), port, decode)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         started = time.monotonic()
