@@ -113,7 +113,10 @@ def test_report_has_one_table_per_generator_and_payload_with_every_server():
             "python": "3.11",
         },  # fmt: skip
         "settings": {"generators": ["locust", "httpx"], "payloads": ["32px", "640x480"]},
-        "servers": [{"label": "litserve 0.2.19", "startup_s": 7.0, "rss_mb": 700}],
+        "servers": [
+            {"label": "litserve 0.2.19", "startup_s": 7.0, "rss_mb": 700},
+            {"name": "ray", "label": "ray", "error": "server exited with 1; see logs/ray.log"},
+        ],
         "cells": [
             cell("this service (defaults)", "locust", "32px", 238.04, 4.2),
             cell("litserve 0.2.19", "locust", "32px", 227.0, math.nan),
@@ -126,6 +129,7 @@ def test_report_has_one_table_per_generator_and_payload_with_every_server():
     assert "| this service (defaults) | 8 | 238.0 | 12 | 40 | 0 | 4.20 | 900 | 35 |" in markdown
     assert "| litserve 0.2.19 | 8 | 227.0 | 12 | 40 | 0 | – | 900 | 35 |" in markdown
     assert "| litserve 0.2.19 | 7.0 | 700 |" in markdown
+    assert "| ray | failed: server exited with 1; see logs/ray.log | – |" in markdown
 
 
 def test_command_line_subsets_and_refuses_unknown_names():

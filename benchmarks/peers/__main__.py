@@ -1,6 +1,6 @@
 """The service against the servers a user would pick instead, side by side on one machine.
 
-    python -m benchmarks.peers                       # everything: about 2 hours on 2 cores
+    python -m benchmarks.peers                       # everything: about an hour
     python -m benchmarks.peers --peers litserve --payloads 32px --clients 8 --seconds 5
 
 Installs each peer into its own cached venv on first use (`benchmarks.peers.install`), then for
@@ -12,6 +12,7 @@ payload. Writes peers.md, peers.json and peers.png to reports/peers/<UTC time>/.
 from __future__ import annotations
 
 import argparse
+import subprocess
 from pathlib import Path
 
 from benchmarks import report
@@ -72,37 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     probe = payload_files("32px")[0].read_bytes()
     servers, cells = [], []
     for name in ([] if args.no_service else ["service"]) + args.peers:
-        with serving(
-            name, version_dir, probe, out / "logs" / f"{name}.log", decode=args.peer_decode
-        ) as server:
-            print(f"{server.label}: first prediction after {server.startup_s:.1f} s", flush=True)
-            for payload, folder in folders.items():
-                measure(
-                    "httpx",
-                    server.url,
-                    server.pid,
-                    folder,
-                    8,
-                    args.warmup_seconds,
-                    out / "warmup" / f"{name}-{payload}",
-                )
-            servers.append({"name": name, "label": server.label, "startup_s": round(server.startup_s, 1)})
-            servers[-1]["rss_mb"] = round(rss_bytes(server.pid) / 2**20)
-            for payload, folder in folders.items():
-                for generator in args.generators:
-                    for clients in args.clients:
-                        prefix = out / "load" / f"{name}-{payload}-{generator}-c{clients}"
-                        cell = measure(
-                            generator, server.url, server.pid, folder, clients, args.seconds, prefix,
-                            args.locust_processes,
-                        )  # fmt: skip
-                        cells.append({"server": server.label, "payload": payload, **cell})
-                        print(
-                            f"  {payload} {generator} {clients} clients: {cell['requests_per_s']} req/s, "
-                            f"p50 {cell['p50_ms']} ms, p99 {cell['p99_ms']} ms, {cell['errors']} errors, "
-                            f"{cell['server_cpu_s_per_1000']} CPU-s/1000",
-                            flush=True,
-                        )
+        try:
+            servers.append(run_server(name, args, version_dir, folders, probe, out, cells))
+        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as failure:
+            # One peer that cannot install or start must not cost the other servers' hour.
+            print(f"{name}: FAILED: {failure}", flush=True)
+            servers.append({"name": name, "label": name, "error": str(failure)[:300]})
     settings = {
         k: getattr(args, k)
         for k in ("payloads", "clients", "generators", "seconds", "warmup_seconds", "peer_decode")
@@ -119,6 +95,33 @@ def main(argv: list[str] | None = None) -> None:
     plot(results, out / "peers.png")
     print(markdown)
     print(f"\nreport: {out / 'peers.md'}")
+
+
+def run_server(name, args, version_dir, folders, probe, out, cells) -> dict:
+    """Start server `name`, warm it up, measure every cell into `cells`; its start-up facts."""
+    with serving(name, version_dir, probe, out / "logs" / f"{name}.log", decode=args.peer_decode) as server:
+        print(f"{server.label}: first prediction after {server.startup_s:.1f} s", flush=True)
+        for payload, folder in folders.items():
+            warmup = out / "warmup" / f"{name}-{payload}"
+            measure("httpx", server.url, server.pid, folder, 8, args.warmup_seconds, warmup)
+        facts = {"name": name, "label": server.label, "startup_s": round(server.startup_s, 1)}
+        facts["rss_mb"] = round(rss_bytes(server.pid) / 2**20)
+        for payload, folder in folders.items():
+            for generator in args.generators:
+                for clients in args.clients:
+                    prefix = out / "load" / f"{name}-{payload}-{generator}-c{clients}"
+                    cell = measure(
+                        generator, server.url, server.pid, folder, clients, args.seconds, prefix,
+                        args.locust_processes,
+                    )  # fmt: skip
+                    cells.append({"server": server.label, "payload": payload, **cell})
+                    print(
+                        f"  {payload} {generator} {clients} clients: {cell['requests_per_s']} req/s, "
+                        f"p50 {cell['p50_ms']} ms, p99 {cell['p99_ms']} ms, {cell['errors']} errors, "
+                        f"{cell['server_cpu_s_per_1000']} CPU-s/1000",
+                        flush=True,
+                    )
+    return facts
 
 
 if __name__ == "__main__":

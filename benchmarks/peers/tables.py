@@ -47,7 +47,12 @@ def to_markdown(results: dict) -> str:
     parts.append(
         report.markdown_table(
             ["server", "start-up s (launch to first prediction)", "RSS MB after warm-up"],
-            [[s["label"], f"{s['startup_s']:.1f}", str(s["rss_mb"])] for s in results["servers"]],
+            [
+                [s["label"], f"{s['startup_s']:.1f}", str(s["rss_mb"])]
+                if "error" not in s
+                else [s["label"], f"failed: {s['error']}", "–"]
+                for s in results["servers"]
+            ],
         )
     )
     for generator in results["settings"]["generators"]:
