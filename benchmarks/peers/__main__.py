@@ -35,11 +35,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
         return parse
 
-    parser.add_argument("--peers", type=listed(SERVERS[1:]), default=list(SERVERS[1:]), help="default: all")
+    parser.add_argument(
+        "--peers",
+        type=listed(SERVERS[1:]),
+        default=list(SERVERS[1:]),
+        help=f"comma-separated, of {','.join(SERVERS[1:])} (default all; '' none)",
+    )
     parser.add_argument("--no-service", action="store_true", help="peers only")
-    parser.add_argument("--payloads", type=listed(PAYLOADS), default=list(PAYLOADS), help="default: all")
-    parser.add_argument("--clients", type=lambda t: [int(c) for c in t.split(",")], default=[1, 8, 32, 64])
-    parser.add_argument("--generators", type=listed(GENERATORS), default=list(GENERATORS))
+    parser.add_argument(
+        "--payloads",
+        type=listed(PAYLOADS),
+        default=list(PAYLOADS),
+        help=f"comma-separated, of {','.join(PAYLOADS)} (default all)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=lambda t: [int(c) for c in t.split(",")],
+        default=[1, 8, 32, 64],
+        help="default 1,8,32,64",
+    )
+    parser.add_argument(
+        "--generators", type=listed(GENERATORS), default=list(GENERATORS), help="locust,httpx"
+    )
     parser.add_argument("--seconds", type=float, default=20, help="per cell (default 20)")
     parser.add_argument("--warmup-seconds", type=float, default=5, help="per server and payload")
     parser.add_argument("--locust-processes", type=int, default=2, help="locust worker processes")
