@@ -393,6 +393,8 @@ def to_markdown(r: dict) -> str:
         "An image request carries one image, so its req/s compare directly with images/s. "
         "An iris request carries 1, 3 or 24 flowers (see `locustfile.py`), so its ratio to "
         "the in-process rows/s understates the service.",
+        "Against Triton, LitServe, BentoML and Ray Serve: `python -m benchmarks.peers`, table in "
+        "[`reports/peers/<UTC time>/peers.md`](../../peers/).",
     ]
     return "\n\n".join(parts)
 

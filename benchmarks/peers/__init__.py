@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of the service against Triton, LitServe, BentoML and Ray Serve."""
