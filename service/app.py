@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from threadpoolctl import threadpool_limits
 
 from service.deps import require_api_key
 from service.device import configure_device
@@ -26,6 +27,12 @@ from service.startup import announce_when_ready
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Resizing's small matrix products (service/resizing.py) run on numpy's BLAS, whose own
+    # thread pool spun against the decoder threads and cost ten times the CPU of one BLAS
+    # thread per caller (py-spy profile under load, README "Against the alternatives",
+    # 2026-12-01). Here, not in the lifespan: OpenBLAS ignores a limit set outside the main
+    # thread, and the app is built in the main thread. TensorFlow does not use this BLAS.
+    threadpool_limits(1, user_api="blas")
     metrics = Metrics()
     drain = Drain(settings.drain_delay_s)
 
