@@ -28,9 +28,6 @@ def ready_line(app: FastAPI, registry: ModelRegistry, settings: Settings) -> str
     )
     workers = f"{settings.workers} worker" + ("s" if settings.workers > 1 else "")
     base = f"http://{settings.host}:{settings.port}"
-    # Only what this app really serves (the docs are the app's own routes, served offline).
-    paths = {getattr(route, "path", None) for route in app.routes}
-    places = [
-        f"{what} {base}{path}" for what, path in (("page", "/"), ("API docs", "/docs")) if path in paths
-    ]
+    # create_app always serves both, from the app itself (the docs work offline).
+    places = [f"page {base}/", f"API docs {base}/docs"]
     return f"ready: {models} on {registry.device}; {workers}" + "".join(f"; {p}" for p in places)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.settings import Settings
@@ -106,3 +107,19 @@ def serving(model_dir: Path, ready: bool = True, **overrides):
         if ready:
             wait_ready(client)
         yield client
+
+
+def samples(client) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(all_samples, name, **labels) -> float:
+    """The sample's value; a series that is missing fails rather than reading as 0."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in all_samples, f"no series {name}{labels}"
+    return all_samples[key]

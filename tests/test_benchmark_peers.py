@@ -67,7 +67,8 @@ def test_enlarged_payloads_are_jpegs_of_the_asked_size_and_32px_is_the_original_
 def test_payloads_are_built_once_then_read_from_the_cache(dataset, tmp_path):
     files = payload_files("640x480", tmp_path / "cache", dataset)
     assert [f.name for f in files] == ["00.jpg", "01.jpg"]
-    assert Image.open(files[0]).size == (640, 480)
+    with Image.open(files[0]) as first:
+        assert first.size == (640, 480)
     dataset.unlink()  # a rebuild would now fail
     assert payload_files("640x480", tmp_path / "cache", dataset) == files
 

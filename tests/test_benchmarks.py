@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from benchmarks.load import LoadRun, Stats, percentile, summarize
-from benchmarks.serving import targets
+from benchmarks.serving import protocols, targets
 
 
 def entry(
@@ -78,3 +78,21 @@ def test_targets_judge_the_service_against_baseline_ceiling_and_latency():
 def test_a_service_run_that_completed_nothing_fails_the_failure_target():
     runs = {("service", "image", 1): run(0, p50_ms=math.nan, p99_ms=math.nan, requests=0)}
     assert verdicts(runs) == ["not measured", "not measured", "not measured", "FAIL", "not measured", "FAIL"]
+
+
+def test_v2_throughput_is_judged_against_predict_image_at_32_users():
+    assert (
+        protocols({("service", "image", 32): run(100), ("service", "v2", 32): run(95)})[0]["verdict"]
+        == "PASS"
+    )
+    assert (
+        protocols({("service", "image", 32): run(100), ("service", "v2", 32): run(85)})[0]["verdict"]
+        == "FAIL"
+    )
+    assert protocols({("service", "image", 32): run(100)})[0]["verdict"] == "not measured"
+    assert (
+        protocols({("service", "image", 32): run(100), ("service", "v2", 32): run(95)})[0][
+            "over_predict_image"
+        ]
+        == 0.95
+    )

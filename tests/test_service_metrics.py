@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
+from deployments import samples, value
 from payloads import GOOD_FEATURES, GOOD_IMAGE
-from prometheus_client.parser import text_string_to_metric_families
-
-
-def samples(client) -> dict[tuple[str, tuple], float]:
-    text = client.get("/metrics").text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(all_samples, name, **labels) -> float:
-    """The sample's value; a series that is missing fails rather than reading as 0."""
-    key = (name, tuple(sorted(labels.items())))
-    assert key in all_samples, f"no series {name}{labels}"
-    return all_samples[key]
 
 
 def test_requests_are_counted_by_route_template_and_status(client):
