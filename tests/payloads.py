@@ -61,3 +61,8 @@ def assert_error(response, status: int, detail: str = "") -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     assert detail.lower() in str(response.json()["detail"]).lower()
+
+
+# What a schema-violating request may get: a 4xx, 413 included (a body over the cap, or more
+# than MAX_BATCH_SIZE parts, is refused as too large before anything else is noticed).
+REFUSAL_STATUSES = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]

