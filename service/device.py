@@ -22,7 +22,7 @@ def quiet_tensorflow(device: str, environ: MutableMapping[str, str] = os.environ
     driver, with DEVICE=gpu (which must fail loudly), and with the CPU build (`tensorflow-cpu`),
     which never looks for CUDA. A TF_CPP_MIN_LOG_LEVEL set by the user is left alone.
     """
-    if device != "gpu" and _looks_for_cuda() and not _nvidia_driver_present():
+    if device != "gpu" and _looks_for_cuda() and not nvidia_driver_present():
         environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -35,7 +35,7 @@ def _looks_for_cuda() -> bool:
     return False
 
 
-def _nvidia_driver_present() -> bool:
+def nvidia_driver_present() -> bool:
     try:
         ctypes.CDLL("libcuda.so.1")  # what TensorFlow loads; the NVIDIA container toolkit mounts it
     except OSError:

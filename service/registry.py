@@ -23,6 +23,7 @@ from typing import cast
 
 from model_repository import existing_versions
 from service.batching import MicroBatcher
+from service.heap import freeze_loaded_models
 from service.metrics import Metrics
 from service.predictor import ModelError, Predictor, load_predictor
 from service.settings import Settings
@@ -210,6 +211,8 @@ class ModelRegistry:
             time.perf_counter() - started,
             f", replacing version {live.version}" if live else "",
         )
+        del live, predictor  # a replaced version no request holds is reclaimed just below
+        freeze_loaded_models()
         return True
 
     def _new_batcher(self, served: ServedModel) -> MicroBatcher:

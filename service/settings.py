@@ -8,6 +8,14 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.layout import layout_for
+
+
+def from_the_machine(part: str):
+    """A default taken from this machine's layout (service/layout.py) for the device asked for,
+    which is validated first: fields are validated in the order they are declared."""
+    return lambda fields: getattr(layout_for(fields.get("device", "auto")), part)
+
 
 class Settings(BaseSettings):
     """Every knob of the service; environment variables have the field's name in capitals."""
@@ -21,15 +29,14 @@ class Settings(BaseSettings):
     # Seconds between scans of model_dir for new versions; 0 turns hot reload off.
     poll_interval_s: float = Field(10.0, ge=0)
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    # Server processes, each with its own event loop, copy of the models and batcher. One
-    # event loop tops out at about one core of request handling; on CPUs, one worker per core
-    # with INTRA_OP_THREADS=1 used the whole machine where one worker left it partly idle
-    # (README, "Load testing and benchmarks": benchmarks.serving, 2026-11-26). One scrape of
-    # /metrics sums all workers (service/metrics.py).
-    workers: int = Field(1, ge=1)
-    # TensorFlow thread pools; 0 lets TensorFlow choose (one per core).
-    intra_op_threads: int = Field(0, ge=0)
-    inter_op_threads: int = Field(0, ge=0)
+    # Server processes, each with its own event loop, copy of the models and batcher, and
+    # TensorFlow's thread pools in each; 0 threads lets TensorFlow choose (one per core). Unset,
+    # they follow the cores this process may use, container CPU limits included
+    # (service/layout.py): on CPUs a worker per core with one model thread each, on a GPU one
+    # worker. One scrape of /metrics sums all workers (service/metrics.py).
+    workers: int = Field(default_factory=from_the_machine("workers"), ge=1)
+    intra_op_threads: int = Field(default_factory=from_the_machine("intra_op_threads"), ge=0)
+    inter_op_threads: int = Field(default_factory=from_the_machine("inter_op_threads"), ge=0)
 
     # Micro-batching: one model call takes at most max_batch_size rows (also the most one
     # request may send) and waits at most max_batch_wait_ms for requests already on their way.

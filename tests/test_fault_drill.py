@@ -98,6 +98,7 @@ def test_replicas_answer_every_request_while_one_restarts_and_a_version_is_publi
     print(result.stdout[-6000:], result.stderr[-3000:])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["passed"] == {
+        "workers_follow_the_cpu_limit": True,
         "no_failed_request": True,
         "every_replica_answered": True,
         "restarted_replica_back_in_the_pool": True,

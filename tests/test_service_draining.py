@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+from deployments import wait_for
 from payloads import GOOD_FEATURES
 
 from benchmarks.server import serve
@@ -23,7 +24,8 @@ def test_sigterm_turns_readiness_off_while_requests_are_still_served_then_exits(
     with serve("service", model_dir, tmp_path / "server.log", settings=settings) as server:
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        readiness = httpx.get(f"{server.url}/readyz")
+        # With several workers the server process passes the signal on to each (some 0.1 s).
+        readiness = wait_for(lambda: (r := httpx.get(f"{server.url}/readyz")).status_code == 503 and r, 1)
         alive = httpx.get(f"{server.url}/healthz")
         prediction = httpx.post(f"{server.url}/predict/iris", json=GOOD_FEATURES)
         answered_within = time.monotonic() - signalled

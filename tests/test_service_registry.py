@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -246,3 +248,20 @@ def test_broken_new_version_is_rejected_and_the_old_keeps_serving(model_dir, exp
         )
         publish(exports["cifar10-v2"], model_dir, 3)  # a fixed export, as a new version
         wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "3")
+
+
+def test_loaded_models_are_left_out_of_full_collections_and_a_replaced_version_is_reclaimed(
+    model_dir, exports
+):
+    with serving(model_dir, poll_interval_s=0.1) as client:
+        served = client.app.state.registry.models["cifar10"]
+        first = served.predictor
+        collected = {id(o) for o in gc.get_objects()}  # the objects a full collection walks
+        assert id(first) not in collected and id(first._loaded) not in collected
+        first.itself = first  # a reference cycle, as loaded TensorFlow objects can have
+        replaced = weakref.ref(first)
+        del first
+        publish(exports["cifar10-v2"], model_dir, 2)
+        wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "2")
+        assert wait_for(lambda: replaced() is None, timeout=10)  # its reference cycles went too
+        assert id(served.predictor) not in {id(o) for o in gc.get_objects()}

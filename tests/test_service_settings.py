@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from service import layout
+from service.layout import usable_cores
 from service.settings import Settings
 
 
@@ -60,3 +64,40 @@ def test_an_empty_api_key_means_no_key(monkeypatch):
 def test_bad_settings_fail_at_start_up(values):
     with pytest.raises(ValidationError):
         Settings(**values)
+
+
+@pytest.fixture
+def no_gpu_driver(monkeypatch):
+    monkeypatch.setattr(layout, "nvidia_driver_present", lambda: False)
+
+
+def test_unset_the_layout_is_a_worker_per_usable_core_each_running_models_on_one_thread(no_gpu_driver):
+    settings = Settings()
+    assert settings.workers == usable_cores() >= 1
+    assert (settings.intra_op_threads, settings.inter_op_threads) == (1, 1)
+
+
+def test_the_cores_counted_are_those_the_process_may_run_on():
+    """CPU affinity (taskset, a container's cpuset) limits the default; a cgroup CPU quota
+    (docker --cpus, a Kubernetes CPU limit) does too: tests/test_docker.py."""
+    count = "from service.settings import Settings; print(Settings(device='cpu').workers)"
+    pinned = subprocess.run(
+        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{0}}); {count}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert pinned.stdout.split() == ["1"], pinned.stderr
+
+
+def test_an_explicit_layout_wins(monkeypatch, no_gpu_driver):
+    monkeypatch.setenv("WORKERS", "3")
+    monkeypatch.setenv("INTRA_OP_THREADS", "0")
+    settings = Settings()
+    assert (settings.workers, settings.intra_op_threads, settings.inter_op_threads) == (3, 0, 1)
+
+
+def test_a_gpu_gets_one_worker_and_tensorflows_own_thread_pools(monkeypatch):
+    monkeypatch.setattr(layout, "nvidia_driver_present", lambda: True)
+    for device in ("auto", "gpu"):
+        settings = Settings(device=device)
+        assert (settings.workers, settings.intra_op_threads, settings.inter_op_threads) == (1, 0, 0)
+    assert Settings(device="cpu").workers == usable_cores()  # the host's GPU is not used

@@ -1,5 +1,5 @@
 """Start-up as a new user sees it: `python -m service` on the shipped models logs no error-level
-line on a CPU-only machine, and one line saying what it serves and where."""
+line on a CPU-only machine, and one line per worker saying what it serves and where."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from deployments import wait_for
 from shipped_service import newest_versions, shipped_service
 
 from service import device
+from service.layout import layout_for
 
 
 def nvidia_driver_present() -> bool:
@@ -33,26 +34,37 @@ def started(tmp_path_factory):
     log = tmp_path_factory.mktemp("startup") / "service.log"
     with shipped_service(log) as (_, port):
         wait_for(lambda: "ready:" in log.read_text(), timeout=30)
-        yield log.read_text(), port
+        yield log, port
+
+
+def shipped_log(started) -> str:
+    return started[0].read_text()
 
 
 @cpu_only
 def test_startup_on_a_cpu_only_machine_logs_no_error_line(started):
-    text, _ = started
+    text = shipped_log(started)
     errors = [line for line in text.splitlines() if ERROR_LINE.match(line)]
     assert not errors, text
 
 
 def test_one_line_says_what_is_served_on_which_device_by_how_many_workers_and_where(started):
-    text, port = started
-    lines = [line for line in text.splitlines() if " ready: " in line]
-    assert len(lines) == 1, text
+    _, port = started
+    workers = layout_for("auto").workers  # the default: a worker per core on CPUs
+    wait_for(lambda: len(ready_lines(shipped_log(started))) >= workers, timeout=30)
+    lines = ready_lines(shipped_log(started))
+    assert len(lines) == workers, shipped_log(started)  # one per worker
     line = lines[0]
     for name, version in newest_versions().items():
         assert f"{name} v{version}" in line
     assert "on /CPU:0" in line or "on /GPU:0" in line
-    assert "1 worker" in line
+    assert (f"; {workers} workers;" if workers > 1 else "; 1 worker;") in line
     assert f"API docs http://127.0.0.1:{port}/docs" in line
+    assert all(other.split(" ready: ")[1] == line.split(" ready: ")[1] for other in lines)
+
+
+def ready_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if " ready: " in line]
 
 
 @cpu_only
@@ -65,7 +77,7 @@ def test_device_gpu_without_a_gpu_fails_loudly(tmp_path):
 
 def test_tensorflow_logging_is_left_alone_where_its_errors_could_be_real(monkeypatch):
     monkeypatch.setattr(device, "_looks_for_cuda", lambda: True)
-    monkeypatch.setattr(device, "_nvidia_driver_present", lambda: False)
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: False)
     environ: dict[str, str] = {}
     device.quiet_tensorflow("gpu", environ)  # asked for a GPU: CUDA's complaints matter
     assert environ == {}
@@ -74,7 +86,7 @@ def test_tensorflow_logging_is_left_alone_where_its_errors_could_be_real(monkeyp
     environ = {"TF_CPP_MIN_LOG_LEVEL": "0"}
     device.quiet_tensorflow("cpu", environ)  # the user's choice stands
     assert environ == {"TF_CPP_MIN_LOG_LEVEL": "0"}
-    monkeypatch.setattr(device, "_nvidia_driver_present", lambda: True)
+    monkeypatch.setattr(device, "nvidia_driver_present", lambda: True)
     environ = {}
     device.quiet_tensorflow("auto", environ)  # a driver: a failure to use it is worth seeing
     assert environ == {}

@@ -1,5 +1,13 @@
-"""The plain client: `concurrency` asyncio tasks on one httpx.AsyncClient, each posting the
-payload's JPEGs in turn for `seconds`; prints JSON with every latency and each error.
+"""The plain client: `concurrency` asyncio tasks, each a client of its own (an httpx.AsyncClient
+with one keep-alive connection) posting the payload's JPEGs in turn for `seconds`; prints JSON
+with every latency and each error.
+
+One client each, as separate users would be, rather than one client's pool shared by all:
+httpcore's pool checks every connection it holds (`has_expired`: a poll and a getpeername
+system call each) whenever a request is assigned, so one pool of 32 connections spent 64% of
+the generator's CPU there (py-spy, 2026-12-02), and at 64 connections it saturated its core at
+about 95 requests/s whatever the server: every server measured the same. With a connection
+per client that check is one connection long.
 
     python -m benchmarks.peers.httpx_load URL PAYLOAD_DIR CONCURRENCY SECONDS
 """
@@ -27,12 +35,15 @@ def is_prediction(body: object) -> bool:
 async def drive(url: str, files: list[tuple[str, bytes]], concurrency: int, seconds: float) -> dict:
     latencies_ms: list[float] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        started = time.monotonic()
-        deadline = started + seconds
+    # Made before the clock starts: each client builds an SSL context (even for http://),
+    # some 25 ms of CPU, which at 64 clients delayed the first requests by over a second.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=60) for _ in range(concurrency)]
+    started = time.monotonic()
+    deadline = started + seconds
 
-        async def user(offset: int) -> None:
+    async def user(client: httpx.AsyncClient, offset: int) -> None:
+        async with client:
             for name, content in itertools.islice(itertools.cycle(files), offset, None):
                 if time.monotonic() >= deadline:
                     return
@@ -50,8 +61,8 @@ async def drive(url: str, files: list[tuple[str, bytes]], concurrency: int, seco
                 else:
                     latencies_ms.append(1000 * (time.monotonic() - sent))
 
-        await asyncio.gather(*(user(i) for i in range(concurrency)))
-        elapsed = time.monotonic() - started
+    await asyncio.gather(*(user(client, i) for i, client in enumerate(clients)))
+    elapsed = time.monotonic() - started
     return {"elapsed_s": elapsed, "latencies_ms": latencies_ms, "errors": errors}
 
 
