@@ -18,7 +18,7 @@ from benchmarks.peers.httpx_load import is_prediction
 from benchmarks.peers.loads import cpu_per_1000, nearest_rank
 from benchmarks.peers.model import pillow_decode
 from benchmarks.peers.payloads import enlarge, payload_files, training_photos
-from benchmarks.peers.tables import lead, to_markdown
+from benchmarks.peers.tables import lead, target, to_markdown
 
 
 def jpeg(colour: tuple[int, int, int], size=(32, 32)) -> bytes:
@@ -173,7 +173,18 @@ def test_lead_compares_the_service_with_the_fastest_peer_of_each_cell():
         cell("ray 2.60.0", "locust", "32px", 250.0, 20.0),
         cell("ray 2.60.0", "httpx", "32px", 90.0, 20.0),  # no service figure: no row
     ]
-    assert lead(cells) == [["locust", "32px", "8", "ray 2.60.0", "1.20", "40 / 40"]]
+    assert lead(cells) == [["locust", "32px", "8", "ray 2.60.0", "1.20", "12 / 12", "40 / 40", "under 1.25×"]]
+
+
+def test_the_target_is_a_lower_p50_at_one_client_and_a_lead_with_no_worse_p99_from_eight():
+    def figures(clients, p50, p99):
+        return {"clients": clients, "p50_ms": p50, "p99_ms": p99}
+
+    assert target(figures(1, 5, 30), figures(1, 6, 10), 0.9) == "met"  # one client: the p50 only
+    assert target(figures(1, 7, 10), figures(1, 6, 10), 2.0) == "p50 higher"
+    assert target(figures(8, 20, 40), figures(8, 30, 40), 1.25) == "met"
+    assert target(figures(32, 20, 41), figures(32, 30, 40), 1.3) == "p99 higher"
+    assert target(figures(64, 20, 50), figures(64, 30, 40), 1.1) == "under 1.25×; p99 higher"
 
 
 def test_the_plain_pillow_decode_gives_the_models_input_from_any_size_and_mode():

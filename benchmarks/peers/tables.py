@@ -73,7 +73,9 @@ def to_markdown(results: dict) -> str:
                     "clients",
                     "best peer",
                     "service ÷ best peer req/s",
+                    "p50 service / peer ms",
                     "p99 service / peer ms",
+                    "target",
                 ],
                 leads,
             ),
@@ -86,9 +88,22 @@ def to_markdown(results: dict) -> str:
     return "\n\n".join(parts)
 
 
+LEAD = 1.25  # the service's req/s over the best peer's the project aims for, from 8 clients up
+
+
+def target(service: dict, best: dict, ratio: float) -> str:
+    """The project's aim for one cell: at one client a p50 no higher than the best peer's; from
+    8 clients up LEAD times its req/s with a p99 no higher. "met", or what is missing."""
+    if service["clients"] == 1:
+        return "met" if service["p50_ms"] <= best["p50_ms"] else "p50 higher"
+    missing = [f"under {LEAD}×"] if not ratio >= LEAD else []
+    missing += ["p99 higher"] if service["p99_ms"] > best["p99_ms"] else []
+    return "; ".join(missing) or "met"
+
+
 def lead(cells: list[dict]) -> list[list[str]]:
     """For each generator, payload and client count with the service and a peer: the peer with
-    the most req/s, the service's ratio to it, and both p99s."""
+    the most req/s, the service's ratio to it, both p50s and p99s, and whether the target is met."""
     rows = []
     for key in dict.fromkeys((c["generator"], c["payload"], c["clients"]) for c in cells):
         same = [c for c in cells if (c["generator"], c["payload"], c["clients"]) == key]
@@ -98,8 +113,9 @@ def lead(cells: list[dict]) -> list[list[str]]:
             continue
         best = max(peers, key=lambda c: c["requests_per_s"])
         ratio = service["requests_per_s"] / best["requests_per_s"] if best["requests_per_s"] else math.nan
-        p99 = f"{_number(service['p99_ms'], 0)} / {_number(best['p99_ms'], 0)}"
-        rows.append([*map(str, key), best["server"], _number(ratio, 2), p99])
+        p50, p99 = (f"{_number(service[k], 0)} / {_number(best[k], 0)}" for k in ("p50_ms", "p99_ms"))
+        verdict = target(service, best, ratio)
+        rows.append([*map(str, key), best["server"], _number(ratio, 2), p50, p99, verdict])
     return rows
 
 
