@@ -44,6 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.decode_threads, thread_name_prefix="decode"
         )
         registry.start()
+        if settings.workers > 1:
+            # Workers share one listening socket, and a worker takes connections only once its
+            # lifespan has started: here, after its models are loaded (or rejected), so no
+            # request meets a worker still loading while another already serves. One worker
+            # serves at once, /healthz included, and says "loading" until it is ready.
+            await registry.first_scan()
         announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
         drain.install()
         try:

@@ -86,10 +86,15 @@ class ModelRegistry:
         self.warm_up_sizes = sorted({1, min(8, settings.max_batch_size), settings.max_batch_size})
         self._watcher: asyncio.Task | None = None
         self._refreshing = asyncio.Lock()  # the watcher and a caller must not load a version twice
+        self._first_scan_done = asyncio.Event()  # every model found was loaded or rejected once
 
     def start(self) -> None:
         """Load the models in the background (so /healthz answers meanwhile), then keep watching."""
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="model-watcher")
+
+    async def first_scan(self) -> None:
+        """Return once the first scan has loaded (or rejected) every model it found."""
+        await self._first_scan_done.wait()
 
     async def close(self) -> None:
         """Stop watching, then let every batcher finish the requests it holds."""
@@ -161,6 +166,7 @@ class ModelRegistry:
                 await self.refresh()
             except Exception:  # the watcher must outlive a bad scan (permissions, races)
                 log.exception("scanning %s failed", self.settings.model_dir)
+            self._first_scan_done.set()
             if not interval:
                 return
             await asyncio.sleep(interval)
