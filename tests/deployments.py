@@ -90,7 +90,8 @@ def wait_for(condition, timeout: float = 30, interval: float = 0.05):
 
 def service_settings(model_dir: Path, **overrides) -> Settings:
     """Settings for a test app: one worker, as an app in the test's process is. Small batches
-    keep the tests fast; hot reload is off unless asked for. (The environment is cleared of service settings for the whole session: see conftest.)"""
+    keep the tests fast; hot reload is off unless asked for. (The environment is cleared of
+    service settings for the whole session: see conftest.)"""
     return Settings(
         **{"model_dir": model_dir, "poll_interval_s": 0, "max_batch_size": 16, "workers": 1, **overrides}
     )
