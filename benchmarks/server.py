@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 
+from service.layout import layout_for
+
 REPO = Path(__file__).resolve().parent.parent
 APPS = ("service", "baseline")
 
@@ -80,16 +82,22 @@ def serve(
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            workers = int(env.get("WORKERS", "1"))
+            # Unset, the service runs its default layout's worker count (service/layout.py).
+            workers = int(env.get("WORKERS") or layout_for(env.get("DEVICE", "auto")).workers)
             wait_ready(url, process, ready_timeout, log_path, 10 if until_ready else 0, workers)
             yield Running(url, process.pid, process)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `grace_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_ready(

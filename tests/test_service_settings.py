@@ -79,7 +79,7 @@ def test_unset_the_layout_is_a_worker_per_usable_core_each_running_models_on_one
 
 def test_the_cores_counted_are_those_the_process_may_run_on():
     """CPU affinity (taskset, a container's cpuset) limits the default; a cgroup CPU quota
-    (docker --cpus, a Kubernetes CPU limit) does too: tests/test_docker.py."""
+    (docker --cpus, a Kubernetes CPU limit) does too: scripts/fault-drill checks it in containers."""
     count = "from service.settings import Settings; print(Settings(device='cpu').workers)"
     pinned = subprocess.run(
         [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{0}}); {count}"],

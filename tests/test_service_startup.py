@@ -3,7 +3,6 @@ line on a CPU-only machine, and one line per worker saying what it serves and wh
 
 from __future__ import annotations
 
-import ctypes
 import re
 
 import pytest
@@ -13,16 +12,9 @@ from shipped_service import newest_versions, shipped_service
 from service import device
 from service.layout import layout_for
 
-
-def nvidia_driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-cpu_only = pytest.mark.skipif(nvidia_driver_present(), reason="about machines without an NVIDIA driver")
+cpu_only = pytest.mark.skipif(
+    device.nvidia_driver_present(), reason="about machines without an NVIDIA driver"
+)
 
 # An error-level line from TensorFlow's C++ log (E0000 ...), Python's logging or uvicorn.
 ERROR_LINE = re.compile(r"^(E\d{4} |.*\bERROR\b|.*\bCRITICAL\b|Traceback)")

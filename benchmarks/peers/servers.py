@@ -22,6 +22,7 @@ import psutil
 from benchmarks.peers.httpx_load import is_prediction
 from benchmarks.peers.install import PEERS, venv_python
 from benchmarks.server import REPO, free_port, process_tree
+from benchmarks.server import stop as stop_process
 
 SERVERS = ("service", *PEERS)
 SERVICE = "this service (defaults)"  # its label in reports
@@ -108,12 +109,7 @@ def stop(process: subprocess.Popen) -> None:
         tree = process_tree(process.pid)
     except psutil.NoSuchProcess:
         tree = []
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
     for child in tree[1:]:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()

@@ -5,16 +5,15 @@ format; the same checks and the same image decoding as the service's own routes 
 
 from __future__ import annotations
 
-import functools
 from typing import cast
 
 import numpy as np
 from fastapi import Request
 
-from service.images import ImageRejected, decode_image
+from service.images import ImageRejected
 from service.predictor import Predictor
 from service.registry import ModelRegistry, ServedModel, UnknownModel
-from service.routes.predict import decode_all
+from service.routes.predict import decode_all, image_decoder
 from service.settings import Settings
 
 
@@ -77,13 +76,7 @@ async def decode_images(request: Request, predictor: Predictor, files: list[byte
     does (the same function, on the same decoder threads)."""
     settings: Settings = request.app.state.settings
     check_count(len(files), settings.max_batch_size)
-    decode = functools.partial(
-        decode_image,
-        size=predictor.image_size,
-        max_pixels=settings.max_image_pixels,
-        undo_enlargements=settings.undo_enlargements,
-    )
-    images = await decode_all(files, decode, request.app.state.decoders)
+    images = await decode_all(files, image_decoder(predictor, settings), request.app.state.decoders)
     for number, image in enumerate(images, 1):
         if isinstance(image, ImageRejected):
             raise BadInput(f"image {number}: {image}" if len(images) > 1 else str(image))

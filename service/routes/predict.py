@@ -138,12 +138,7 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
     # This request is served by this version, even across a swap; a live one (registry.get).
     predictor = cast(Predictor, served.predictor)
     settings: Settings = request.app.state.settings
-    decode = functools.partial(
-        decode_image,
-        size=predictor.image_size,
-        max_pixels=settings.max_image_pixels,
-        undo_enlargements=settings.undo_enlargements,
-    )
+    decode = image_decoder(predictor, settings)
     with served.live_batcher.expecting():
         files = await read_files(request, "file", settings.max_batch_size)
         images = await decode_all(files, decode, request.app.state.decoders)
@@ -158,6 +153,16 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
         for prediction, pixels in zip(predictions, batch, strict=True):
             prediction.input_png = encode_png(pixels)
     return predictions[0] if len(predictions) == 1 else Predictions(predictions=predictions)
+
+
+def image_decoder(predictor: Predictor, settings: Settings):
+    """decode_image for `predictor`'s input size under the service's limits: file bytes → rows."""
+    return functools.partial(
+        decode_image,
+        size=predictor.image_size,
+        max_pixels=settings.max_image_pixels,
+        undo_enlargements=settings.undo_enlargements,
+    )
 
 
 async def decode_all(files: Sequence[bytes | bytearray], decode, decoders: ThreadPoolExecutor) -> list:
