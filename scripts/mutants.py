@@ -1,0 +1,280 @@
+"""Mutation testing of the guard modules: each module's mutants run against that module's tests
+only (scripts/mutation.toml), and reports/mutation/ gets a page per module and a summary.
+
+    scripts/mutation                          # every module in scripts/mutation.toml
+    scripts/mutation service/deps.py          # the modules named
+    scripts/mutation --changed origin/main    # the modules changed since a git ref
+
+Each module is mutated in its own copy of the checkout (build/mutation/<module>/) by cosmic-ray,
+one mutant at a time; its tests run with -x in forks of one warm pytest process
+(scripts/warm_pytest.py). Exit status 1 when a survivor has no reason in scripts/mutation.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "scripts" / "mutation.toml"
+BUILD = ROOT / "build" / "mutation"
+REPORTS = ROOT / "reports" / "mutation"
+
+
+@dataclass
+class Survivor:
+    path: str
+    line: int
+    operator: str
+    diff: str
+    text: str
+    reason: str | None = None
+
+
+@dataclass
+class Outcome:
+    path: str
+    tests: list[str]
+    mutants: int = 0
+    killed: int = 0
+    timeouts: int = 0
+    seconds: float = 0.0
+    survivors: list[Survivor] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return self.killed / self.mutants if self.mutants else 1.0
+
+
+def slug(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", path.removesuffix(".py")).strip("_")
+
+
+def copy_checkout(target: Path) -> None:
+    """Tracked and untracked-but-not-ignored files: what a clean clone plus the edits holds."""
+    if target.exists():
+        shutil.rmtree(target)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, listed):
+        source = ROOT / name.decode()
+        if source.is_file():
+            (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name.decode())
+
+
+def mutate_module(module: dict, excluded: list[str], python: str) -> Outcome:
+    path, tests = module["path"], module["tests"]
+    work = BUILD / slug(path)
+    copy_checkout(work)
+    socket = str(work / "warm.sock")
+    env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+    server = subprocess.Popen(
+        [python, "scripts/warm_pytest.py", "serve", socket], cwd=work, env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        while not Path(socket).exists():
+            if server.poll() is not None:
+                raise SystemExit(f"{path}: the warm pytest process exited with {server.returncode}")
+            time.sleep(0.2)
+        pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *tests]
+        started = time.monotonic()
+        baseline = subprocess.run(
+            [python, "scripts/warm_pytest.py", "run", socket, "1800", *pytest_args], cwd=work, env=env
+        )
+        clean_seconds = time.monotonic() - started
+        if baseline.returncode != 0:
+            raise SystemExit(f"{path}: its tests fail before any mutation ({' '.join(tests)})")
+        # A mutant that makes the tests hang is killed by the timeout, well past a clean run.
+        timeout = round(max(30.0, 3 * clean_seconds + 10))
+        run = f"{python} scripts/warm_pytest.py run {socket} {timeout} {' '.join(pytest_args)}"
+        config = work / "cosmic-ray.toml"
+        config.write_text(
+            "[cosmic-ray]\n"
+            f"module-path = {json.dumps(path)}\n"
+            f"timeout = {timeout + 30}\n"
+            "excluded-modules = []\n"
+            f"test-command = {json.dumps(run)}\n"
+            "[cosmic-ray.distributor]\nname = 'local'\n"
+            "[cosmic-ray.filters.operators-filter]\n"
+            f"exclude-operators = {json.dumps(excluded)}\n"
+        )
+        bin_dir = Path(python).parent
+        session = work / "session.sqlite"
+        for command in (
+            ["cosmic-ray", "init", config.name, session.name],
+            ["cr-filter-operators", session.name, config.name],
+            ["cr-filter-pragma", session.name],
+            ["cosmic-ray", "exec", config.name, session.name],
+        ):
+            subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=work, env=env, check=True)
+        dump = subprocess.run(
+            [str(bin_dir / "cosmic-ray"), "dump", session.name],
+            cwd=work,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        if server.poll() is None:
+            subprocess.run([python, "scripts/warm_pytest.py", "stop", socket], cwd=work, env=env)
+            server.wait(timeout=60)
+    outcome = Outcome(path, tests, seconds=time.monotonic() - started)
+    lines = (work / path).read_text().splitlines()
+    for entry in filter(None, dump.splitlines()):
+        item, result = json.loads(entry)
+        if result is None or result["worker_outcome"] == "skipped":
+            continue
+        outcome.mutants += 1
+        mutation = item["mutations"][0]
+        if result["test_outcome"] == "survived":
+            line = mutation["start_pos"][0]
+            operator, diff = mutation["operator_name"], result.get("diff") or ""
+            outcome.survivors.append(Survivor(path, line, operator, diff, lines[line - 1].strip()))
+        else:
+            outcome.killed += 1
+            outcome.timeouts += result.get("output") == "timeout"
+    return outcome
+
+
+def explain(outcome: Outcome, equivalents: list[dict]) -> None:
+    for survivor in outcome.survivors:
+        for known in equivalents:
+            if (known["path"], known["line"], known["operator"]) == (
+                survivor.path,
+                survivor.text,
+                survivor.operator,
+            ):
+                survivor.reason = known["reason"]
+
+
+def module_page(outcome: Outcome) -> str:
+    page = [
+        f"# Mutants of `{outcome.path}`",
+        "",
+        f"Tests: {', '.join(f'`{t}`' for t in outcome.tests)}",
+        "",
+        f"**{outcome.killed} of {outcome.mutants} killed ({outcome.score:.1%})**"
+        f", {outcome.timeouts} of them by the timeout; {len(outcome.survivors)} survived;"
+        f" {outcome.seconds:.0f} s.",
+        "",
+    ]
+    if outcome.survivors:
+        page += ["## Survivors", ""]
+    for survivor in outcome.survivors:
+        reason = f"equivalent: {survivor.reason}" if survivor.reason else "**unexplained**"
+        page += [
+            f"### {survivor.path}:{survivor.line} `{survivor.operator}`",
+            "",
+            reason,
+            "",
+            "```diff",
+            survivor.diff.strip(),
+            "```",
+            "",
+        ]
+    return "\n".join(page)
+
+
+def summary_page(outcomes: list[dict]) -> str:
+    killed = sum(o["killed"] for o in outcomes)
+    mutants = sum(o["mutants"] for o in outcomes)
+    page = [
+        "# Mutation score of the guard modules",
+        "",
+        "Written by `scripts/mutation` (docs/mutation.md); one page per module beside this one.",
+        "",
+        "| module | killed | mutants | score | survivors (all equivalent?) | seconds |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for o in outcomes:
+        explained = "yes" if o["unexplained"] == 0 else f"**{o['unexplained']} unexplained**"
+        score = o["killed"] / max(o["mutants"], 1)
+        page.append(
+            f"| [`{o['path']}`]({slug(o['path'])}.md) | {o['killed']} | {o['mutants']} "
+            f"| {score:.1%} | {o['survivors']} ({explained}) | {o['seconds']:.0f} |"
+        )
+    page += ["", f"**Total: {killed} of {mutants} killed ({killed / max(mutants, 1):.1%}).**", ""]
+    return "\n".join(page)
+
+
+def changed_since(ref: str) -> set[str]:
+    names = subprocess.run(
+        ["git", "diff", "--name-only", ref, "--"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    return set(names.split())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("modules", nargs="*", help="source files from scripts/mutation.toml (default: all)")
+    parser.add_argument("--changed", metavar="REF", help="only the modules changed since this git ref")
+    args = parser.parse_args()
+    config = tomllib.loads(CONFIG.read_text())
+    modules = config["module"]
+    known = {m["path"] for m in modules}
+    unknown = set(args.modules) - known
+    if unknown:
+        parser.error(f"not in scripts/mutation.toml: {', '.join(sorted(unknown))}")
+    if args.modules:
+        modules = [m for m in modules if m["path"] in args.modules]
+    if args.changed:
+        changed = changed_since(args.changed)
+        modules = [m for m in modules if m["path"] in changed]
+    python = sys.executable
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    unexplained = 0
+    for module in modules:
+        print(f"== {module['path']} against {' '.join(module['tests'])}", flush=True)
+        outcome = mutate_module(module, config["exclude-operators"], python)
+        explain(outcome, config.get("equivalent", []))
+        (REPORTS / f"{slug(outcome.path)}.md").write_text(module_page(outcome))
+        missing = sum(s.reason is None for s in outcome.survivors)
+        unexplained += missing
+        (REPORTS / f"{slug(outcome.path)}.json").write_text(
+            json.dumps(
+                {
+                    "path": outcome.path,
+                    "killed": outcome.killed,
+                    "mutants": outcome.mutants,
+                    "survivors": len(outcome.survivors),
+                    "unexplained": missing,
+                    "seconds": round(outcome.seconds),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+        print(
+            f"   {outcome.killed}/{outcome.mutants} killed ({outcome.score:.1%}), "
+            f"{missing} survivors unexplained, {outcome.seconds:.0f} s",
+            flush=True,
+        )
+    outcomes = [
+        json.loads(page.read_text())
+        for page in sorted(REPORTS.glob("*.json"))
+        if json.loads(page.read_text())["path"] in known
+    ]
+    (REPORTS / "README.md").write_text(summary_page(outcomes))
+    print((REPORTS / "README.md").read_text())
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
