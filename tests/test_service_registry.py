@@ -93,23 +93,31 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypa
 def test_with_several_workers_each_takes_requests_only_once_its_models_are_loaded(model_dir, monkeypatch):
     """Workers share the listening socket: one still loading must not answer "loading" to a
     request while another worker is ready for it. (One worker serves /healthz meanwhile: above.)"""
-    gate = threading.Event()
+    loading, gate = threading.Event(), threading.Event()
+    order: list[str] = []
     load = registry_module.load_predictor
 
     def held_load(*args):
-        gate.wait(30)
-        return load(*args)
+        loading.set()
+        gate.wait(30)  # held until the opener below sees the worker loading: no timer
+        predictor = load(*args)
+        order.append("loaded")
+        return predictor
+
+    def opener():
+        loading.wait(30)
+        gate.set()
 
     monkeypatch.setattr(registry_module, "load_predictor", held_load)
-    opener = threading.Timer(0.5, gate.set)
-    opener.start()
+    threading.Thread(target=opener, daemon=True).start()
     try:
         with serving(model_dir, ready=False, workers=2) as client:
-            assert gate.is_set(), "the worker started serving before its models were loaded"
+            order.append("serving")
+            assert order == ["loaded", "loaded", "serving"], "the worker served before its models loaded"
             assert client.get("/readyz").status_code == 200
             assert client.post("/predict/iris", json=FEATURES).status_code == 200
     finally:
-        opener.cancel()
+        gate.set()
 
 
 def test_models_describes_what_is_live(client, exports):
