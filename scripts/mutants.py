@@ -90,7 +90,7 @@ def mutate_module(module: dict, excluded: list[str], python: str) -> Outcome:
             if server.poll() is not None:
                 raise SystemExit(f"{path}: the warm pytest process exited with {server.returncode}")
             time.sleep(0.2)
-        pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *tests]
+        pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *module.get("pytest-args", []), *tests]
         started = time.monotonic()
         baseline = subprocess.run(
             [python, "scripts/warm_pytest.py", "run", socket, "1800", *pytest_args], cwd=work, env=env

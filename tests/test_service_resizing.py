@@ -164,3 +164,54 @@ def test_the_setting_turns_undoing_off_for_uploads(shared_models, exports):
     # The tiny model barely tells the two inputs apart: compare closely enough that it must.
     assert np.allclose(list(body["probabilities"].values()), expected, rtol=0, atol=1e-6)
     assert not np.allclose(offline(exports["cifar10"], undone[None])[0], expected, rtol=0, atol=1e-6)
+
+
+def saturated(size: tuple[int, int], seed: int) -> Image.Image:
+    """Noise with black and white pixels in it: an original whose recovery must reach 0 and 255."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[0, 0], pixels[-1, -1] = 0, 255
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("interpolator", [Image.NEAREST, Image.BILINEAR])
+def test_a_non_square_enlargement_comes_back_bit_for_bit_black_and_white_included(interpolator):
+    original = saturated((24, 16), seed=11)
+    enlarged = original.resize((72, 48), interpolator)
+    recovered = resizing.to_model_size(enlarged, (24, 16))  # undoing is the default
+    assert recovered.shape == (16, 24, 3)
+    assert np.array_equal(recovered, np.asarray(original))
+
+
+def test_a_tiny_model_size_enlarged_a_few_times_comes_back():
+    original = saturated((4, 3), seed=12)
+    assert np.array_equal(resizing.to_model_size(original.resize((12, 9), Image.NEAREST), (4, 3)), original)
+
+
+def test_enlargements_up_to_max_enlargement_are_undone_and_larger_ones_resized():
+    assert MAX_ENLARGEMENT == 8  # documented in service.resizing: "enlarged 2-8x"
+    original = saturated((32, 32), seed=13)
+    at_most = original.resize((32 * 8, 32 * 8), Image.NEAREST)
+    assert np.array_equal(resizing.to_model_size(at_most, (32, 32)), original)
+    beyond = original.resize((32 * 9, 32 * 9), Image.NEAREST)
+    lanczos = np.asarray(beyond.resize((32, 32), Image.LANCZOS, reducing_gap=resizing.REDUCING_GAP))
+    assert np.array_equal(resizing.to_model_size(beyond, (32, 32)), lanczos)
+    assert not np.array_equal(lanczos, original)
+
+
+def test_not_built_yet_names_both_sizes_width_by_height():
+    resizing.clear_cache()
+    enlarged = saturated((24, 16), seed=14).resize((50, 35), Image.BICUBIC)
+    with pytest.raises(NotBuiltYet, match=r"^50x35 to 24x16$"):
+        resizing.to_model_size(enlarged, (24, 16), build=False)
+
+
+def test_the_matrix_cache_keeps_the_newest_256_entries():
+    resizing.clear_cache()
+    keys = [(2, enlarged, Image.NEAREST) for enlarged in range(2, 2 + 257)]
+    for key in keys:
+        resizing.enlargement(*key)
+    assert len(resizing._matrices) == 256
+    assert (
+        keys[0] not in resizing._matrices and keys[1] in resizing._matrices and keys[-1] in resizing._matrices
+    )
+    resizing.clear_cache()
