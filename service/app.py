@@ -64,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Image and feature classifiers",
-        summary="Serves the SavedModels exported by `training`, with dynamic micro-batching.",
+        # The description, not the summary: Swagger UI and ReDoc render it as Markdown, and show
+        # a summary as typed, backticks and all.
+        description="Serves the SavedModels exported by `training`, with dynamic micro-batching.",
         version="1",
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry looks for configured providers on every request, a cost

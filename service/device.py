@@ -6,6 +6,9 @@ import ctypes
 import importlib.metadata
 import logging
 import os
+import re
+import sys
+import tempfile
 from collections.abc import MutableMapping
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,38 @@ def quiet_tensorflow(device: str, environ: MutableMapping[str, str] = os.environ
     """
     if device != "gpu" and _looks_for_cuda() and not nvidia_driver_present():
         environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+# TensorFlow's C++ start-up notices at INFO level ("I1206 12:00:00.000 port.cc:153] oneDNN custom
+# operations are on ...", the CPU feature guard and its continuation line), and absl's remark that
+# they came before its log was set up.
+_IMPORT_NOTICE = re.compile(
+    r"I\d{4} .*|To enable the following instructions: .*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up notices left out of stderr, and nothing else.
+
+    TensorFlow 2.21 logs its INFO notices through absl while the shared libraries load, before
+    TF_CPP_MIN_LOG_LEVEL is read, so a user's first sight of the service was a "WARNING" that
+    warns of nothing. During the import the process's stderr goes to a file; every line but
+    those notices is written back, so warnings and errors still show, in order.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401  # imported for its side effect, once per process
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            sys.stderr.write("".join(f"{line}\n" for line in lines if not _IMPORT_NOTICE.fullmatch(line)))
+            sys.stderr.flush()
 
 
 def _looks_for_cuda() -> bool:

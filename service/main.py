@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from service.app import create_app
-from service.settings import Settings
+from service.device import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # first, before anything below imports it
+
+from service.app import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 settings = Settings()
 logging.basicConfig(

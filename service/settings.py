@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     model_versions: Annotated[dict[str, int], NoDecode] = {}
     # Seconds between scans of model_dir for new versions; 0 turns hot reload off.
     poll_interval_s: float = Field(10.0, ge=0)
+
+    # Where models run: auto (a GPU when one is visible), cpu, or gpu (start-up fails without one).
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # Server processes, each with its own event loop, copy of the models and batcher, and
     # TensorFlow's thread pools in each; 0 threads lets TensorFlow choose (one per core). Unset,
@@ -61,6 +63,7 @@ class Settings(BaseSettings):
     # Origins allowed by CORS, e.g. CORS_ORIGINS="https://a.example,https://b.example"; none: off.
     cors_origins: Annotated[list[str], NoDecode] = []
 
+    # Where the server listens, what it logs, and whether it logs every request.
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -353,6 +353,12 @@ def test_the_models_panel_shows_what_models_says(browser, service):
         accuracy = model["metrics"].get("validation", {}).get("accuracy")
         if accuracy is not None:
             assert f"{accuracy:.4g}" in section.text
+    calibrated = [(s, m) for s, m in zip(sections, models, strict=True) if m["temperature"] is not None]
+    assert calibrated, "the shipped models are calibrated: /models gives their temperature"
+    for section, model in calibrated:
+        assert "Calibration" in section.text
+        assert f"temperature\n{model['temperature']:.4g}" in section.text
+        assert f"validation ECE\n{model['validation_ece']:.4g}" in section.text
     assert css(browser, "#readiness")[0].get_attribute("data-ready") == "true"
     screenshot(browser, "page-models.png", full_page=True)
 
@@ -364,6 +370,9 @@ def test_the_api_docs_render_with_no_network(browser, service):
     open_page(browser, f"{service}/docs")
     blocks = wait(browser, lambda d: len(css(d, ".opblock")) >= operations and css(d, ".opblock"))
     assert any("/predict/image" in block.text for block in blocks)
+    # Markdown in the API's description is rendered, not shown as typed.
+    assert "`" not in css(browser, ".information-container")[0].text
+    assert css(browser, ".information-container code")
     screenshot(browser, "docs-offline.png")
 
     assert not csp_violations(browser)

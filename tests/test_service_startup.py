@@ -40,6 +40,13 @@ def test_startup_on_a_cpu_only_machine_logs_no_error_line(started):
     assert not errors, text
 
 
+def test_startup_shows_none_of_tensorflows_info_notices(started):
+    """No "WARNING: All log messages before absl::InitializeLog() ..." announcing oneDNN's notice."""
+    text = shipped_log(started)
+    assert "absl::InitializeLog" not in text, text
+    assert not re.search(r"^I\d{4} ", text, re.M), text
+
+
 def test_one_line_says_what_is_served_on_which_device_by_how_many_workers_and_where(started):
     _, port = started
     workers = layout_for("auto").workers  # the default: a worker per core on CPUs

@@ -422,6 +422,10 @@ function modelSection(model) {
   if (model.device) rows.push(["device", model.device]);
   if (model.input) rows.push(["input", `${model.input.name} [${model.input.shape.map((d) => d ?? "batch").join(", ")}] ${model.input.dtype}`]);
   if (model.labels) rows.push(["labels", model.labels.join(", ")]);
+  // What /models says of the live version's calibration; both null when it is uncalibrated.
+  const calibration = [];
+  if (model.temperature != null) calibration.push(["temperature", formatValue(model.temperature)]);
+  if (model.validation_ece != null) calibration.push(["validation ECE", formatValue(model.validation_ece)]);
   return el(
     "article",
     { class: "model", "data-model": model.name },
@@ -429,8 +433,8 @@ function modelSection(model) {
     definitions(rows),
     model.metrics ? el("h4", { text: "Metrics" }) : null,
     model.metrics ? definitions(flatten(model.metrics)) : null,
-    model.calibration ? el("h4", { text: "Calibration" }) : null,
-    model.calibration ? definitions(flatten(model.calibration)) : null,
+    calibration.length ? el("h4", { text: "Calibration" }) : null,
+    calibration.length ? definitions(calibration) : null,
     cardLink(model),
   );
 }

@@ -1,8 +1,9 @@
-"""README.md's shell examples run as written, against `python -m service` on the shipped models.
+"""The shell examples of README.md and of every page of the docs run as written, against
+`python -m service` on the shipped models.
 
 Every fenced ```sh block runs with bash from the repository's root, `localhost:8000` pointing at
 the test's server, unless the line right above its fence says why not:
-`<!-- readme-test: skip (reason) -->`. A block is cut into steps at its `# →` lines; each step
+`<!-- docs-test: skip (reason) -->`. A block is cut into steps at its `# →` lines; each step
 must exit 0 (curl fails on an HTTP error unless the `# →` line names the status, as in
 `# → 422 {...}`), and prints what its `# →` line shows: JSON with the same keys and the same
 strings, booleans and integers (numbers with a fraction only have to be numbers: they move with
@@ -14,21 +15,25 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
 from shipped_service import ROOT, newest_versions, shipped_service
 
-README = ROOT / "README.md"
-SKIP = re.compile(r"<!-- readme-test: skip \((?P<reason>[^)]+)\) -->")
+# README.md and every page of the site; the model cards' pages are made from the exports at build time.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+SKIP = re.compile(r"<!-- docs-test: skip \((?P<reason>[^)]+)\) -->")
 EXPECTED = "# →"
 STATUS = re.compile(r"(?P<status>[1-5]\d\d)\s+(?P<body>.*)", re.S)
 
 
 @dataclass(frozen=True)
 class Block:
+    page: str  # relative to the repository
     line: int  # of the opening fence, 1-based
     text: str
     skip: str | None  # the reason, when marked
@@ -40,7 +45,7 @@ class Step:
     expected: str | None  # the text after "# →"
 
 
-def sh_blocks(markdown: str) -> list[Block]:
+def sh_blocks(page: str, markdown: str) -> list[Block]:
     lines = markdown.splitlines()
     blocks, start = [], None
     for number, line in enumerate(lines):
@@ -49,7 +54,7 @@ def sh_blocks(markdown: str) -> list[Block]:
         elif start is not None and line.strip() == "```":
             marker = SKIP.fullmatch(lines[start - 1].strip()) if start else None
             text = "\n".join(lines[start + 1 : number])
-            blocks.append(Block(start + 1, text, marker["reason"] if marker else None))
+            blocks.append(Block(page, start + 1, text, marker["reason"] if marker else None))
             start = None
     return blocks
 
@@ -67,7 +72,7 @@ def steps(block: Block) -> list[Step]:
     return found
 
 
-BLOCKS = sh_blocks(README.read_text())
+BLOCKS = [block for path in PAGES for block in sh_blocks(str(path.relative_to(ROOT)), path.read_text())]
 RUN = [block for block in BLOCKS if block.skip is None]
 
 
@@ -80,7 +85,7 @@ def without_ellipses(text: str) -> str:
 
 
 def mismatches(expected, actual, where: str = "") -> list[str]:
-    """How `actual` differs from the README's `expected` (a subset, numbers with fractions loose)."""
+    """How `actual` differs from the page's `expected` (a subset, numbers with fractions loose)."""
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
             return [f"{where or 'output'}: expected an object, got {actual!r}"]
@@ -107,12 +112,12 @@ def mismatches(expected, actual, where: str = "") -> list[str]:
     return (
         []
         if expected == actual and type(expected) is type(actual)
-        else [f"{where}: README says {expected!r}, got {actual!r}"]
+        else [f"{where}: the page says {expected!r}, got {actual!r}"]
     )
 
 
 def shown_versions(value) -> list[tuple[str, str]]:
-    """(model, version) pairs a README output shows."""
+    """(model, version) pairs an output on a page shows."""
     if isinstance(value, list):
         return [pair for item in value for pair in shown_versions(item)]
     if not isinstance(value, dict):
@@ -127,21 +132,22 @@ def shown_versions(value) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
-    with shipped_service(tmp_path_factory.mktemp("readme") / "service.log") as (_, port):
+    with shipped_service(tmp_path_factory.mktemp("docs") / "service.log") as (_, port):
         yield port
 
 
 def run(step: Step, port: int) -> tuple[int | None, str]:
-    """Run a step as README's reader would; (HTTP status when the README names one, stdout)."""
+    """Run a step as the page's reader would; (HTTP status when the page names one, stdout)."""
     status = STATUS.fullmatch(step.expected or "")
-    # Quiet curl, failing on HTTP errors; or, where the README shows an error, printing its status.
+    # Quiet curl, failing on HTTP errors; or, where the page shows an error, printing its status.
     options = '--write-out "\\n%{http_code}"' if status else "--fail-with-body"
     script = (
         "set -euo pipefail\n"
         f'curl() {{ command curl --silent --show-error {options} "$@"; }}\n'
-        + step.commands.replace("localhost:8000", f"localhost:{port}").replace(
-            "127.0.0.1:8000", f"127.0.0.1:{port}"
-        )
+        + step.commands.replace("localhost:8000", f"localhost:{port}")
+        .replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        # The reader's .venv, set up as the page says, is the environment running these tests.
+        .replace(".venv/bin/python", shlex.quote(sys.executable))
     )
     result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (
@@ -154,24 +160,29 @@ def run(step: Step, port: int) -> tuple[int | None, str]:
 
 
 def test_curl_is_there_to_run_the_examples():
-    assert shutil.which("curl"), "README's examples use curl: install it (apt-get install curl)"
+    assert shutil.which("curl"), "the docs' examples use curl: install it (apt-get install curl)"
 
 
-def test_skipped_blocks_say_why_and_markers_sit_on_a_fence():
-    lines = README.read_text().splitlines()
+@pytest.mark.parametrize("path", PAGES, ids=[str(path.relative_to(ROOT)) for path in PAGES])
+def test_skipped_blocks_say_why_and_markers_sit_on_a_fence(path):
+    lines = path.read_text().splitlines()
     for number, line in enumerate(lines):
-        if line.strip().startswith("<!--") and "readme-test" in line:  # a marker, not prose about one
-            assert SKIP.fullmatch(line.strip()), f"README.md:{number + 1}: malformed marker {line!r}"
-            assert lines[number + 1].strip() == "```sh", f"README.md:{number + 1}: no ```sh fence below"
+        where = f"{path.relative_to(ROOT)}:{number + 1}"
+        # A block under the old marker (readme-test) would run instead of being skipped.
+        assert "readme-test" not in line, f"{where}: the marker is <!-- docs-test: skip (reason) -->"
+        if line.strip().startswith("<!--") and "docs-test" in line:  # a marker, not prose about one
+            assert SKIP.fullmatch(line.strip()), f"{where}: malformed marker {line!r}"
+            assert lines[number + 1].strip() == "```sh", f"{where}: no ```sh fence below"
 
 
-def test_the_readme_has_examples_that_talk_to_the_service():
-    assert any("localhost:8000" in block.text for block in RUN)
+def test_the_readme_and_the_docs_have_examples_that_talk_to_the_service():
+    for page in ("README.md", "docs/api/native.md"):
+        assert any("localhost:8000" in block.text for block in RUN if block.page == page), page
     assert any(step.expected for block in RUN for step in steps(block))
 
 
-@pytest.mark.parametrize("block", RUN, ids=[f"README.md:{block.line}" for block in RUN])
-def test_readme_block_runs_as_written(block, port):
+@pytest.mark.parametrize("block", RUN, ids=[f"{block.page}:{block.line}" for block in RUN])
+def test_docs_block_runs_as_written(block, port):
     newest = {name: str(version) for name, version in newest_versions().items()}
     for step in steps(block):
         status, output = run(step, port)
@@ -188,12 +199,12 @@ def test_readme_block_runs_as_written(block, port):
             position = 0
             for piece in (p.strip() for p in expected_text.split("...")):
                 found = output.find(piece, position)
-                assert found >= 0, f"{step.commands}\nREADME shows {expected_text!r}; got:\n{output}"
+                assert found >= 0, f"{step.commands}\nthe page shows {expected_text!r}; got:\n{output}"
                 position = found + len(piece)
             continue
         for model, version in shown_versions(expected):
             assert version == newest.get(model), (
-                f"README shows {model} version {version}; the newest shipped is {newest.get(model)}"
+                f"the page shows {model} version {version}; the newest shipped is {newest.get(model)}"
             )
         problems = mismatches(expected, json.loads(output))
         assert not problems, f"{step.commands}\n" + "\n".join(problems) + f"\ngot: {output}"

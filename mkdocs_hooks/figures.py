@@ -1,0 +1,215 @@
+"""MkDocs hook: every table of figures in the docs, made at build time from the committed files.
+
+A page asks for one with an HTML comment on a line of its own, which stays invisible where the
+Markdown is read without this hook:
+
+    <!-- figures: models -->                 the shipped models, from their metadata.json
+    <!-- figures: peers PATH -->             the service against its peers, from a results JSON
+    <!-- figures: recipe-ceiling PATH -->    the recipe's accuracy ceiling, from a results JSON
+    <!-- figures: settings -->               the service's settings, from service/settings.py
+
+Each table is stamped with where its figures come from (file and commit), when and on what they
+were measured, and the commit the page was built from. An unknown request fails the build.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # this checkout's mkdocs_hooks/, benchmarks/ and service/
+    sys.path.insert(0, str(ROOT))
+
+from mkdocs_hooks.stamp import line, source  # noqa: E402
+
+REQUEST = re.compile(r"^<!-- figures: (?P<kind>[\w-]+)(?: (?P<path>\S+))? -->$", re.M)
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    return REQUEST.sub(lambda m: figures(m["kind"], m["path"], page.file.src_uri), markdown)
+
+
+def figures(kind: str, path: str | None, where: str) -> str:
+    makers = {"models": models, "peers": peers, "recipe-ceiling": recipe_ceiling, "settings": settings}
+    if kind not in makers or (path is None) != (kind in ("models", "settings")):
+        raise ValueError(f"{where}: no such figures request: {kind} {path or ''}")
+    return makers[kind](ROOT / path) if path else makers[kind]()
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f}%"
+
+
+def models() -> str:
+    """One row per shipped version: how it was made, its accuracy and its calibration."""
+    metadata = sorted(
+        ROOT.glob("models/*/*/assets.extra/metadata.json"),
+        key=lambda p: (p.parts[-4], -int(p.parts[-3])),
+    )
+    newest = {}
+    rows = []
+    for path in metadata:
+        meta = json.loads(path.read_text())
+        name, version = meta["name"], str(meta["version"])
+        served = newest.setdefault(name, version) == version
+        metrics, training = meta.get("metrics", {}), meta.get("training", {})
+        accuracy = [f"validation {percent(metrics['validation']['accuracy'])}"]
+        if "test" in metrics:
+            accuracy.append(f"test {percent(metrics['test']['accuracy'])}")
+        if cv := metrics.get("cross_validation"):
+            accuracy.append(
+                f"{cv['folds']}-fold CV {percent(cv['mean_accuracy'])} ± {percent(cv['std_accuracy'])}"
+            )
+        if calibration := meta.get("calibration"):
+            before, after = calibration["before"], calibration["after"]
+            calibrated = (
+                f"T = {calibration['temperature']:.3g} (on {calibration['fitted_on']}); "
+                f"ECE {before['ece']:.3f} → {after['ece']:.3f}, NLL {before['nll']:.3f} → {after['nll']:.3f}"
+            )
+        else:
+            calibrated = "uncalibrated"
+        made = (meta.get("lineage") or {}).get("command") or training.get("command", "")
+        trained = (
+            f"{training.get('training_seconds', 0) / 60:.1f} min on {training.get('devices', 1)} "
+            f"{training.get('accelerator', '?')}, {training.get('precision', 'float32')}, "
+            f"{training.get('date', '?')[:10]}"
+        )
+        rows.append(
+            [
+                f"`{name}/{version}`" + (" (served)" if served else ""),
+                f"`{made}`",
+                "; ".join(accuracy),
+                calibrated,
+                trained + (" (the source version's fit)" if meta.get("lineage") else ""),
+            ]
+        )
+    headers = ["model", "made by", "accuracy", "calibration", "fit took"]
+    sources = ", ".join(source(p) for p in metadata)
+    return table(headers, rows) + "\n\n" + line(f"each version's `metadata.json`: {sources}")
+
+
+def peers(path: Path) -> str:
+    """The service against the best peer in each cell, and what each server costs to run."""
+    from benchmarks.peers.tables import lead  # the report's own comparison, not a copy of it
+
+    results = json.loads(path.read_text())
+    c = results["conditions"]
+    servers = table(
+        ["server", "start-up s", "RSS MB after warm-up"],
+        [
+            [s["label"], f"{s['startup_s']:.1f}", str(s["rss_mb"])]
+            if "error" not in s
+            else [s["label"], f"failed: {s['error']}", "–"]
+            for s in results["servers"]
+        ],
+    )
+    leads = table(
+        [
+            "generator",
+            "payload",
+            "clients",
+            "best peer",
+            "service ÷ best req/s",
+            "p50 ms",
+            "p99 ms",
+            "target",
+        ],
+        lead(results["cells"]),
+    )
+    measured = (
+        f"{source(path)}: `{c['command']}`, measured {c['date'][:16].replace('T', ' ')} UTC on "
+        f"{results['model']}, {c['cpus']} CPUs ({c['platform']}, load average {c['load_average_1m']} "
+        f"at start), Python {c['python']}"
+    )
+    return f"{leads}\n\n{servers}\n\n{line(measured)}"
+
+
+def recipe_ceiling(path: Path) -> str:
+    """Validation accuracy of the recipe's variants, mean of the seeds, and their compute."""
+    results = json.loads(path.read_text())
+    runs = results["results"]
+    baseline = sum(r["seconds"] for r in runs["epochs_18"]["runs"]) / len(runs["epochs_18"]["runs"])
+    rows = []
+    for name, result in runs.items():
+        config, accuracy = result["config"], result["validation_accuracy_percent"]
+        seconds = sum(r["seconds"] for r in result["runs"]) / len(result["runs"])
+        rows.append(
+            [
+                f"`{name}`",
+                f"{config['epochs']}",
+                "/".join(map(str, config["widths"])) + (", residual" if config["residual"] else ""),
+                f"{config['translate']} px" + (f", cutout {config['cutout']}" if config["cutout"] else ""),
+                f"{seconds / baseline:.2f}",
+                " / ".join(f"{accuracy[k]:.1f}%" for k in ("none", "flip", "flip_translate")),
+            ]
+        )
+    headers = [
+        "recipe",
+        "epochs",
+        "widths",
+        "translations",
+        "compute (× 18 epochs)",
+        "validation accuracy: no TTA / flip / flip + translate",
+    ]
+    _, machine, day = path.stem.rsplit("_", 2)
+    measured = (
+        f"{source(path)}, measured {day[:4]}-{day[4:6]}-{day[6:]} on {machine.upper()} "
+        f"(the file's name), mean of {results['seeds']} seeds"
+    )
+    return table(headers, rows) + "\n\n" + line(measured)
+
+
+SETTING = re.compile(r"^    (?P<name>[a-z_]+): .+$")
+
+
+def settings() -> str:
+    """Every setting: its variable, its default and the comment above it in service/settings.py."""
+    from service.settings import Settings
+
+    path = ROOT / "service" / "settings.py"
+    rows, comment, group = [], [], []
+
+    def close_group() -> None:
+        if group:
+            rows.append(
+                [
+                    ", ".join(f"`{n.upper()}`" for n in group),
+                    " / ".join(map(default, group)),
+                    " ".join(comment),
+                ]
+            )
+
+    for text in path.read_text().splitlines():
+        stripped = text.strip()
+        if stripped.startswith("#") and text.startswith("    #"):
+            if group:  # a new comment starts a new row
+                close_group()
+                group, comment = [], []
+            comment.append(stripped.lstrip("# "))
+        elif (match := SETTING.match(text)) and match["name"] in Settings.model_fields:
+            group.append(match["name"])
+        elif not stripped:
+            close_group()
+            group, comment = [], []
+    close_group()
+    return table(["variable", "default", "what"], rows) + "\n\n" + line(source(path))
+
+
+def default(name: str) -> str:
+    from service.settings import Settings
+
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return "from the machine"
+    value = field.default
+    if value is None or value in ({}, []):
+        return "unset"
+    return f"`{value}`"

@@ -1,0 +1,63 @@
+"""The documentation site builds with `mkdocs build --strict`: no broken link or anchor, no page
+left out of the navigation, every table of figures made from a file that is there, and the
+model cards of the shipped models rendered as pages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from shipped_service import ROOT, newest_versions
+
+from mkdocs_hooks import figures
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        # Material's notice about its end of life, which says nothing about this site.
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_the_site_builds_strictly_with_every_figures_request_answered(site):
+    pages = list(site.rglob("*.html"))
+    assert len(pages) > 20
+    for page in pages:
+        assert "<!-- figures:" not in page.read_text(), page
+
+
+def test_the_shipped_models_cards_are_pages_with_their_figures(site):
+    for name, version in newest_versions().items():
+        page = (site / "models" / f"{name}.html").read_text()
+        assert f"Model card: {name} v{version}" in page
+        assert f'src="{name}/reliability_after.png"' in page
+        assert (site / "models" / name / "reliability_after.png").is_file()
+
+
+def test_the_models_table_shows_every_shipped_version_and_its_calibration(site):
+    page = (site / "models" / "shipped.html").read_text()
+    for metadata in ROOT.glob("models/*/*/assets.extra/metadata.json"):
+        name, version = metadata.parts[-4], metadata.parts[-3]
+        assert f"{name}/{version}" in page
+        assert metadata.relative_to(ROOT).as_posix() in page  # in the stamp
+        if calibration := json.loads(metadata.read_text()).get("calibration"):
+            assert f"T = {calibration['temperature']:.3g}" in page
+
+
+def test_a_figures_request_for_something_unknown_fails_the_build():
+    with pytest.raises(ValueError, match="no such figures request"):
+        figures.figures("benchmarks", None, "docs/x.md")
+    with pytest.raises(FileNotFoundError):
+        figures.figures("peers", "benchmarks/results/missing.json", "docs/x.md")
