@@ -39,6 +39,12 @@ class Survivor:
     text: str
     reason: str | None = None
 
+    @property
+    def mutated(self) -> str:
+        """The mutated line, stripped, as the diff shows it."""
+        added = [line[1:] for line in self.diff.splitlines() if line.startswith("+") and line[:3] != "+++"]
+        return added[0].strip() if added else ""
+
 
 @dataclass
 class Outcome:
@@ -158,7 +164,7 @@ def explain(outcome: Outcome, equivalents: list[dict]) -> None:
                 survivor.path,
                 survivor.text,
                 survivor.operator,
-            ):
+            ) and known.get("mutant", survivor.mutated) == survivor.mutated:
                 survivor.reason = known["reason"]
 
 
