@@ -82,7 +82,8 @@ def copy_checkout(target: Path) -> None:
             shutil.copy2(source, target / name.decode())
 
 
-def mutate_module(module: dict, excluded: list[str], python: str) -> Outcome:
+def mutate_module(module: dict, excluded: list[str], python: str) -> float:
+    """Run every mutant of the module in a fresh copy; the seconds it took."""
     path, tests = module["path"], module["tests"]
     work = BUILD / slug(path)
     copy_checkout(work)
@@ -127,19 +128,24 @@ def mutate_module(module: dict, excluded: list[str], python: str) -> Outcome:
             ["cosmic-ray", "exec", config.name, session.name],
         ):
             subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=work, env=env, check=True)
-        dump = subprocess.run(
-            [str(bin_dir / "cosmic-ray"), "dump", session.name],
-            cwd=work,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
     finally:
         if server.poll() is None:
             subprocess.run([python, "scripts/warm_pytest.py", "stop", socket], cwd=work, env=env)
             server.wait(timeout=60)
-    outcome = Outcome(path, tests, seconds=time.monotonic() - started)
+    return time.monotonic() - started
+
+
+def read_session(module: dict, python: str, seconds: float) -> Outcome:
+    """The outcome of the module's last run, from its cosmic-ray session."""
+    path, work = module["path"], BUILD / slug(module["path"])
+    dump = subprocess.run(
+        [str(Path(python).parent / "cosmic-ray"), "dump", "session.sqlite"],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    outcome = Outcome(path, module["tests"], seconds=seconds)
     lines = (work / path).read_text().splitlines()
     for entry in filter(None, dump.splitlines()):
         item, result = json.loads(entry)
@@ -153,7 +159,7 @@ def mutate_module(module: dict, excluded: list[str], python: str) -> Outcome:
             outcome.survivors.append(Survivor(path, line, operator, diff, lines[line - 1].strip()))
         else:
             outcome.killed += 1
-            outcome.timeouts += result.get("output") == "timeout"
+            outcome.timeouts += "timed out" in (result.get("output") or "")  # scripts/warm_pytest.py
     return outcome
 
 
@@ -231,6 +237,11 @@ def main() -> int:
     )
     parser.add_argument("modules", nargs="*", help="source files from scripts/mutation.toml (default: all)")
     parser.add_argument("--changed", metavar="REF", help="only the modules changed since this git ref")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the reports from the last run (after editing the equivalents), running nothing",
+    )
     args = parser.parse_args()
     config = tomllib.loads(CONFIG.read_text())
     modules = config["module"]
@@ -247,8 +258,15 @@ def main() -> int:
     REPORTS.mkdir(parents=True, exist_ok=True)
     unexplained = 0
     for module in modules:
-        print(f"== {module['path']} against {' '.join(module['tests'])}", flush=True)
-        outcome = mutate_module(module, config["exclude-operators"], python)
+        page = REPORTS / f"{slug(module['path'])}.json"
+        if args.report_only:
+            if not (BUILD / slug(module["path"]) / "session.sqlite").exists():
+                continue
+            seconds = json.loads(page.read_text())["seconds"] if page.exists() else 0.0
+        else:
+            print(f"== {module['path']} against {' '.join(module['tests'])}", flush=True)
+            seconds = mutate_module(module, config["exclude-operators"], python)
+        outcome = read_session(module, python, seconds)
         explain(outcome, config.get("equivalent", []))
         (REPORTS / f"{slug(outcome.path)}.md").write_text(module_page(outcome))
         missing = sum(s.reason is None for s in outcome.survivors)

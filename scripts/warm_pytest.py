@@ -84,7 +84,10 @@ def _run_in_fork(pytest, args: list[str], timeout: float) -> int:
 def run(address: str, timeout: float, args: list[str]) -> int:
     with Client(address, family="AF_UNIX") as connection:
         connection.send((timeout, args))
-        return connection.recv()
+        status = connection.recv()
+    if status == 124:
+        print(f"timed out after {timeout:.0f} s")  # the report counts these apart
+    return status
 
 
 def stop(address: str) -> None:
