@@ -202,7 +202,7 @@ def module_page(outcome: Outcome) -> str:
     return "\n".join(page)
 
 
-def summary_page(outcomes: list[dict]) -> str:
+def summary_page(outcomes: list[dict], not_run: list[str]) -> str:
     killed = sum(o["killed"] for o in outcomes)
     mutants = sum(o["mutants"] for o in outcomes)
     page = [
@@ -220,6 +220,8 @@ def summary_page(outcomes: list[dict]) -> str:
             f"| [`{o['path']}`]({slug(o['path'])}.md) | {o['killed']} | {o['mutants']} "
             f"| {score:.1%} | {o['survivors']} ({explained}) | {o['seconds']:.0f} |"
         )
+    for path in not_run:
+        page.append(f"| `{path}` | | | not run yet | | |")
     page += ["", f"**Total: {killed} of {mutants} killed ({killed / max(mutants, 1):.1%}).**", ""]
     return "\n".join(page)
 
@@ -295,7 +297,8 @@ def main() -> int:
         for page in sorted(REPORTS.glob("*.json"))
         if json.loads(page.read_text())["path"] in known
     ]
-    (REPORTS / "README.md").write_text(summary_page(outcomes))
+    not_run = sorted(known - {o["path"] for o in outcomes})
+    (REPORTS / "README.md").write_text(summary_page(outcomes, not_run))
     print((REPORTS / "README.md").read_text())
     return 1 if unexplained else 0
 
