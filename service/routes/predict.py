@@ -164,9 +164,9 @@ def _feature_rows(body, predictor: Predictor) -> np.ndarray:
                 f"got {', '.join(sorted(given)) or 'none'}"
             )
         rows = [[body[name] for name in names]]
-    for number, row in enumerate(rows, 1):
-        if len(row) != width:
-            raise UnfitInput(f"instance {number} has {len(row)} features; expected {expected}")
+    if len({len(row) for row in rows}) > 1:  # ragged: name the first odd one (even: the data plane's)
+        number, row = next((n, row) for n, row in enumerate(rows, 1) if len(row) != width)
+        raise UnfitInput(f"instance {number} has {len(row)} features; expected {expected}")
     with np.errstate(over="ignore"):  # too large for float32 becomes inf, which is refused
         return np.asarray(rows, predictor.input_dtype)
 
