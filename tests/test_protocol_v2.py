@@ -114,6 +114,13 @@ def test_metadata_of_a_version_that_is_not_live_names_the_live_one(client):
         client.get_model_metadata("cifar10", "7")
 
 
+def test_tritonclient_reads_the_error_of_a_path_the_service_does_not_serve(client):
+    # The model configuration is Triton's own extension; tritonclient reads `error` from the 404.
+    with pytest.raises(InferenceServerException, match="Not Found") as raised:
+        client.get_model_config("cifar10")
+    assert "decoding" not in str(raised.value)
+
+
 # --- inference ------------------------------------------------------------------------------
 
 
