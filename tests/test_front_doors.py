@@ -160,6 +160,16 @@ def test_a_version_that_is_not_live_is_answered_alike_by_both_protocols(client):
     assert_same_everywhere(answers, 404, "model 'iris' has no live version 9; version 1 is live")
 
 
+@pytest.mark.parametrize("version", ["abc", "¹", "+1", "1.0"])
+def test_a_version_that_is_not_a_number_is_unknown_to_every_version_route(client, version):
+    for path in (f"/v2/models/iris/versions/{version}", f"/v1/models/iris/versions/{version}"):
+        status, message = answer("v2", client.get(path))
+        assert (status, message) == (
+            404,
+            f"model 'iris' has no version {version!r}; versions are whole numbers",
+        )
+
+
 def test_a_non_finite_output_is_answered_alike_by_every_door(tmp_path, exports):
     root = tmp_path / "models"
     install(exports["ones"], root, name="iris")  # every weight 1: 4 x 3e38 overflows float32
