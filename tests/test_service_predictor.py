@@ -29,7 +29,8 @@ def test_an_image_model_takes_uint8_pixels_of_its_size_width_by_height(exports):
     wide = Predictor(exports["wide"], "/CPU:0")
     assert (wide.name, wide.version, wide.kind, wide.labels) == ("wide", 1, "image", ["left", "right"])
     assert (wide.input_shape, wide.input_dtype, wide.image_size) == ((16, 24, 3), np.uint8, (24, 16))
-    assert wide.feature_names is None and wide.metadata["labels"] == ["left", "right"]
+    assert wide.feature_names is None and wide.contract.labels == ["left", "right"]
+    assert wide.assets_dir == exports["wide"] / "assets.extra" and wide.output_dtype == np.float32
 
 
 def test_a_feature_model_takes_float32_rows_and_its_probabilities_sum_to_one(exports):
