@@ -54,6 +54,7 @@ class Outcome:
     killed: int = 0
     timeouts: int = 0
     seconds: float = 0.0
+    commit: str = "unknown"
     survivors: list[Survivor] = field(default_factory=list)
 
     @property
@@ -87,6 +88,10 @@ def mutate_module(module: dict, excluded: list[str], python: str) -> float:
     path, tests = module["path"], module["tests"]
     work = BUILD / slug(path)
     copy_checkout(work)
+    head = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(head, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    (work / "commit").write_text(commit + (" with uncommitted changes" if dirty.stdout.strip() else "") + "\n")
     socket = str(work / "warm.sock")
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
     server = subprocess.Popen(
@@ -146,6 +151,8 @@ def read_session(module: dict, python: str, seconds: float) -> Outcome:
         text=True,
     ).stdout
     outcome = Outcome(path, module["tests"], seconds=seconds)
+    if (work / "commit").exists():
+        outcome.commit = (work / "commit").read_text().strip()
     lines = (work / path).read_text().splitlines()
     for entry in filter(None, dump.splitlines()):
         item, result = json.loads(entry)
@@ -179,6 +186,8 @@ def module_page(outcome: Outcome) -> str:
         f"# Mutants of `{outcome.path}`",
         "",
         f"Tests: {', '.join(f'`{t}`' for t in outcome.tests)}",
+        "",
+        f"Code: commit {outcome.commit}.",
         "",
         f"**{outcome.killed} of {outcome.mutants} killed ({outcome.score:.1%})**"
         f", {outcome.timeouts} of them by the timeout; {len(outcome.survivors)} survived;"
