@@ -90,8 +90,9 @@ def mutate_module(module: dict, excluded: list[str], python: str) -> float:
     copy_checkout(work)
     head = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(head, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
-    (work / "commit").write_text(commit + (" with uncommitted changes" if dirty.stdout.strip() else "") + "\n")
+    status = ["git", "status", "--porcelain", "--untracked-files=no"]
+    dirty = subprocess.run(status, cwd=ROOT, capture_output=True).stdout.strip()
+    (work / "commit").write_text(commit + (" with uncommitted changes" if dirty else "") + "\n")
     socket = str(work / "warm.sock")
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
     server = subprocess.Popen(
