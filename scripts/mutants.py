@@ -4,6 +4,7 @@ only (scripts/mutation.toml), and reports/mutation/ gets a page per module and a
     scripts/mutation                          # every module in scripts/mutation.toml
     scripts/mutation service/deps.py          # the modules named
     scripts/mutation --changed origin/main    # the modules changed since a git ref
+    scripts/mutation --known                  # the hand-written mutants, each against its test
 
 Each module is mutated in its own copy of the checkout (build/mutation/<module>/) by cosmic-ray,
 one mutant at a time; its tests run with -x in forks of one warm pytest process
@@ -236,6 +237,44 @@ def summary_page(outcomes: list[dict], not_run: list[str]) -> str:
     return "\n".join(page)
 
 
+def check_known(known: list[dict], python: str) -> int:
+    """Apply each hand-written mutant alone to a copy of the checkout and run its test, which
+    must fail; reports/mutation/known.md says how each went. The number that passed."""
+    work = BUILD / "known"
+    rows = ["| mutant | edit | test | result |", "|---|---|---|---|"]
+    missed = 0
+    for mutant in known:
+        copy_checkout(work)
+        source = work / mutant["path"]
+        text = source.read_text()
+        edit = f"`{mutant['path']}`: `{mutant['line']}` → `{mutant['mutant']}`"
+        if text.count(mutant["line"]) != 1:
+            result = f"**not applied**: the line occurs {text.count(mutant['line'])} times"
+            missed += 1
+        else:
+            source.write_text(text.replace(mutant["line"], mutant["mutant"]))
+            env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+            command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", mutant["test"]]
+            run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+            summary = (run.stdout.strip().splitlines() or ["no output"])[-1]
+            killed = run.returncode == 1  # tests ran and failed; not a collection or usage error
+            missed += not killed
+            result = ("killed" if killed else "**survived**") + f": {summary}"
+        rows.append(f"| {mutant['name']} | {edit} | `{mutant['test']}` | {result} |")
+        print(rows[-1], flush=True)
+    page = [
+        "# Hand-written mutants",
+        "",
+        "Each edit once passed the test meant to catch it (issue 26). `scripts/mutation --known`",
+        "applies each alone to a copy of the checkout and runs that test, which must fail.",
+        "",
+        *rows,
+        "",
+    ]
+    (REPORTS / "known.md").write_text("\n".join(page))
+    return missed
+
+
 def changed_since(ref: str) -> set[str]:
     names = subprocess.run(
         ["git", "diff", "--name-only", ref, "--"], cwd=ROOT, check=True, capture_output=True, text=True
@@ -249,6 +288,11 @@ def main() -> int:
     )
     parser.add_argument("modules", nargs="*", help="source files from scripts/mutation.toml (default: all)")
     parser.add_argument("--changed", metavar="REF", help="only the modules changed since this git ref")
+    parser.add_argument(
+        "--known",
+        action="store_true",
+        help="only the hand-written mutants of scripts/mutation.toml, each against its test",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -268,6 +312,8 @@ def main() -> int:
         modules = [m for m in modules if m["path"] in changed]
     python = sys.executable
     REPORTS.mkdir(parents=True, exist_ok=True)
+    if args.known:
+        return 1 if check_known(config.get("known", []), python) else 0
     unexplained = 0
     for module in modules:
         page = REPORTS / f"{slug(module['path'])}.json"
