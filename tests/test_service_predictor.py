@@ -47,6 +47,12 @@ def test_feature_names_must_count_the_features(exports, tmp_path):
         load_predictor(altered(exports["iris"], tmp_path, input={"feature_names": names}), "/CPU:0", [1])
 
 
+def test_feature_names_on_an_image_model_are_refused(exports, tmp_path):
+    names = ["r", "g", "b"]
+    with pytest.raises(ModelError, match=r"^3 feature names for 32 features$"):
+        load_predictor(altered(exports["cifar10"], tmp_path, input={"feature_names": names}), "/CPU:0", [1])
+
+
 @pytest.mark.parametrize(
     ("input", "shown"),
     [
