@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
+from service.budget import MIB, DecodeBudget
 from service.deps import require_api_key
 from service.device import configure_device
 from service.draining import Drain
@@ -42,6 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry = ModelRegistry(settings, device, metrics)
         app.state.decoders = decoders = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="decode"
+        )
+        app.state.decode_budget = DecodeBudget(
+            settings.decode_budget_mb * MIB, settings.decode_wait_s, settings.max_request_pixels
         )
         registry.start()
         if settings.workers > 1:

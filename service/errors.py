@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service.batching import Closed, QueueFull
+from service.budget import BudgetExceeded, DecoderBusy
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage
 from service.metrics import Metrics
 from service.registry import ModelNotReady, UnknownModel
@@ -22,10 +23,12 @@ STATUS = {
     UndecodableImage: 400,
     UnknownModel: 404,
     ImageTooLarge: 413,
+    BudgetExceeded: 413,
     UnsupportedImage: 415,
     ModelNotReady: 503,
     QueueFull: 503,
     Closed: 503,
+    DecoderBusy: 503,
 }
 
 

@@ -76,7 +76,7 @@ async def decode_images(request: Request, predictor: Predictor, files: list[byte
     does (the same function, on the same decoder threads)."""
     settings: Settings = request.app.state.settings
     check_count(len(files), settings.max_batch_size)
-    images = await decode_all(files, image_decoder(predictor, settings), request.app.state.decoders)
+    images = await decode_all(files, image_decoder(predictor, request), request.app.state.decoders)
     for number, image in enumerate(images, 1):
         if isinstance(image, ImageRejected):
             raise BadInput(f"image {number}: {image}" if len(images) > 1 else str(image))

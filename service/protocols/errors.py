@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from service.batching import Closed, QueueFull
+from service.budget import BudgetExceeded, DecoderBusy
 from service.errors import RETRY_AFTER_S
 from service.images import ImageRejected
 from service.protocols.dataplane import BadInput
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[Exception], int] = {  # the first match counts
     BodyTooLarge: 413,
+    BudgetExceeded: 413,
     BadInput: 400,
     CodecError: 400,
     ImageRejected: 400,
@@ -33,6 +35,7 @@ STATUS: dict[type[Exception], int] = {  # the first match counts
     ModelNotReady: 503,
     QueueFull: 503,
     Closed: 503,
+    DecoderBusy: 503,
 }
 
 

@@ -138,7 +138,7 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
     # This request is served by this version, even across a swap; a live one (registry.get).
     predictor = cast(Predictor, served.predictor)
     settings: Settings = request.app.state.settings
-    decode = image_decoder(predictor, settings)
+    decode = image_decoder(predictor, request)
     with served.live_batcher.expecting():
         files = await read_files(request, "file", settings.max_batch_size)
         images = await decode_all(files, decode, request.app.state.decoders)
@@ -155,12 +155,15 @@ async def _classify_images(request: Request, served: ServedModel, top_k: int | N
     return predictions[0] if len(predictions) == 1 else Predictions(predictions=predictions)
 
 
-def image_decoder(predictor: Predictor, settings: Settings):
-    """decode_image for `predictor`'s input size under the service's limits: file bytes → rows."""
+def image_decoder(predictor: Predictor, request: Request):
+    """decode_image for `predictor`'s input size under the service's limits and this request's
+    share of the worker's decode budget: file bytes → rows."""
+    settings: Settings = request.app.state.settings
     return functools.partial(
         decode_image,
         size=predictor.image_size,
         max_pixels=settings.max_image_pixels,
+        budget=request.app.state.decode_budget.for_request(),
         undo_enlargements=settings.undo_enlargements,
     )
 
