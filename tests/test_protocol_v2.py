@@ -274,7 +274,7 @@ BAD_REQUESTS = [
     ("/v2/models/iris/infer", {"inputs": [tensor(datatype="FP64")]}, 400, "must be FP32"),
     ("/v2/models/iris/infer", {"inputs": [tensor(shape=(2, 4))]}, 400, "holds 8 elements"),
     ("/v2/models/iris/infer", {"inputs": [tensor(shape=(1, 3), data=(1, 2, 3))]}, 400, "shape [n, 4]"),
-    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(17, 4), data=[1.0] * 68)]}, 400, "at most 16"),
+    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(17, 4), data=[1.0] * 68)]}, 400, "at most 64"),
     ("/v2/models/iris/infer", {"inputs": [tensor(shape=(0, 4), data=())]}, 400, "no instances"),
     ("/v2/models/iris/infer", {"inputs": [tensor(data=(1, 2, 3, 1e39))]}, 400, "finite"),
     ("/v2/models/iris/infer", {"inputs": [tensor()], "outputs": [{"name": "logits"}]}, 400, "unknown output"),

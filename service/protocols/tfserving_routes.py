@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from tensorflow.core.framework import types_pb2
 
+from service import jsonbody
 from service.deps import RegistryDep
 from service.predictor import Predictor
 from service.protocols import dataplane
@@ -94,8 +95,10 @@ async def predict_version(request: Request, model: str, version: str) -> Respons
 async def _predict(request: Request, model: str, version: str | None) -> Response:
     served, predictor = dataplane.live_model(request.app.state.registry, model, version)
     with served.live_batcher.expecting():
-        body = await request.body()
-        parsed = parse_predict(body, predictor.input_name)
+        body = await jsonbody.read_capped(
+            request, jsonbody.json_cap(predictor, request.app.state.settings.max_batch_size)
+        )
+        parsed = await jsonbody.parse_off_the_loop(parse_predict, body, predictor.input_name)
         signature = predictor.metadata["signature"]
         if parsed.signature_name not in (None, signature):
             raise BadInput(f"no signature {parsed.signature_name!r}; the export serves {signature!r}")

@@ -41,6 +41,7 @@ DTYPES = {
     "FP64": np.dtype("<f8"),
 }
 BYTES = "BYTES"
+MAX_DIMENSIONS = 32  # numpy's own limit is 64, and fails beyond it with a bare ValueError
 LENGTH = struct.Struct("<I")
 
 
@@ -87,8 +88,11 @@ def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     return data
 
 
-def parse_request(body: bytes, header_length: int | None) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
-    """The request in `body` and its input tensors by name, shaped as declared."""
+def parse_request(
+    body: bytes, header_length: int | None, max_elements: int | None = None
+) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
+    """The request in `body` and its input tensors by name, shaped as declared; an input
+    declaring more than `max_elements` elements is refused before its data is converted."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     elif header_length > len(body):
@@ -99,16 +103,27 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[InferenceRequ
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as error:
         raise CodecError(validation_message(error)) from None
-    return request, decode_inputs(request.inputs, binary)
+    return request, decode_inputs(request.inputs, binary, max_elements)
 
 
-def decode_inputs(inputs: list[RequestInput], binary: memoryview | bytes) -> dict[str, np.ndarray]:
+def decode_inputs(
+    inputs: list[RequestInput], binary: memoryview | bytes, max_elements: int | None = None
+) -> dict[str, np.ndarray]:
     """Each input's tensor, from its JSON `data` or its slice of the binary part."""
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in inputs:
         if tensor.name in tensors:
             raise CodecError(f"input {tensor.name!r} given twice")
+        if len(tensor.shape) > MAX_DIMENSIONS:
+            raise CodecError(
+                f"input {tensor.name!r}: {len(tensor.shape)} dimensions; at most {MAX_DIMENSIONS}"
+            )
+        if max_elements is not None and math.prod(tensor.shape) > max_elements:
+            raise CodecError(
+                f"input {tensor.name!r}: shape {tensor.shape} declares {math.prod(tensor.shape)} elements;"
+                f" a request to this model may send at most {max_elements} (max_batch_size rows)"
+            )
         parameters = tensor.parameters or {}
         size = parameters.get("binary_data_size")
         if size is not None:

@@ -9,6 +9,7 @@ Models as v2 sees them, all from each export's metadata: an image model takes `i
 
 from __future__ import annotations
 
+import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from service import jsonbody
 from service.deps import RegistryDep
 from service.errors import RETRY_AFTER_S
 from service.predictor import Predictor
@@ -24,6 +26,7 @@ from service.protocols.dataplane import BadInput
 from service.protocols.errors import ERRORS, V2Route
 from service.protocols.v2_codec import (
     BYTES,
+    BodyTooLarge,
     Output,
     datatype_of,
     decode_content,
@@ -164,11 +167,19 @@ async def _infer(request: Request, model: str, version: str | None, header_lengt
     served, predictor = dataplane.live_model(request.app.state.registry, model, version)
     settings = request.app.state.settings
     max_rows = settings.max_batch_size
+    json_cap = jsonbody.json_cap(predictor, max_rows)
     with served.live_batcher.expecting():  # the body may take a while: let a batch wait for it
-        body = decode_content(
-            await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
+        if header_length is None:  # all JSON: its own cap; else binary tensors follow the JSON
+            body = await jsonbody.read_capped(request, json_cap)
+        elif header_length > json_cap:
+            raise BodyTooLarge(f"{HEADER_LENGTH} {header_length} over the {json_cap} bytes of JSON allowed")
+        else:
+            body = await request.body()
+        inflated_cap = json_cap if header_length is None else settings.max_upload_bytes
+        body = decode_content(body, request.headers.get("content-encoding"), inflated_cap)
+        parsed, tensors = await jsonbody.parse_off_the_loop(
+            parse_request, body, header_length, max_rows * math.prod(predictor.input_shape)
         )
-        parsed, tensors = parse_request(body, header_length)
         outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
         rows = await _rows(request, predictor, tensors, max_rows)
     probabilities = await dataplane.classify(served, predictor, rows)
