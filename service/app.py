@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
-from service.budget import MIB, DecodeBudget
+from service.dataplane import DataPlane
 from service.deps import require_api_key
 from service.device import configure_device
 from service.draining import Drain
@@ -21,6 +21,7 @@ from service.limits import BodyLimits
 from service.metrics import Metrics, RequestMetrics
 from service.protocols import tfserving_routes, v2_routes
 from service.registry import ModelRegistry
+from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 from service.startup import announce_when_ready
@@ -44,9 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.decoders = decoders = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="decode"
         )
-        app.state.decode_budget = DecodeBudget(
-            settings.decode_budget_mb * MIB, settings.decode_wait_s, settings.max_request_pixels
-        )
+        app.state.dataplane = DataPlane(registry, settings, decoders)
         registry.start()
         if settings.workers > 1:
             # Workers share one listening socket, and a worker takes connections only once its
@@ -76,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,  # service.routes.docs serves both from the app, for offline machines
         redoc_url=None,
+        default_response_class=JSONResponse,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2_routes.inference, dependencies=guarded)
     app.include_router(tfserving_routes.router)
     app.include_router(tfserving_routes.inference, dependencies=guarded)
-    add_error_handlers(app, metrics)
+    add_error_handlers(app, metrics, protocol_prefixes=("/v2", "/v1"))
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(

@@ -22,9 +22,8 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
+from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput
 from service.predictor import Predictor
-from service.protocols.tensors import CodecError
-from service.protocols.v2_codec import BodyTooLarge
 
 T = TypeVar("T")
 
@@ -58,7 +57,7 @@ async def parse_off_the_loop(parse: Callable[..., T], *args) -> T:
     the recursion limit, numpy's dimension limit and conversions) are the client's."""
     try:
         return await asyncio.to_thread(parse, *args)
-    except CodecError:
+    except (CodecError, UnfitInput, TooManyRows):  # the codecs' own answers
         raise
     except (RecursionError, ValueError, TypeError, OverflowError, IndexError) as error:
         raise CodecError(f"malformed request: {type(error).__name__}: {str(error)[:200]}") from None

@@ -63,9 +63,11 @@ def test_a_v2_shape_of_70_dimensions_is_a_400_in_json_and_binary(client):
 def test_a_declared_shape_beyond_the_batch_is_refused_before_its_data_is_read(client, monkeypatch):
     converted = []
     monkeypatch.setattr("service.protocols.v2_codec.numeric_array", lambda *a: converted.append(a))
-    response = client.post(V2_IRIS, json=v2_json([10**9, 4], [1.0] * 8))
     rows = client.app.state.settings.max_batch_size
-    assert_protocol_error(response, 400, f"at most {rows * 4}")  # rows of 4 features
+    response = client.post(V2_IRIS, json=v2_json([10**9, 4], [1.0] * 8))
+    assert_protocol_error(response, 413, f"more than {rows} instances")
+    response = client.post(V2_IRIS, json=v2_json([1, 10**9], [1.0] * 8))
+    assert_protocol_error(response, 422, f"at most {rows * 4}")  # rows of 4 features
     assert converted == []
 
 

@@ -191,7 +191,7 @@ def test_the_protocols_answer_the_budget_in_their_own_format(small_budget):
 
 
 def test_a_busy_budget_is_a_503_with_retry_after(small_budget):
-    budget = small_budget.app.state.decode_budget
+    budget = small_budget.app.state.dataplane.decode_budget
     with budget.holding(budget.capacity):  # another upload holds all of it
         response = upload(small_budget, bomb("L", "PNG", 1000))
     assert_error(response, 503, "busy decoding")

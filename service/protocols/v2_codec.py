@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.protocols.tensors import CodecError, numeric_array
+from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput, validation_message
+from service.protocols.tensors import numeric_array
 from service.protocols.v2_types import InferenceRequest, RequestInput
 
 # The protocol's fixed-size datatypes; BYTES (variable length) is handled on its own.
@@ -63,10 +64,6 @@ def datatype_of(dtype: np.dtype) -> str:
     raise ValueError(f"no v2 datatype for {dtype}")
 
 
-class BodyTooLarge(CodecError):
-    """A compressed body that inflates past the body limit."""
-
-
 def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     """The body as it was before its Content-Encoding: gzip or deflate (zlib), the two that
     tritonclient compresses requests with; inflated to at most `max_bytes`, so a small body
@@ -89,10 +86,11 @@ def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
 
 
 def parse_request(
-    body: bytes, header_length: int | None, max_elements: int | None = None
+    body: bytes, header_length: int | None, max_rows: int | None = None, max_elements: int | None = None
 ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
     """The request in `body` and its input tensors by name, shaped as declared; an input
-    declaring more than `max_elements` elements is refused before its data is converted."""
+    declaring more than `max_rows` rows or `max_elements` elements is refused before its data
+    is converted."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     elif header_length > len(body):
@@ -102,12 +100,15 @@ def parse_request(
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as error:
-        raise CodecError(validation_message(error)) from None
-    return request, decode_inputs(request.inputs, binary, max_elements)
+        raise CodecError(validation_message(error.errors(include_input=False))) from None
+    return request, decode_inputs(request.inputs, binary, max_rows, max_elements)
 
 
 def decode_inputs(
-    inputs: list[RequestInput], binary: memoryview | bytes, max_elements: int | None = None
+    inputs: list[RequestInput],
+    binary: memoryview | bytes,
+    max_rows: int | None = None,
+    max_elements: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Each input's tensor, from its JSON `data` or its slice of the binary part."""
     tensors: dict[str, np.ndarray] = {}
@@ -116,13 +117,14 @@ def decode_inputs(
         if tensor.name in tensors:
             raise CodecError(f"input {tensor.name!r} given twice")
         if len(tensor.shape) > MAX_DIMENSIONS:
-            raise CodecError(
-                f"input {tensor.name!r}: {len(tensor.shape)} dimensions; at most {MAX_DIMENSIONS}"
-            )
+            dimensions = len(tensor.shape)
+            raise CodecError(f"input {tensor.name!r}: {dimensions} dimensions; at most {MAX_DIMENSIONS}")
+        if max_rows is not None and tensor.shape and tensor.shape[0] > max_rows:
+            raise TooManyRows(max_rows)
         if max_elements is not None and math.prod(tensor.shape) > max_elements:
-            raise CodecError(
-                f"input {tensor.name!r}: shape {tensor.shape} declares {math.prod(tensor.shape)} elements;"
-                f" a request to this model may send at most {max_elements} (max_batch_size rows)"
+            raise UnfitInput(
+                f"input {tensor.name!r}: shape {tensor.shape} declares {math.prod(tensor.shape)} values;"
+                f" at most {max_elements} fit the rows a request may send"
             )
         parameters = tensor.parameters or {}
         size = parameters.get("binary_data_size")
@@ -217,8 +219,8 @@ def encode_response(
     if request_id is not None:
         response["id"] = request_id
     header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
-    if not blobs:
-        return header, None
+    if not blobs:  # JSON alone ends in a newline, as every JSON answer of the service does
+        return header + b"\n", None
     return b"".join([header, *blobs]), len(header)
 
 
@@ -252,13 +254,6 @@ def deserialize_bytes(buffer: bytes) -> list[bytes]:
         elements.append(buffer[offset : offset + length])
         offset += length
     return elements
-
-
-def validation_message(error: ValidationError) -> str:
-    """A pydantic error in one line: where and what, never the (possibly huge) input."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_input=False)
-    )
 
 
 def _dtype(datatype: str, name: str) -> np.dtype:

@@ -18,15 +18,15 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import jsonbody
-from service.deps import RegistryDep
-from service.errors import RETRY_AFTER_S
+from service.dataplane import DataPlane, Served, version_number
+from service.deps import DataPlaneDep
+from service.errors import RETRY
+from service.faults import BodyTooLarge, UnfitInput
 from service.predictor import Predictor
-from service.protocols import dataplane
-from service.protocols.dataplane import BadInput
 from service.protocols.errors import ERRORS, V2Route
+from service.protocols.openapi import json_body
 from service.protocols.v2_codec import (
     BYTES,
-    BodyTooLarge,
     Output,
     datatype_of,
     decode_content,
@@ -42,7 +42,6 @@ from service.protocols.v2_types import (
     ServerLive,
     ServerMetadata,
     ServerReady,
-    inline_schema,
 )
 
 SERVER_NAME = "cifar-serving"
@@ -51,26 +50,20 @@ PLATFORM = "tensorflow_savedmodel"  # every model here is a SavedModel export
 LABEL = "label"  # the output this service adds: the most probable class, as text
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-# Open to probes and tooling, like /healthz and /models; `inference` takes the API key when set.
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], route_class=V2Route)
-inference = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], route_class=V2Route)
+# `router` is open to probes and tooling, like /healthz and /models; `inference` takes the API
+# key when one is set.
+ROUTERS: dict[str, Any] = {"prefix": "/v2", "tags": ["Open Inference Protocol v2"], "route_class": V2Route}
+router, inference = APIRouter(**ROUTERS), APIRouter(**ROUTERS)
 
-INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": inline_schema(InferenceRequest)},
-            "application/octet-stream": {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": f"binary tensor data extension: the JSON request ({HEADER_LENGTH}"
-                    " bytes), then the raw tensors of the inputs with `binary_data_size`, in order",
-                }
-            },
-        },
+BINARY_REQUEST = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": f"binary tensor data extension: the JSON request ({HEADER_LENGTH} bytes),"
+        " then the raw tensors of the inputs with `binary_data_size`, in order",
     }
 }
+INFER_BODY = json_body(InferenceRequest, {"application/octet-stream": BINARY_REQUEST})
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": InferenceResponse,
@@ -103,36 +96,30 @@ async def server_live() -> ServerLive:
 
 
 @router.get("/health/ready", response_model=ServerReady, responses={503: {"model": ServerReady}})
-async def server_ready(registry: RegistryDep):
+async def server_ready(plane: DataPlaneDep):
     """200 once every model is loaded and warmed up; 503 until then."""
-    if registry.ready:
+    if plane.ready:
         return ServerReady(ready=True)
-    return JSONResponse({"ready": False}, 503, {"Retry-After": RETRY_AFTER_S})
+    return JSONResponse({"ready": False}, 503, RETRY)
+
+
+# Each model route also answers under /versions/{version}, for that version when it is live;
+# without it, `version` may be asked for as a query parameter.
 
 
 @router.get("/models/{model}", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(model: str, registry: RegistryDep) -> ModelMetadata:
-    """The live version's inputs and outputs."""
-    return _metadata(dataplane.live_model(registry, model)[1])
-
-
 @router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
-async def model_version_metadata(model: str, version: str, registry: RegistryDep) -> ModelMetadata:
-    """The inputs and outputs of `version`, when it is the live one."""
-    return _metadata(dataplane.live_model(registry, model, version)[1])
+async def model_metadata(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelMetadata:
+    """The live version's inputs and outputs."""
+    return _metadata(plane.live(model, version_number(model, version)).predictor)
 
 
 @router.get("/models/{model}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_ready(model: str, registry: RegistryDep) -> ModelReady:
-    """200 when the model has a live version; 503 while it has none; 404 for an unknown model."""
-    dataplane.live_model(registry, model)
-    return ModelReady(name=model, ready=True)
-
-
 @router.get("/models/{model}/versions/{version}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_version_ready(model: str, version: str, registry: RegistryDep) -> ModelReady:
-    """200 when `version` is the live one; 404 when it is not (naming the live one)."""
-    dataplane.live_model(registry, model, version)
+async def model_ready(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelReady:
+    """200 when the model has a live version; 503 while it has none; 404 for an unknown model
+    or a version that is not the live one (naming the live one)."""
+    plane.live(model, version_number(model, version))
     return ModelReady(name=model, ready=True)
 
 
@@ -145,47 +132,42 @@ InferenceHeaderLength = Annotated[
 @inference.post(
     "/models/{model}/infer", response_model=None, responses=INFER_RESPONSES, openapi_extra=INFER_BODY
 )
-async def infer(request: Request, model: str, header_length: InferenceHeaderLength = None) -> Response:
-    """Run the live version on the request's inputs."""
-    return await _infer(request, model, None, header_length)
-
-
 @inference.post(
     "/models/{model}/versions/{version}/infer",
     response_model=None,
     responses=INFER_RESPONSES,
     openapi_extra=INFER_BODY,
 )
-async def infer_version(
-    request: Request, model: str, version: str, header_length: InferenceHeaderLength = None
+async def infer(
+    request: Request, model: str, version: str | None = None, header_length: InferenceHeaderLength = None
 ) -> Response:
-    """Run `version`, when it is the live one, on the request's inputs."""
-    return await _infer(request, model, version, header_length)
-
-
-async def _infer(request: Request, model: str, version: str | None, header_length: int | None) -> Response:
-    served, predictor = dataplane.live_model(request.app.state.registry, model, version)
-    settings = request.app.state.settings
-    max_rows = settings.max_batch_size
-    json_cap = jsonbody.json_cap(predictor, max_rows)
-    with served.live_batcher.expecting():  # the body may take a while: let a batch wait for it
+    """Run the live version on the request's inputs."""
+    plane: DataPlane = request.app.state.dataplane
+    served = plane.live(model, version_number(model, version))
+    predictor = served.predictor
+    json_cap = jsonbody.json_cap(predictor, plane.max_rows)
+    with plane.expecting(served):  # the body may take a while: let a batch wait for it
         if header_length is None:  # all JSON: its own cap; else binary tensors follow the JSON
             body = await jsonbody.read_capped(request, json_cap)
         elif header_length > json_cap:
             raise BodyTooLarge(f"{HEADER_LENGTH} {header_length} over the {json_cap} bytes of JSON allowed")
         else:
             body = await request.body()
-        inflated_cap = json_cap if header_length is None else settings.max_upload_bytes
+        inflated_cap = json_cap if header_length is None else request.app.state.settings.max_upload_bytes
         body = decode_content(body, request.headers.get("content-encoding"), inflated_cap)
         parsed, tensors = await jsonbody.parse_off_the_loop(
-            parse_request, body, header_length, max_rows * math.prod(predictor.input_shape)
+            parse_request,
+            body,
+            header_length,
+            plane.max_rows,
+            plane.max_rows * math.prod(predictor.input_shape),
         )
         outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
-        rows = await _rows(request, predictor, tensors, max_rows)
-    probabilities = await dataplane.classify(served, predictor, rows)
+        rows = await _rows(plane, served, tensors)
+    classified = await plane.classify(served, rows)
     computed = {
-        dataplane.output_name(predictor): probabilities,
-        LABEL: np.array([label.encode() for label in dataplane.labels_of(predictor, probabilities)], object),
+        predictor.output_name: classified.probabilities,
+        LABEL: np.array([label.encode() for label in classified.best_labels], object),
     }
     answers = [Output(name, _datatype(computed[name]), computed[name], binary) for name, binary in outputs]
     content, length = encode_response(predictor.name, str(predictor.version), parsed.id, answers)
@@ -202,15 +184,20 @@ def _inputs(predictor: Predictor) -> list[MetadataTensor]:
     )
     if predictor.kind != "image":
         return [raw]
-    return [raw, MetadataTensor(name=dataplane.encoded_input_name(predictor), datatype=BYTES, shape=[-1])]
+    return [raw, MetadataTensor(name=_encoded_input_name(predictor), datatype=BYTES, shape=[-1])]
+
+
+def _encoded_input_name(predictor: Predictor) -> str:
+    """An image model's second input: encoded image files (`image` -> `image_bytes`, the suffix
+    TF Serving uses for binary strings)."""
+    return f"{predictor.input_name}_bytes"
 
 
 def _outputs(predictor: Predictor) -> list[MetadataTensor]:
-    output = predictor.metadata["output"]
     return [
         MetadataTensor(
-            name=output["name"],
-            datatype=datatype_of(np.dtype(output["dtype"])),
+            name=predictor.output_name,
+            datatype=datatype_of(predictor.output_dtype),
             shape=[-1, len(predictor.labels)],
         ),
         MetadataTensor(name=LABEL, datatype=BYTES, shape=[-1]),
@@ -236,32 +223,33 @@ def _requested_outputs(request: InferenceRequest, predictor: Predictor) -> list[
     answers = []
     for output in request.outputs:
         if output.name not in known:
-            raise BadInput(f"unknown output {output.name!r}; model {predictor.name!r} has {', '.join(known)}")
+            raise UnfitInput(
+                f"unknown output {output.name!r}; model {predictor.name!r} has {', '.join(known)}"
+            )
         answers.append((output.name, bool((output.parameters or {}).get("binary_data", all_binary))))
     return answers
 
 
-async def _rows(
-    request: Request, predictor: Predictor, tensors: dict[str, np.ndarray], max_rows: int
-) -> np.ndarray:
+async def _rows(plane: DataPlane, served: Served, tensors: dict[str, np.ndarray]) -> np.ndarray:
     """The model's input rows from exactly one of its inputs."""
+    predictor = served.predictor
     accepted = {tensor.name: tensor for tensor in _inputs(predictor)}
     unknown = sorted(set(tensors) - set(accepted))
     if unknown:
-        raise BadInput(
+        raise UnfitInput(
             f"unknown input {unknown[0]!r}; model {predictor.name!r} takes {' or '.join(accepted)}"
         )
     if len(tensors) != 1:
-        raise BadInput(f"model {predictor.name!r} takes one input: {' or '.join(accepted)}")
+        raise UnfitInput(f"model {predictor.name!r} takes one input: {' or '.join(accepted)}")
     ((name, tensor),) = tensors.items()
     expected = accepted[name]
     if (datatype := _datatype(tensor)) != expected.datatype:
-        raise BadInput(f"input {name!r} must be {expected.datatype}; got {datatype}")
+        raise UnfitInput(f"input {name!r} must be {expected.datatype}; got {datatype}")
     if expected.datatype == BYTES:
         if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
-            raise BadInput(f"input {name!r} must have shape [n] (or [n, 1]); got {list(tensor.shape)}")
-        return await dataplane.decode_images(request, predictor, tensor.ravel().tolist())
-    return dataplane.check_rows(tensor, predictor, max_rows)
+            raise UnfitInput(f"input {name!r} must have shape [n] (or [n, 1]); got {list(tensor.shape)}")
+        return await plane.decode_files(served, tensor.ravel().tolist())
+    return tensor
 
 
 def _datatype(array: np.ndarray) -> str:
