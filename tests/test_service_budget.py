@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -15,6 +16,8 @@ from deployments import serving
 from payloads import assert_error, encode, photo
 from PIL import Image, ImageFile
 
+from service.__main__ import give_memory_back
+from service.app import DECODER_NICENESS
 from service.budget import MIB, BudgetExceeded, DecodeBudget, DecoderBusy
 from service.images import decode_image
 
@@ -197,3 +200,19 @@ def test_a_busy_budget_is_a_503_with_retry_after(small_budget):
     assert_error(response, 503, "busy decoding")
     assert response.headers["retry-after"] == "1"
     assert upload(small_budget, bomb("L", "PNG", 1000)).status_code == 200
+
+
+def test_decoder_threads_run_at_a_lower_cpu_priority_than_the_event_loop(client):
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    decoders = client.app.state.decoders
+    assert decoders.submit(niceness).result() == niceness() + DECODER_NICENESS
+
+
+def test_python_m_service_gives_freed_memory_back_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    give_memory_back()
+    assert os.environ["MALLOC_ARENA_MAX"] == "2"
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "65536"  # the operator's own setting stays
