@@ -1,6 +1,8 @@
 """One data plane behind every front door: the native routes, Open Inference Protocol v2, TF
-Serving's REST API (and gRPC) turn their wire format into these calls and the answers back;
-nothing here knows a wire format, and every check and limit is made here, once.
+Serving's REST API (and gRPC) turn their wire format into these calls and the answers back.
+Nothing here knows a wire format; every check of what a model is given (count, shape, dtype,
+values, decodable images) and of what it answers (one finite row per input row) is made here,
+once.
 
 A request's path, whichever door it came in by:
 
@@ -90,7 +92,9 @@ def version_number(model: str, text: str | None) -> int | None:
     knows it by."""
     if text is None:
         return None
-    if not text.isdigit():  # also refuses "+1", " 1" and "1.0", which int() would take
+    # Digits 0-9 only: refuses "+1", " 1" and "1.0", which int() would take, and "¹", which
+    # str.isdigit() would pass and int() refuse.
+    if not (text.isascii() and text.isdigit()):
         raise UnknownVersion(f"model {model!r} has no version {text!r}; versions are whole numbers")
     return int(text)
 
