@@ -18,6 +18,7 @@ import argparse
 import gzip
 import io
 import json
+import os
 import tempfile
 import threading
 import time
@@ -31,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.server import REPO, cpu_seconds, rss_bytes, serve
+from service.__main__ import MALLOC
 
 RESULTS = REPO / "benchmarks" / "results"
 CLIENTS = 4
@@ -287,6 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phase-seconds", type=float, default=20)
     parser.add_argument("--settle-seconds", type=float, default=20)
+    parser.add_argument("--report", default="hostile", help="report name under benchmarks/results")
     args = parser.parse_args()
     phases = [
         ("images", image_corpus()),
@@ -338,6 +341,8 @@ def main() -> None:
         phase_seconds=args.phase_seconds,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
         machine="2 shared cores (other engineers' jobs ran at the same time), CPU only",
+        # What the service's workers ran with: unset here, python -m service sets its own.
+        malloc={name: os.environ.get(name, "service default") for name in MALLOC},
     )
     print(
         f"idle RSS {idle_rss / MIB:.0f} MiB; kept {report['kept_over_idle_mib']:+.0f} MiB after"
@@ -345,8 +350,8 @@ def main() -> None:
         f" settle {report['victim_p99_settle_ms']:.0f} ms; victim errors {dict(watch.victim_errors)}"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "hostile.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "hostile.md").write_text(markdown(report))
+    (RESULTS / f"{args.report}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.report}.md").write_text(markdown(report))
 
 
 def print_phase(name: str, result: dict) -> None:
@@ -369,7 +374,7 @@ def markdown(report: dict) -> str:
         "",
         f"{report['date']}; {report['machine']}. `python -m service` with its defaults on models/,"
         f" {report['clients']} hostile clients for {report['phase_seconds']:.0f} s a phase, a victim"
-        " classifying flowers on /predict/iris throughout.",
+        f" classifying flowers on /predict/iris throughout. Workers' malloc settings: {report['malloc']}.",
         "",
         f"Idle RSS of the process tree: {report['idle_rss_mib']:.0f} MiB. Kept"
         f" {report['settle_seconds']:.0f} s after the last hostile request:"
