@@ -30,7 +30,7 @@ from typing import cast
 import numpy as np
 
 from service.batching import MicroBatcher
-from service.budget import MIB, DecodeBudget
+from service.budget import MIB, BudgetExceeded, DecodeBudget
 from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
 from service.images import ImageRejected, decode_image
 from service.predictor import Predictor
@@ -166,6 +166,11 @@ class DataPlane:
             undo_enlargements=self._undo_enlargements,
         )
         images = await self._decode_all(files, decode)
+        # A request over its budget fails whatever else happened to its files: retrying it
+        # (what a 503 from a busy budget invites) would never help.
+        over = next((image for image in images if isinstance(image, BudgetExceeded)), None)
+        if over is not None:
+            raise over
         for number, image in enumerate(images, 1):
             if isinstance(image, ImageRejected) and len(images) > 1:
                 raise type(image)(f"image {number}: {image}")

@@ -216,3 +216,10 @@ def test_python_m_service_gives_freed_memory_back_unless_told_otherwise(monkeypa
     give_memory_back()
     assert os.environ["MALLOC_ARENA_MAX"] == "2"
     assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "65536"  # the operator's own setting stays
+
+
+def test_a_request_over_its_pixels_is_a_413_even_when_the_budget_is_busy(small_budget):
+    budget = small_budget.app.state.dataplane.decode_budget
+    with budget.holding(budget.capacity - 1):  # every file of it would have to wait
+        response = upload(small_budget, *[bomb("L", "PNG", 2500)] * 3)
+    assert_error(response, 413, "MAX_REQUEST_PIXELS")
