@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -26,6 +28,16 @@ from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 from service.startup import announce_when_ready
 
+DECODER_NICENESS = 10
+
+
+def yield_the_cpu() -> None:
+    """Run this (decoder) thread at a lower CPU priority than the event loop and the model: on
+    a busy machine, a large upload's decoding waits, not every other client's request (Linux
+    schedules threads one by one; elsewhere this does nothing)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
@@ -43,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = configure_device(settings.device, settings.intra_op_threads, settings.inter_op_threads)
         app.state.registry = registry = ModelRegistry(settings, device, metrics)
         app.state.decoders = decoders = ThreadPoolExecutor(
-            settings.decode_threads, thread_name_prefix="decode"
+            settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu
         )
         app.state.dataplane = DataPlane(registry, settings, decoders)
         registry.start()

@@ -30,6 +30,7 @@ from typing import cast
 import numpy as np
 
 from service.batching import MicroBatcher
+from service.budget import MIB, BudgetExceeded, DecodeBudget
 from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
 from service.images import ImageRejected, decode_image
 from service.predictor import Predictor
@@ -107,6 +108,10 @@ class DataPlane:
         self._decoders = decoders
         self._max_pixels = settings.max_image_pixels
         self._undo_enlargements = settings.undo_enlargements
+        # Shared by this worker's decoder threads (service/budget.py).
+        self.decode_budget = DecodeBudget(
+            settings.decode_budget_mb * MIB, settings.decode_wait_s, settings.max_request_pixels
+        )
 
     # --- which model -----------------------------------------------------------------------
 
@@ -157,9 +162,15 @@ class DataPlane:
             decode_image,
             size=predictor.image_size,
             max_pixels=self._max_pixels,
+            budget=self.decode_budget.for_request(),
             undo_enlargements=self._undo_enlargements,
         )
         images = await self._decode_all(files, decode)
+        # A request over its budget fails whatever else happened to its files: retrying it
+        # (what a 503 from a busy budget invites) would never help.
+        over = next((image for image in images if isinstance(image, BudgetExceeded)), None)
+        if over is not None:
+            raise over
         for number, image in enumerate(images, 1):
             if isinstance(image, ImageRejected) and len(images) > 1:
                 raise type(image)(f"image {number}: {image}")

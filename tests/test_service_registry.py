@@ -191,6 +191,33 @@ def test_hidden_folders_are_not_versions(model_dir):
         assert models_by_name(client)["cifar10"]["versions"] == ["1"]
 
 
+def test_stray_entries_are_skipped_and_logged_and_every_model_serves(model_dir, caplog):
+    cifar10 = model_dir / "cifar10"
+    for name in ("²", "٣", "2.tmp", "tmpabc123"):  # '²' and '٣' pass str.isdigit, not int()
+        (cifar10 / name).mkdir()
+    (cifar10 / "notes.txt").write_text("a file among the versions")
+    (model_dir / "README.txt").write_text("a file among the models")
+    with serving(model_dir) as client:
+        assert client.get("/readyz").status_code == 200
+        assert {name: m["versions"] for name, m in models_by_name(client).items()} == {
+            "cifar10": ["1"],
+            "iris": ["1"],
+        }
+        assert client.post("/predict/iris", json=FEATURES).status_code == 200
+    skipped = " ".join(r.getMessage() for r in caplog.records if "skipping" in r.getMessage())
+    for entry in ("cifar10/²", "cifar10/2.tmp", "cifar10/notes.txt", "README.txt"):
+        assert repr(entry) in skipped
+
+
+def test_rejected_versions_are_named_without_host_paths(model_dir):
+    shutil.copytree(model_dir / "iris" / "1", model_dir / "iris" / "2")
+    break_saved_model(model_dir / "iris" / "2")
+    with serving(model_dir) as client:
+        why = models_by_name(client)["iris"]["rejected_versions"]["2"]
+        readiness = client.get("/readyz").text
+    assert why and str(model_dir.parent) not in why and str(model_dir.parent) not in readiness
+
+
 def test_newest_version_that_loads_is_served(model_dir, exports):
     install(exports["cifar10-v2"], model_dir, "cifar10", version=2)
     break_metadata_labels(install(exports["cifar10"], model_dir, "cifar10", version=3))
