@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -50,14 +49,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # request meets a worker still loading while another already serves. One worker
             # serves at once, /healthz included, and says "loading" until it is ready.
             await registry.first_scan()
-        announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
+        background = [
+            asyncio.create_task(announce_when_ready(app, registry, settings)),
+            asyncio.create_task(metrics.keep_recording_memory()),
+        ]
         drain.install()
         try:
             yield
         finally:  # the server has stopped taking requests and finished those in flight
-            announcement.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await announcement
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await registry.close()
             decoders.shutdown()
             metrics.close()
@@ -97,5 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
         )
     app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
-    app.add_middleware(ServedBy)  # outermost of ours: on every response, CORS and 413 included
+    # Outermost of all: on every response, CORS, 413 and the last resort's 500 included (Starlette
+    # answers that one from a layer it puts outside every middleware added to the app).
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: ServedBy(build_stack())  # type: ignore[method-assign]
     return app
