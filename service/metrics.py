@@ -50,43 +50,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
         # Gauges say how much is under way now. Each worker sets its own (never a callback, which
         # multiprocess mode cannot read), and a scrape of any worker sums the live ones (`livesum`):
         # one scrape reads the pod's true value. A worker that exits leaves the sums (`close`).
-        self.queue_depth = Gauge(
-            "model_queue_depth",
-            "Rows waiting for a model call, in all the workers",
-            ["model"],
-            registry=r,
-            multiprocess_mode="livesum",
+        def live_sum(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, documentation, labels, registry=r, multiprocess_mode="livesum")
+
+        in_all = ", in all the workers"
+        self.queue_depth = live_sum("model_queue_depth", "Rows waiting for a model call" + in_all, ("model",))
+        self.rows_in_model = live_sum(
+            "model_rows_in_progress", "Rows in the batch the model is computing" + in_all, ("model",)
         )
-        self.rows_in_model = Gauge(
-            "model_rows_in_progress",
-            "Rows in the model's hands (the batch being computed), in all the workers",
-            ["model"],
-            registry=r,
-            multiprocess_mode="livesum",
+        self.in_flight = live_sum("http_requests_in_flight", "HTTP requests not yet answered" + in_all)
+        # The image decoders' memory budget: bytes that decodes under way hold, and the budget
+        # itself (each worker has one of its own, so the pod's is their sum).
+        self.decode_budget_in_use = live_sum(
+            "decode_budget_bytes_in_use", "Bytes of the decoders' budget held by decodes" + in_all
         )
-        self.in_flight = Gauge(
-            "http_requests_in_flight",
-            "HTTP requests received and not yet answered, in all the workers",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        # For the image decoders' memory budget: bytes held by decodes now, and the budget itself,
-        # both summed over the workers (each worker has a budget of its own).
-        self.decode_budget_in_use = Gauge(
-            "decode_budget_bytes_in_use",
-            "Bytes of the decoders' memory budget held by decodes under way, in all the workers",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.decode_budget = Gauge(
-            "decode_budget_bytes",
-            "The decoders' memory budget, summed over the workers",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
+        self.decode_budget = live_sum("decode_budget_bytes", "The decoders' memory budget" + in_all)
         self.live_version = Gauge(
             "model_live_version", "Version being served", ["model"], registry=r, multiprocess_mode="livemax"
         )
