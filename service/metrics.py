@@ -62,6 +62,9 @@ class Metrics:
         self.rows_in_model = live_sum(
             "model_rows_in_progress", "Rows in the batch the model is computing" + in_all, ("model",)
         )
+        self.queue_capacity = live_sum(
+            "model_queue_capacity", "Rows that may wait before requests are refused" + in_all, ("model",)
+        )
         self.in_flight = live_sum("http_requests_in_flight", "HTTP requests not yet answered" + in_all)
         # The image decoders' memory budget: bytes that decodes under way hold, and the budget
         # itself (each worker has one of its own, so the pod's is their sum).

@@ -226,6 +226,7 @@ class ModelRegistry:
         batch_sizes = self.metrics.batch_size.labels(name)
         batch_seconds = self.metrics.batch_seconds.labels(name)
         queue_depth = self.metrics.queue_depth.labels(name)
+        self.metrics.queue_capacity.labels(name).set(s.max_queue_size)
         rows_in_model = self.metrics.rows_in_model.labels(name)
 
         def on_batch(size: int, seconds: float) -> None:
