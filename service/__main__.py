@@ -6,6 +6,7 @@ On SIGTERM or Ctrl-C uvicorn stops accepting connections and lets in-flight requ
 
 import contextlib
 import importlib.util
+import os
 import signal
 import sys
 
@@ -13,6 +14,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from service.device import quiet_tensorflow
+from service.layout import WORKERS_WHY, layout_for
 from service.metrics import share_between_workers
 from service.settings import Settings
 from service.supervisor import Supervisor
@@ -28,6 +30,8 @@ def main() -> None:
     # After its graceful shutdown uvicorn raises the signal again, which would end the process
     # as killed by SIGTERM (status 143); a clean drain is a successful exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    explicit = "workers" in settings.model_fields_set
+    os.environ[WORKERS_WHY] = "WORKERS" if explicit else layout_for(settings.device).why
     config = uvicorn.Config(
         "service.main:app",  # by name, so that each worker process builds its own
         workers=settings.workers,
