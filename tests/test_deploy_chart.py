@@ -369,3 +369,16 @@ def test_the_dashboard_is_a_configmap_grafanas_sidecar_loads():
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     [text] = dashboard["data"].values()
     assert json.loads(text) == json.loads((CHART / "monitoring" / "dashboard.json").read_text())
+
+
+def test_the_startup_probe_covers_model_loading_before_liveness_is_asked():
+    """With several workers none accepts a connection until its models are loaded, so /healthz
+    cannot answer then (docs/autoscaling.md): Kubernetes runs no liveness probe until the startup
+    probe (/readyz) passes, and that probe waits at least as long as Compose's start period."""
+    container = api_container(render(None))
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/readyz"
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    start_period = compose["services"]["api"]["healthcheck"]["start_period"]
+    default_s = int(re.fullmatch(r"\$\{API_START_PERIOD:-(\d+)s\}", start_period)[1])
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= default_s
