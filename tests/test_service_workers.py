@@ -114,7 +114,8 @@ def test_a_worker_that_dies_leaves_the_live_gauges(tmp_path, shared_models):
         pids = wait_for(lambda: len(found := worker_pids()) == 2 and found)
         victim = int(min(pids))
         os.kill(victim, signal.SIGKILL)  # no chance to clean up after itself
-        # uvicorn's supervisor starts a new worker; the dead one's series go with it.
-        after = wait_for(lambda: len(found := worker_pids()) == 2 and str(victim) not in found and found)
-        assert len(after & pids) == 1
+        # uvicorn's supervisor sees it die (within a second) and forgets its gauges; the worker
+        # it starts instead shows up once its models are loaded, which is not waited for here.
+        after = wait_for(lambda: str(victim) not in (found := worker_pids()) and found)
+        assert pids - {str(victim)} <= after
         assert not list(Path(tmp_path).glob(f"prometheus-*/gauge_live*_{victim}.db"))
