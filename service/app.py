@@ -16,6 +16,7 @@ from service.draining import Drain
 from service.errors import add_error_handlers
 from service.identity import ServedBy
 from service.limits import BodyLimits
+from service.loading import WaitForModels
 from service.metrics import Metrics, RequestMetrics
 from service.protocols import tfserving_routes, v2_routes
 from service.registry import ModelRegistry
@@ -42,13 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.decoders = decoders = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="decode"
         )
-        registry.start()
-        if settings.workers > 1:
-            # Workers share one listening socket, and a worker takes connections only once its
-            # lifespan has started: here, after its models are loaded (or rejected), so no
-            # request meets a worker still loading while another already serves. One worker
-            # serves at once, /healthz included, and says "loading" until it is ready.
-            await registry.first_scan()
+        registry.start()  # with several workers, requests wait for it: service/loading.py
         background = [
             asyncio.create_task(announce_when_ready(app, registry, settings)),
             asyncio.create_task(metrics.keep_recording_memory()),
@@ -91,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tfserving_routes.inference, dependencies=guarded)
     add_error_handlers(app, metrics)
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
+    if settings.workers > 1:
+        app.add_middleware(WaitForModels)  # outside the body's timer, inside the metrics
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -372,9 +372,9 @@ def test_the_dashboard_is_a_configmap_grafanas_sidecar_loads():
 
 
 def test_the_startup_probe_covers_model_loading_before_liveness_is_asked():
-    """With several workers none accepts a connection until its models are loaded, so /healthz
-    cannot answer then (docs/autoscaling.md): Kubernetes runs no liveness probe until the startup
-    probe (/readyz) passes, and that probe waits at least as long as Compose's start period."""
+    """Loading and warming up the models is the startup probe's (/readyz) to wait for, at least
+    as long as Compose's start period; /healthz answers meanwhile (tests/test_service_workers.py),
+    and Kubernetes asks it only once the startup probe has passed."""
     container = api_container(render(None))
     startup = container["startupProbe"]
     assert startup["httpGet"]["path"] == "/readyz"

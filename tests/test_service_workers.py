@@ -3,10 +3,13 @@ requests counted, rows queued and in the model's hands, and nothing of a worker 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 from deployments import HELD_ROWS, held_feature_model, open_gate, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.server import serve
+from benchmarks.server import free_port, serve, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = [5.1, 3.5, 1.4, 0.2]
@@ -119,3 +122,41 @@ def test_a_worker_that_dies_leaves_the_live_gauges(tmp_path, shared_models):
         after = wait_for(lambda: str(victim) not in (found := worker_pids()) and found)
         assert pids - {str(victim)} <= after
         assert not list(Path(tmp_path).glob(f"prometheus-*/gauge_live*_{victim}.db"))
+
+
+def test_every_worker_answers_healthz_while_its_models_load_and_readyz_once_they_are(tmp_path, shared_models):
+    model_dir = tmp_path / "models"
+    shutil.copytree(shared_models, model_dir)
+    gate = tmp_path / "gate"
+    held_feature_model(model_dir, gate)  # loading it waits: its warm-up batch of 3 rows is held
+    port = free_port()
+    env = {
+        **os.environ,
+        **settings_for(tmp_path, 2),
+        "MAX_BATCH_SIZE": str(HELD_ROWS),
+        "MODEL_DIR": str(model_dir),
+        "PORT": str(port),
+    }
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        alive: set[str] = set()
+
+        def both_workers_alive() -> bool:
+            with contextlib.suppress(httpx.TransportError):
+                answer = httpx.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=2)
+                assert answer.status_code == 200
+                alive.add(answer.headers["X-Served-By"])
+            return len(alive) == 2
+
+        wait_for(both_workers_alive, timeout=120)
+        with pytest.raises(httpx.ReadTimeout):  # held by a worker still loading
+            httpx.get(f"{url}/readyz", timeout=2)
+        open_gate(gate)
+        wait_for(lambda: httpx.get(f"{url}/readyz", headers={"Connection": "close"}).status_code == 200)
+    finally:
+        open_gate(gate)
+        stop(process)

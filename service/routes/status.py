@@ -17,8 +17,7 @@ router = APIRouter(tags=["status"])
 @router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
-    """The process is up and answering. One worker answers while its models load; with
-    several, each takes connections once its models are loaded (docs/autoscaling.md)."""
+    """The process is up and answering (models may still be loading: service/loading.py)."""
     return Health()
 
 
