@@ -277,10 +277,17 @@ class ModelRegistry:
         name, s = served.name, self.settings
         batch_sizes = self.metrics.batch_size.labels(name)
         batch_seconds = self.metrics.batch_seconds.labels(name)
+        queue_depth = self.metrics.queue_depth.labels(name)
+        self.metrics.queue_capacity.labels(name).set(s.max_queue_size)
+        rows_in_model = self.metrics.rows_in_model.labels(name)
 
         def on_batch(size: int, seconds: float) -> None:
             batch_sizes.observe(size)
             batch_seconds.observe(seconds)
+
+        def on_load(queued: int, computing: int) -> None:
+            queue_depth.set(queued)
+            rows_in_model.set(computing)
 
         batcher = MicroBatcher(
             name,
@@ -289,8 +296,8 @@ class ModelRegistry:
             s.max_queue_size,
             on_batch,
             self.metrics.errors.labels("inference").inc,
+            on_load,
         )
-        self.metrics.queue_depth.labels(name).set_function(lambda: batcher.queued)
         batcher.task.add_done_callback(lambda task: self._batcher_stopped(served, batcher, task))
         return batcher
 

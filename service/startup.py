@@ -25,6 +25,8 @@ async def announce_when_ready(app: FastAPI, registry: ModelRegistry, settings: S
 def ready_line(app: FastAPI, registry: ModelRegistry, settings: Settings) -> str:
     models = ", ".join(f"{state.name} v{state.live.version}" for state in registry.states() if state.live)
     workers = f"{settings.workers} worker" + ("s" if settings.workers > 1 else "")
+    why = getattr(app.state, "workers_why", None)  # set by service.main (WORKERS_WHY says why)
+    workers += f" ({why})" if why else ""
     base = f"http://{settings.host}:{settings.port}"
     # create_app always serves both, from the app itself (the docs work offline).
     places = [f"page {base}/", f"API docs {base}/docs"]

@@ -90,9 +90,12 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypa
         }
 
 
-def test_with_several_workers_each_takes_requests_only_once_its_models_are_loaded(model_dir, monkeypatch):
-    """Workers share the listening socket: one still loading must not answer "loading" to a
-    request while another worker is ready for it. (One worker serves /healthz meanwhile: above.)"""
+def test_with_several_workers_a_loading_worker_is_alive_and_holds_requests_until_loaded(
+    model_dir, monkeypatch
+):
+    """Workers share the listening socket: one still loading answers /healthz (and /metrics) at
+    once, but must not answer "loading" to a request another, ready worker could have had; it
+    holds it until its models are loaded. (One worker says "loading": above.)"""
     gate = threading.Event()
     load = registry_module.load_predictor
 
@@ -101,15 +104,21 @@ def test_with_several_workers_each_takes_requests_only_once_its_models_are_loade
         return load(*args)
 
     monkeypatch.setattr(registry_module, "load_predictor", held_load)
-    opener = threading.Timer(0.5, gate.set)
-    opener.start()
     try:
-        with serving(model_dir, ready=False, workers=2) as client:
-            assert gate.is_set(), "the worker started serving before its models were loaded"
-            assert client.get("/readyz").status_code == 200
-            assert client.post("/predict/iris", json=FEATURES).status_code == 200
+        with serving(model_dir, ready=False, workers=2) as client, ThreadPoolExecutor(2) as clients:
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/metrics").status_code == 200
+            held = [
+                clients.submit(client.get, "/readyz"),
+                clients.submit(client.post, "/predict/iris", json=FEATURES),
+            ]
+            # Both in the app and waiting (the scrape counts itself too), none answered.
+            wait_for(lambda: "http_requests_in_flight 3.0" in client.get("/metrics").text)
+            assert not any(answer.done() for answer in held)
+            gate.set()
+            assert [answer.result(timeout=60).status_code for answer in held] == [200, 200]
     finally:
-        opener.cancel()
+        gate.set()
 
 
 def test_models_describes_what_is_live(client, exports):
