@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.decoders = decoders = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu
         )
-        app.state.dataplane = DataPlane(registry, settings, decoders)
+        app.state.dataplane = DataPlane(registry, settings, decoders, metrics)
         registry.start()  # with several workers, requests wait for it: service/loading.py
         background = [
             asyncio.create_task(announce_when_ready(app, registry, settings)),

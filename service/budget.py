@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from prometheus_client import Gauge
+
 MIB = 1024 * 1024
 
 
@@ -30,12 +32,23 @@ class DecodeBudget:
     """One worker's decode budget: `capacity` bytes of decoded pixels at once, shared by its
     decoder threads, and at most `max_request_pixels` decoded per request."""
 
-    def __init__(self, capacity: int, wait_s: float, max_request_pixels: int):
+    def __init__(
+        self,
+        capacity: int,
+        wait_s: float,
+        max_request_pixels: int,
+        in_use: Gauge | None = None,
+        budget: Gauge | None = None,
+    ):
         self.capacity = capacity
         self.wait_s = wait_s
         self.max_request_pixels = max_request_pixels
         self.taken = 0
         self._change = threading.Condition()
+        # The pod-wide decode-budget signals (service/metrics.py), kept as `taken` changes.
+        self._in_use = in_use
+        if budget is not None:
+            budget.set(capacity)
 
     def for_request(self) -> RequestBudget:
         return RequestBudget(self)
@@ -51,13 +64,18 @@ class DecodeBudget:
         with self._change:
             if not self._change.wait_for(lambda: self.taken + size <= self.capacity, self.wait_s):
                 raise DecoderBusy("the server is busy decoding other uploads; retry shortly")
-            self.taken += size
+            self._take(size)
         try:
             yield
         finally:
             with self._change:
-                self.taken -= size
+                self._take(-size)
                 self._change.notify_all()
+
+    def _take(self, size: int) -> None:
+        self.taken += size
+        if self._in_use is not None:
+            self._in_use.set(self.taken)
 
 
 class RequestBudget:

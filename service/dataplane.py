@@ -33,6 +33,7 @@ from service.batching import MicroBatcher
 from service.budget import MIB, BudgetExceeded, DecodeBudget
 from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
 from service.images import ImageRejected, decode_image
+from service.metrics import Metrics
 from service.predictor import Predictor
 from service.registry import ModelRegistry, ModelState, ServedModel, UnknownModel
 from service.resizing import NotBuiltYet
@@ -102,7 +103,13 @@ def version_number(model: str, text: str | None) -> int | None:
 class DataPlane:
     """Find the live version, decode uploads, check rows, batch, check outputs, pick labels."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, decoders: ThreadPoolExecutor):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: Settings,
+        decoders: ThreadPoolExecutor,
+        metrics: Metrics | None = None,
+    ):
         self.registry = registry
         self.max_rows = settings.max_batch_size
         self._decoders = decoders
@@ -110,7 +117,11 @@ class DataPlane:
         self._undo_enlargements = settings.undo_enlargements
         # Shared by this worker's decoder threads (service/budget.py).
         self.decode_budget = DecodeBudget(
-            settings.decode_budget_mb * MIB, settings.decode_wait_s, settings.max_request_pixels
+            settings.decode_budget_mb * MIB,
+            settings.decode_wait_s,
+            settings.max_request_pixels,
+            in_use=metrics.decode_budget_in_use if metrics else None,
+            budget=metrics.decode_budget if metrics else None,
         )
 
     # --- which model -----------------------------------------------------------------------

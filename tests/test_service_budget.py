@@ -15,6 +15,7 @@ import pytest
 from deployments import serving
 from payloads import assert_error, encode, photo
 from PIL import Image, ImageFile
+from prometheus_client import CollectorRegistry, Gauge
 
 from service.__main__ import give_memory_back
 from service.app import DECODER_NICENESS
@@ -109,6 +110,17 @@ def test_a_request_waits_for_the_budget_other_decodes_hold_then_gets_busy():
     assert decode_image(data, SIZE, MAX_PIXELS, budget.for_request()).shape == (32, 32, 3)  # once freed
     other.join()
     assert budget.taken == 0
+
+
+def test_the_budget_in_use_is_published_for_the_pod_wide_signal():
+    registry = CollectorRegistry()
+    in_use = Gauge("in_use_bytes", "held", registry=registry)
+    capacity = Gauge("budget_bytes", "budget", registry=registry)
+    budget = DecodeBudget(64 * MIB, wait_s=0, max_request_pixels=MAX_PIXELS, in_use=in_use, budget=capacity)
+    assert registry.get_sample_value("budget_bytes") == 64 * MIB
+    with budget.holding(10 * MIB), budget.holding(5 * MIB):
+        assert registry.get_sample_value("in_use_bytes") == 15 * MIB
+    assert registry.get_sample_value("in_use_bytes") == 0
 
 
 def test_decodes_in_flight_never_hold_more_than_the_budget(monkeypatch):
