@@ -84,10 +84,15 @@ FROM base AS service
 COPY --from=service-venv /opt/venv /opt/venv
 COPY model_repository /app/model_repository
 COPY service /app/service
+# HOST=0.0.0.0: a container is reached through its published port; without API_KEY the ready
+# line warns that predictions are open (docs/security.md). MALLOC_*: memory freed after a burst
+# goes back to the system (service/__main__.py says why; here for the one-worker case too).
 ENV PYTHONPATH=/app \
     HOST=0.0.0.0 \
     PORT=8000 \
-    MODEL_DIR=/app/models
+    MODEL_DIR=/app/models \
+    MALLOC_MMAP_THRESHOLD_=131072 \
+    MALLOC_ARENA_MAX=2
 USER 10001:10001
 EXPOSE 8000
 # Healthy once /readyz answers 200: models loaded and warmed up. The start period covers

@@ -74,13 +74,15 @@ class Metadata(BaseModel):
 
 
 def existing_versions(model_dir: Path) -> list[int]:
-    """The published versions of one model, oldest first; staging and other hidden folders are not."""
+    """The published versions of one model, oldest first; staging and other hidden folders are not,
+    nor any other name than ASCII digits (`str.isdigit` also takes '²', which `int` refuses)."""
     if not model_dir.is_dir():
         return []
-    # ASCII digits: str.isdigit() also passes "¹", which int() refuses.
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()
-    )
+    return sorted(int(p.name) for p in model_dir.iterdir() if is_version(p.name) and p.is_dir())
+
+
+def is_version(name: str) -> bool:
+    return name.isascii() and name.isdigit()
 
 
 def next_version(model_dir: Path) -> int:

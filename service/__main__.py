@@ -4,15 +4,20 @@ On SIGTERM or Ctrl-C uvicorn stops accepting connections and lets in-flight requ
 (for up to SHUTDOWN_TIMEOUT_S), then the app drains its batchers and the process exits 0.
 """
 
+import contextlib
 import importlib.util
+import os
 import signal
 import sys
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from service.device import quiet_tensorflow
+from service.layout import WORKERS_WHY, layout_for
 from service.metrics import share_between_workers
 from service.settings import Settings
+from service.supervisor import Supervisor
 
 
 def main() -> None:
@@ -22,12 +27,13 @@ def main() -> None:
         sys.exit('TensorFlow is not installed: pip install -e ".[cpu]" (or ".[gpu]" on an NVIDIA GPU host)')
     # Before any worker imports TensorFlow; workers inherit the environment.
     quiet_tensorflow(settings.device)
+    give_memory_back()
     # After its graceful shutdown uvicorn raises the signal again, which would end the process
     # as killed by SIGTERM (status 143); a clean drain is a successful exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    if settings.workers > 1:  # else one process: its own registry is the whole truth
-        share_between_workers()
-    uvicorn.run(
+    explicit = "workers" in settings.model_fields_set
+    os.environ[WORKERS_WHY] = "WORKERS" if explicit else layout_for(settings.device).why
+    config = uvicorn.Config(
         "service.main:app",  # by name, so that each worker process builds its own
         workers=settings.workers,
         host=settings.host,
@@ -37,6 +43,31 @@ def main() -> None:
         timeout_keep_alive=settings.timeout_keep_alive_s,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
+    # What uvicorn.run does, with a supervisor that also clears the metrics of a worker that
+    # died (service/supervisor.py).
+    with contextlib.suppress(KeyboardInterrupt):
+        if settings.workers > 1:
+            share_between_workers()
+            Supervisor(config, sockets=[config.bind_socket()]).run()
+            return
+        server = uvicorn.Server(config)  # one process: its own registry is the whole truth
+        server.run()
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)
+
+
+# glibc malloc, read by each worker process as it starts (uvicorn starts workers afresh):
+# a fixed mmap threshold keeps every block of 128 KiB and more (decoded images, request bodies,
+# numpy arrays) in its own mapping, returned to the system when freed, instead of glibc raising
+# the threshold after the first large free and keeping later ones in its heaps; two arenas
+# instead of eight per core keep the decoder and TensorFlow threads' heaps from multiplying.
+# See docs/security.md for the measurement. Set either in the environment to override.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
+
+
+def give_memory_back() -> None:
+    for name, value in MALLOC.items():
+        os.environ.setdefault(name, value)
 
 
 if __name__ == "__main__":  # worker processes import this module again; only the first serves

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -18,6 +20,7 @@ from service.draining import Drain
 from service.errors import add_error_handlers
 from service.identity import ServedBy
 from service.limits import BodyLimits
+from service.loading import WaitForModels
 from service.metrics import Metrics, RequestMetrics
 from service.protocols import tfserving_routes, v2_routes
 from service.registry import ModelRegistry
@@ -25,6 +28,16 @@ from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 from service.startup import announce_when_ready
+
+DECODER_NICENESS = 10
+
+
+def yield_the_cpu() -> None:
+    """Run this (decoder) thread at a lower CPU priority than the event loop and the model: on
+    a busy machine, a large upload's decoding waits, not every other client's request (Linux
+    schedules threads one by one; elsewhere this does nothing)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,24 +56,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = configure_device(settings.device, settings.intra_op_threads, settings.inter_op_threads)
         app.state.registry = registry = ModelRegistry(settings, device, metrics)
         app.state.decoders = decoders = ThreadPoolExecutor(
-            settings.decode_threads, thread_name_prefix="decode"
+            settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu
         )
-        app.state.dataplane = DataPlane(registry, settings, decoders)
-        registry.start()
-        if settings.workers > 1:
-            # Workers share one listening socket, and a worker takes connections only once its
-            # lifespan has started: here, after its models are loaded (or rejected), so no
-            # request meets a worker still loading while another already serves. One worker
-            # serves at once, /healthz included, and says "loading" until it is ready.
-            await registry.first_scan()
-        announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
+        app.state.dataplane = DataPlane(registry, settings, decoders, metrics)
+        registry.start()  # with several workers, requests wait for it: service/loading.py
+        background = [
+            asyncio.create_task(announce_when_ready(app, registry, settings)),
+            asyncio.create_task(metrics.keep_recording_memory()),
+        ]
         drain.install()
         try:
             yield
         finally:  # the server has stopped taking requests and finished those in flight
-            announcement.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await announcement
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await registry.close()
             decoders.shutdown()
             metrics.close()
@@ -95,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tfserving_routes.inference, dependencies=guarded)
     add_error_handlers(app, metrics, protocol_prefixes=("/v2", "/v1"))
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
+    if settings.workers > 1:
+        app.add_middleware(WaitForModels)  # outside the body's timer, inside the metrics
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -103,5 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
         )
     app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
-    app.add_middleware(ServedBy)  # outermost of ours: on every response, CORS and 413 included
+    # Outermost of all: on every response, CORS, 413 and the last resort's 500 included (Starlette
+    # answers that one from a layer it puts outside every middleware added to the app).
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: ServedBy(build_stack())  # type: ignore[method-assign]
     return app

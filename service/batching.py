@@ -60,6 +60,7 @@ class MicroBatcher:
         max_queue_size: int,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
         on_error: Callable[[], None] = lambda: None,
+        on_load: Callable[[int, int], None] = lambda queued, computing: None,
     ):
         self.name = name
         self.max_batch_size = max_batch_size
@@ -68,6 +69,9 @@ class MicroBatcher:
         self.queued = 0  # rows waiting, not counting the batch being computed
         self._on_batch = on_batch
         self._on_error = on_error
+        # Told the rows waiting and the rows being computed whenever either changes, so gauges
+        # hold the current values themselves (service/metrics.py says why that matters).
+        self._on_load = on_load
         self._jobs: deque[_Job] = deque()
         self._expected = 0
         self._arrived = asyncio.Event()
@@ -101,6 +105,7 @@ class MicroBatcher:
         job = _Job(rows, predictor)
         self._jobs.append(job)
         self.queued += len(rows)
+        self._report_load()
         self._arrived.set()
         return await job.future
 
@@ -124,7 +129,8 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(failure)
             self._jobs.clear()
-            self.queued = 0
+            self.queued, self._running = 0, []
+            self._report_load()
             self._thread.shutdown(wait=False)
             raise
 
@@ -137,9 +143,12 @@ class MicroBatcher:
             # Jobs that queued while the model was busy have waited enough already.
             await self._gather_company(self._jobs[0].arrived + self.max_wait_s)
             jobs = self._running = self._take_batch()
+            self._report_load()
             try:
                 outputs = await loop.run_in_executor(self._thread, self._run, jobs)
             except Exception as error:  # a failed batch fails its requests, not the batcher
+                self._running = []
+                self._report_load()
                 log.exception("model %s failed on a batch of %d requests", self.name, len(jobs))
                 self._on_error()
                 for job in jobs:
@@ -153,6 +162,10 @@ class MicroBatcher:
                     job.future.set_result(outputs[start:end])
                 start = end
             self._running = []
+            self._report_load()
+
+    def _report_load(self) -> None:
+        self._on_load(self.queued, sum(len(job.rows) for job in self._running))
 
     async def _wait_for_arrival(self, timeout: float | None = None) -> None:
         self._arrived.clear()

@@ -30,8 +30,10 @@ from typing import cast
 import numpy as np
 
 from service.batching import MicroBatcher
+from service.budget import MIB, BudgetExceeded, DecodeBudget
 from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
 from service.images import ImageRejected, decode_image
+from service.metrics import Metrics
 from service.predictor import Predictor
 from service.registry import ModelRegistry, ModelState, ServedModel, UnknownModel
 from service.resizing import NotBuiltYet
@@ -101,12 +103,26 @@ def version_number(model: str, text: str | None) -> int | None:
 class DataPlane:
     """Find the live version, decode uploads, check rows, batch, check outputs, pick labels."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, decoders: ThreadPoolExecutor):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: Settings,
+        decoders: ThreadPoolExecutor,
+        metrics: Metrics | None = None,
+    ):
         self.registry = registry
         self.max_rows = settings.max_batch_size
         self._decoders = decoders
         self._max_pixels = settings.max_image_pixels
         self._undo_enlargements = settings.undo_enlargements
+        # Shared by this worker's decoder threads (service/budget.py).
+        self.decode_budget = DecodeBudget(
+            settings.decode_budget_mb * MIB,
+            settings.decode_wait_s,
+            settings.max_request_pixels,
+            in_use=metrics.decode_budget_in_use if metrics else None,
+            budget=metrics.decode_budget if metrics else None,
+        )
 
     # --- which model -----------------------------------------------------------------------
 
@@ -157,9 +173,15 @@ class DataPlane:
             decode_image,
             size=predictor.image_size,
             max_pixels=self._max_pixels,
+            budget=self.decode_budget.for_request(),
             undo_enlargements=self._undo_enlargements,
         )
         images = await self._decode_all(files, decode)
+        # A request over its budget fails whatever else happened to its files: retrying it
+        # (what a 503 from a busy budget invites) would never help.
+        over = next((image for image in images if isinstance(image, BudgetExceeded)), None)
+        if over is not None:
+            raise over
         for number, image in enumerate(images, 1):
             if isinstance(image, ImageRejected) and len(images) > 1:
                 raise type(image)(f"image {number}: {image}")

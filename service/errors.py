@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.batching import Closed, QueueFull
+from service.budget import BudgetExceeded, DecoderBusy
 from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput, validation_message
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage
 from service.metrics import Metrics
@@ -30,12 +31,14 @@ STATUS: dict[type[Exception], int] = {
     # (HTTPExceptions carry their own: 401 API key, 408 and 413 body limits, 415 media type)
     BodyTooLarge: 413,
     ImageTooLarge: 413,  # over the pixel cap
+    BudgetExceeded: 413,  # over the decode budget, or the pixels one request may decode
     TooManyRows: 413,
     UnsupportedImage: 415,  # not an image in an accepted format
     UnfitInput: 422,  # wrong shape or datatype, no rows, features or outputs not finite
     ModelNotReady: 503,
     QueueFull: 503,
     Closed: 503,  # Crashed too
+    DecoderBusy: 503,  # the worker's decode budget stayed taken
 }
 
 

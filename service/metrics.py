@@ -6,6 +6,8 @@ start), and a scrape of any worker sums them all: one scrape per pod or containe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -48,20 +50,52 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # Across workers (multiprocess mode): rows waiting in all of them, the newest version live.
-        self.queue_depth = Gauge(
-            "model_queue_depth",
-            "Rows waiting for a model call",
-            ["model"],
-            registry=r,
-            multiprocess_mode="livesum",
+
+        # Gauges say how much is under way now. Each worker sets its own (never a callback, which
+        # multiprocess mode cannot read), and a scrape of any worker sums the live ones (`livesum`):
+        # one scrape reads the pod's true value. A worker that exits leaves the sums (`close`).
+        def live_sum(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, documentation, labels, registry=r, multiprocess_mode="livesum")
+
+        in_all = ", in all the workers"
+        self.queue_depth = live_sum("model_queue_depth", "Rows waiting for a model call" + in_all, ("model",))
+        self.rows_in_model = live_sum(
+            "model_rows_in_progress", "Rows in the batch the model is computing" + in_all, ("model",)
         )
+        self.queue_capacity = live_sum(
+            "model_queue_capacity", "Rows that may wait before requests are refused" + in_all, ("model",)
+        )
+        self.in_flight = live_sum("http_requests_in_flight", "HTTP requests not yet answered" + in_all)
+        # The image decoders' memory budget: bytes that decodes under way hold, and the budget
+        # itself (each worker has one of its own, so the pod's is their sum).
+        self.decode_budget_in_use = live_sum(
+            "decode_budget_bytes_in_use", "Bytes of the decoders' budget held by decodes" + in_all
+        )
+        self.decode_budget = live_sum("decode_budget_bytes", "The decoders' memory budget" + in_all)
         self.live_version = Gauge(
             "model_live_version", "Version being served", ["model"], registry=r, multiprocess_mode="livemax"
+        )
+        self.worker_memory = Gauge(
+            "process_worker_resident_memory_bytes",
+            "Resident memory of each worker process (multiprocess mode adds its pid as a label)",
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.errors = Counter(
             "service_errors", "Failures: model_load, inference, unhandled", ["kind"], registry=r
         )
+
+    def record_memory(self) -> None:
+        """Note this worker's resident memory now (Linux; elsewhere the gauge stays unset)."""
+        with contextlib.suppress(OSError):
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+            self.worker_memory.set(pages * os.sysconf("SC_PAGE_SIZE"))
+
+    async def keep_recording_memory(self, every_s: float = 5.0) -> None:
+        """Record this worker's memory every `every_s` seconds, for as long as the worker runs."""
+        while True:
+            self.record_memory()
+            await asyncio.sleep(every_s)
 
     def exposition(self) -> bytes:
         """The text a scrape gets: this process's metrics, or every worker's when they share them."""
@@ -73,8 +107,15 @@ class Metrics:
 
     def close(self) -> None:
         """On a worker's exit: its gauges leave the live sums (its counters still count)."""
-        if os.environ.get(MULTIPROCESS_DIR):
-            multiprocess.mark_process_dead(os.getpid())
+        forget_worker(os.getpid())
+
+
+def forget_worker(pid: int) -> None:
+    """Take the live gauges of worker `pid`, which has exited, out of what scrapes sum. Called by
+    the worker itself as it stops, and by the server process when it sees a worker die (killed,
+    or crashed, with no chance to call it: service/supervisor.py)."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(pid)
 
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -106,6 +147,7 @@ class RequestMetrics:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500  # unless a response starts
+        self.metrics.in_flight.inc()
 
         async def send_and_record_status(message: Message) -> None:
             nonlocal status
@@ -116,6 +158,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_record_status)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             path = _route_template(scope)
             protocol = getattr(route, "protocol", "native")  # set by the protocols' route classes

@@ -1,7 +1,9 @@
 """The models being served: found under MODEL_DIR, loaded, warmed up, and hot-reloaded.
 
 Every folder `<MODEL_DIR>/<name>/` is a model and every integer folder inside it a version
-(hidden ones, such as `model_repository`'s `.staging-*`, are exports in progress). A model
+(hidden ones, such as `model_repository`'s `.staging-*`, are exports in progress); anything
+else found there (files, temporary or non-ASCII names) is logged once and skipped, and a
+folder that cannot be read is logged and retried at the next scan, never stopping it. A model
 serves its newest version that loads and warms up, or its pinned one. Every
 `poll_interval_s` the folder is scanned again: a newer version is loaded and warmed up beside
 the live one, then swapped in by one assignment while requests keep flowing; a version that
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from model_repository import existing_versions
+from model_repository import existing_versions, is_version
 from service.batching import MicroBatcher
 from service.heap import freeze_loaded_models
 from service.metrics import Metrics
@@ -64,9 +66,9 @@ class ServedModel:
         if self.predictor is not None:
             return None
         if self.pinned is not None and self.pinned not in self.versions:
-            return f"pinned version {self.pinned} not found in {self.directory}"
+            return f"pinned version {self.pinned} not found in {self.name}/"
         if not self.versions:
-            return f"no version folder in {self.directory}"
+            return f"no version folder in {self.name}/"
         if self.failed:
             version = max(self.failed)
             return f"version {version} failed to load: {self.failed[version]}"
@@ -94,6 +96,7 @@ class ModelRegistry:
         self.metrics = metrics
         self.models: dict[str, ServedModel] = {}
         self.scanned = False
+        self._skipped: set[str] = set()  # entries of MODEL_DIR already logged as skipped
         # Batch sizes traced and run once before serving: the smallest, a middling and the largest.
         self.warm_up_sizes = sorted({1, min(8, settings.max_batch_size), settings.max_batch_size})
         self._watcher: asyncio.Task | None = None
@@ -207,11 +210,28 @@ class ModelRegistry:
             if not self.scanned:
                 log.error("MODEL_DIR %s is not a folder: no models to serve", root)
             return {}
-        return {
-            path.name: existing_versions(path)
-            for path in sorted(root.iterdir())
-            if path.is_dir() and not path.name.startswith(".")
-        }
+        found = {}
+        for path in sorted(root.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if not path.is_dir():
+                self._skip(path, "not a folder")
+                continue
+            try:
+                found[path.name] = existing_versions(path)
+                for entry in path.iterdir():
+                    if not entry.name.startswith(".") and not (is_version(entry.name) and entry.is_dir()):
+                        self._skip(entry, "not a version folder (a name of ASCII digits)")
+            except OSError as error:  # unreadable, or removed while scanned: the next scan retries
+                log.error("skipping %s/ this scan: %s", path.name, error.strerror or error)
+        return found
+
+    def _skip(self, path: Path, why: str) -> None:
+        """Log an unexpected entry of MODEL_DIR once, by its place in it."""
+        where = path.relative_to(self.settings.model_dir).as_posix()
+        if where not in self._skipped:
+            self._skipped.add(where)
+            log.warning("skipping %r in MODEL_DIR: %s", where, why)
 
     def _candidates(self, served: ServedModel) -> list[int]:
         """Versions to try, best first: the pinned one, or those newer than the live one."""
@@ -229,7 +249,9 @@ class ModelRegistry:
         try:
             predictor = await asyncio.to_thread(load_predictor, path, self.device, self.warm_up_sizes)
         except ModelError as error:
-            served.failed[version] = str(error)
+            # Without the host's paths: /models and /readyz show this to any client.
+            where = f"{served.name}/{version}"
+            served.failed[version] = str(error).replace(str(path.resolve()), where).replace(str(path), where)
             self.metrics.errors.labels("model_load").inc()
             keeping = f"; still serving version {live.version}" if live else ""
             log.error("rejected %s version %d (%s): %s%s", served.name, version, path, error, keeping)
@@ -255,10 +277,17 @@ class ModelRegistry:
         name, s = served.name, self.settings
         batch_sizes = self.metrics.batch_size.labels(name)
         batch_seconds = self.metrics.batch_seconds.labels(name)
+        queue_depth = self.metrics.queue_depth.labels(name)
+        self.metrics.queue_capacity.labels(name).set(s.max_queue_size)
+        rows_in_model = self.metrics.rows_in_model.labels(name)
 
         def on_batch(size: int, seconds: float) -> None:
             batch_sizes.observe(size)
             batch_seconds.observe(seconds)
+
+        def on_load(queued: int, computing: int) -> None:
+            queue_depth.set(queued)
+            rows_in_model.set(computing)
 
         batcher = MicroBatcher(
             name,
@@ -267,8 +296,8 @@ class ModelRegistry:
             s.max_queue_size,
             on_batch,
             self.metrics.errors.labels("inference").inc,
+            on_load,
         )
-        self.metrics.queue_depth.labels(name).set_function(lambda: batcher.queued)
         batcher.task.add_done_callback(lambda task: self._batcher_stopped(served, batcher, task))
         return batcher
 

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     body_timeout_s: float = Field(30.0, gt=0)
     max_image_pixels: int = Field(50_000_000, ge=1)
+    # Decoding budget (service/budget.py): MiB of decoded pixels one worker holds at once, all
+    # its uploads together (over it: 413; taken by others for decode_wait_s: 503), and the
+    # pixels one request may decode in all, which bounds its CPU time (about 1 CPU-s here).
+    # Memory: the service stays within its idle size + workers × decode_budget_mb of decoding.
+    decode_budget_mb: int = Field(192, ge=1)
+    decode_wait_s: float = Field(2.0, ge=0)
+    max_request_pixels: int = Field(64_000_000, ge=1)
 
     # Predict endpoints need this key (X-API-Key or Authorization: Bearer) when it is set.
     api_key: SecretStr | None = None

@@ -48,13 +48,17 @@ def tiny_feature_model(features: int, classes: int, seed: int, kernel="glorot_un
     return keras.Model(inputs, dense(inputs))
 
 
-def export(model: keras.Model, root: Path, name: str, input_spec: dict, labels: list[str]) -> Path:
+def export(
+    model: keras.Model, root: Path, name: str, input_spec: dict, labels: list[str], predict=None
+) -> Path:
+    """Export `model` (or `predict`, a function of the input batch using it) as the next version."""
     metadata = {
         "labels": labels,
         "metrics": {"test": {"accuracy": 0.5, "examples": 10}},
         "training": {"command": "pytest tests/conftest.py", "seed": 0},
     }
-    return export_model(model, lambda x: model(x, training=False), root, name, input_spec, metadata)
+    predict = predict or (lambda x: model(x, training=False))
+    return export_model(model, predict, root, name, input_spec, metadata)
 
 
 def install(exported: Path, model_dir: Path, name: str | None = None, version: int = 1) -> Path:
@@ -126,3 +130,34 @@ def value(all_samples, name, **labels) -> float:
     key = (name, tuple(sorted(labels.items())))
     assert key in all_samples, f"no series {name}{labels}"
     return all_samples[key]
+
+
+HELD_ROWS = 3  # a call with this many rows waits for the gate; warm-up sizes (1, 8, 16) do not
+
+
+def held_feature_model(root: Path, gate: Path) -> Path:
+    """An iris-shaped export whose model call, for a batch of exactly HELD_ROWS rows, waits in
+    the server's model thread until the file `gate` exists (`open_gate`): a model call held for
+    as long as a test needs it. (It polls the folder meanwhile, which keeps one core busy: hold
+    calls for seconds, not minutes.)"""
+    model = tiny_feature_model(4, 3, seed=6)
+
+    def predict(x):
+        probabilities = model(x, training=False)
+        # The pattern is computed from the input, or TensorFlow would evaluate the search once,
+        # while it optimizes the graph (constant folding).
+        pattern = tf.strings.regex_replace(tf.strings.as_string(tf.shape(x)[0]), "^.*$", str(gate))
+
+        def after_the_gate():
+            still_closed = lambda n: tf.equal(tf.size(tf.io.matching_files(pattern)), 0)  # noqa: E731
+            waited = tf.while_loop(still_closed, lambda n: n + 1, [tf.constant(0)])
+            return probabilities + 0.0 * tf.cast(waited, tf.float32)
+
+        return tf.cond(tf.shape(x)[0] == HELD_ROWS, after_the_gate, lambda: probabilities)
+
+    return export(model, root, "held", IRIS_SPEC, IRIS_LABELS, predict)
+
+
+def open_gate(gate: Path) -> None:
+    """Let every held call through, now and later."""
+    gate.touch()

@@ -32,6 +32,7 @@ VALUES["training"] = "values-training.yaml"
 KUBERNETES = [f"1.{minor}" for minor in range(30, 38)]
 CUSTOM = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice-serving.kserve.io-v1beta1.json",
 }
 
@@ -163,7 +164,8 @@ def test_each_values_file_renders_what_it_is_for(helm):
     core = ["Deployment", "PersistentVolumeClaim", "PodDisruptionBudget", "Service"]
     assert kinds["default"] == core
     assert kinds["gpu"] == core
-    assert kinds["autoscaling"] == sorted(core + ["HorizontalPodAutoscaler", "Ingress", "ServiceMonitor"])
+    monitoring = ["ConfigMap", "PrometheusRule", "ServiceMonitor"]
+    assert kinds["autoscaling"] == sorted(core + monitoring + ["HorizontalPodAutoscaler", "Ingress"])
     assert kinds["training"] == sorted(core + ["Job"])
 
 
@@ -176,9 +178,9 @@ def test_every_rendered_object_is_valid_kubernetes(helm, values, version):
 
 
 def test_custom_resources_match_their_crd_schemas(helm):
-    [monitor] = [obj for obj in render(VALUES["autoscaling"]) if obj["kind"] == "ServiceMonitor"]
+    objects = render(VALUES["autoscaling"])
     inference_service = yaml.safe_load(INFERENCE_SERVICE.read_text())
-    for obj in (monitor, inference_service):
+    for obj in (one(objects, "ServiceMonitor"), one(objects, "PrometheusRule"), inference_service):
         assert not crd_errors(obj), crd_errors(obj)
 
 
@@ -354,3 +356,29 @@ def test_inference_service_runs_the_image_on_the_port_it_declares():
     assert container["ports"][0]["containerPort"] == int(env["PORT"])
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": int(env["PORT"])}
     assert env["MODEL_DIR"] == "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
+
+
+def test_the_prometheus_rule_ships_the_rule_group_promtool_tests():
+    rule = one(render(VALUES["autoscaling"]), "PrometheusRule")
+    plain = yaml.safe_load((CHART / "monitoring" / "rules.yaml").read_text())
+    assert rule["spec"] == plain  # tests/test_prometheus.py runs promtool on the plain file
+
+
+def test_the_dashboard_is_a_configmap_grafanas_sidecar_loads():
+    dashboard = one(render(VALUES["autoscaling"]), "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    [text] = dashboard["data"].values()
+    assert json.loads(text) == json.loads((CHART / "monitoring" / "dashboard.json").read_text())
+
+
+def test_the_startup_probe_covers_model_loading_before_liveness_is_asked():
+    """Loading and warming up the models is the startup probe's (/readyz) to wait for, at least
+    as long as Compose's start period; /healthz answers meanwhile (tests/test_service_workers.py),
+    and Kubernetes asks it only once the startup probe has passed."""
+    container = api_container(render(None))
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/readyz"
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    start_period = compose["services"]["api"]["healthcheck"]["start_period"]
+    default_s = int(re.fullmatch(r"\$\{API_START_PERIOD:-(\d+)s\}", start_period)[1])
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= default_s

@@ -71,7 +71,7 @@ def test_plain_up_starts_only_the_api_with_read_only_models_on_localhost():
     assert services["locust"]["depends_on"]["api"]["condition"] == "service_healthy"
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "docker/lb/Dockerfile"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "docker/lb/Dockerfile", "docker/prometheus/Dockerfile"])
 def test_dockerfile_passes_hadolint(dockerfile):
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:

@@ -107,3 +107,38 @@ def test_replicas_answer_every_request_while_one_restarts_and_a_version_is_publi
     assert result.returncode == 0
     new = summary["new_version"]
     assert summary["drill"]["cifar10_versions_answered"].get(new, 0) > 0, "the new version never answered"
+
+
+def test_prometheus_scrapes_every_replica_by_the_services_name_and_loads_the_charts_rules():
+    prometheus = scale_file()["services"]["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]  # the fault drill runs without it
+    [mount] = prometheus["volumes"]
+    assert (REPO / mount["source"]).resolve() == REPO / "deploy/helm/cifar-serving/monitoring/rules.yaml"
+    config = yaml.safe_load((REPO / "docker/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == [mount["target"]]
+    [job] = config["scrape_configs"]
+    [discovery] = job["dns_sd_configs"]
+    assert discovery["names"] == ["api"] and discovery["type"] == "A"
+    assert discovery["port"] == Settings.model_fields["port"].default
+
+
+def test_the_hpa_would_add_replicas_under_load_and_return_to_the_minimum_when_idle(tmp_path):
+    if not docker_works():
+        pytest.skip(
+            "no working Docker with the compose plugin (on these machines: ../shared/tools/docker-here)"
+        )
+    env = {**os.environ, "REPORT_DIR": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(
+        [str(REPO / "scripts" / "autoscale-drill")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    print(result.stdout[-6000:], result.stderr[-3000:])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passed"] == {"rises_under_load": True, "back_to_min_when_idle": True}, summary
+    assert summary["high"]["desired_replicas"] > summary["min"] == summary["idle"]["desired_replicas"]
+    assert result.returncode == 0

@@ -32,3 +32,13 @@ def test_refusals_before_the_app_also_name_the_replica(model_dir):
 def test_models_say_which_version_this_replica_serves(client):
     served = {model["name"]: model["live_version"] for model in client.get("/models").json()["models"]}
     assert served == {"cifar10": "1", "iris": "1"}
+
+
+def test_an_unexpected_failure_names_the_replica_too(shared_models, monkeypatch):
+    # Starlette answers these from its outermost layer, outside every middleware added to the app.
+    with serving(shared_models) as client:
+        predictor = client.app.state.registry.models["iris"].predictor
+        monkeypatch.setattr(predictor, "predict", lambda batch: 1 / 0)
+        failed = client.post("/predict/iris", json={"features": [5.1, 3.5, 1.4, 0.2]})
+    assert failed.status_code == 500
+    assert failed.headers.get("X-Served-By") == ME

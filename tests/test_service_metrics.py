@@ -35,9 +35,12 @@ def test_requests_are_counted_by_route_template_and_status(client):
     assert delta("model_batch_size_sum", model="iris") == 1
 
 
-def test_models_report_queue_depth_and_live_version(client):
+def test_idle_models_report_an_empty_queue_and_their_live_version(client):
+    # Busy models' queues, with one worker and with several: tests/test_service_workers.py.
     now = samples(client)
     assert value(now, "model_queue_depth", model="cifar10") == 0
+    assert value(now, "model_rows_in_progress", model="cifar10") == 0
+    assert value(now, "http_requests_in_flight") == 1  # this scrape
     assert value(now, "model_live_version", model="cifar10") == 1
     assert value(now, "model_live_version", model="iris") == 1
     assert ("model_batch_duration_seconds_count", (("model", "iris"),)) in now

@@ -90,32 +90,33 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypa
         }
 
 
-def test_with_several_workers_each_takes_requests_only_once_its_models_are_loaded(model_dir, monkeypatch):
-    """Workers share the listening socket: one still loading must not answer "loading" to a
-    request while another worker is ready for it. (One worker serves /healthz meanwhile: above.)"""
-    loading, gate = threading.Event(), threading.Event()
-    order: list[str] = []
+def test_with_several_workers_a_loading_worker_is_alive_and_holds_requests_until_loaded(
+    model_dir, monkeypatch
+):
+    """Workers share the listening socket: one still loading answers /healthz (and /metrics) at
+    once, but must not answer "loading" to a request another, ready worker could have had; it
+    holds it until its models are loaded. (One worker says "loading": above.)"""
+    gate = threading.Event()
     load = registry_module.load_predictor
 
     def held_load(*args):
-        loading.set()
-        gate.wait(30)  # held until the opener below sees the worker loading: no timer
-        predictor = load(*args)
-        order.append("loaded")
-        return predictor
-
-    def opener():
-        loading.wait(30)
-        gate.set()
+        gate.wait(30)
+        return load(*args)
 
     monkeypatch.setattr(registry_module, "load_predictor", held_load)
-    threading.Thread(target=opener, daemon=True).start()
     try:
-        with serving(model_dir, ready=False, workers=2) as client:
-            order.append("serving")
-            assert order == ["loaded", "loaded", "serving"], "the worker served before its models loaded"
-            assert client.get("/readyz").status_code == 200
-            assert client.post("/predict/iris", json=FEATURES).status_code == 200
+        with serving(model_dir, ready=False, workers=2) as client, ThreadPoolExecutor(2) as clients:
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/metrics").status_code == 200
+            held = [
+                clients.submit(client.get, "/readyz"),
+                clients.submit(client.post, "/predict/iris", json=FEATURES),
+            ]
+            # Both in the app and waiting (the scrape counts itself too), none answered.
+            wait_for(lambda: "http_requests_in_flight 3.0" in client.get("/metrics").text)
+            assert not any(answer.done() for answer in held)
+            gate.set()
+            assert [answer.result(timeout=60).status_code for answer in held] == [200, 200]
     finally:
         gate.set()
 
@@ -197,6 +198,33 @@ def test_hidden_folders_are_not_versions(model_dir):
     with serving(model_dir) as client:
         assert set(models_by_name(client)) == {"cifar10", "iris"}
         assert models_by_name(client)["cifar10"]["versions"] == ["1"]
+
+
+def test_stray_entries_are_skipped_and_logged_and_every_model_serves(model_dir, caplog):
+    cifar10 = model_dir / "cifar10"
+    for name in ("²", "٣", "2.tmp", "tmpabc123"):  # '²' and '٣' pass str.isdigit, not int()
+        (cifar10 / name).mkdir()
+    (cifar10 / "notes.txt").write_text("a file among the versions")
+    (model_dir / "README.txt").write_text("a file among the models")
+    with serving(model_dir) as client:
+        assert client.get("/readyz").status_code == 200
+        assert {name: m["versions"] for name, m in models_by_name(client).items()} == {
+            "cifar10": ["1"],
+            "iris": ["1"],
+        }
+        assert client.post("/predict/iris", json=FEATURES).status_code == 200
+    skipped = " ".join(r.getMessage() for r in caplog.records if "skipping" in r.getMessage())
+    for entry in ("cifar10/²", "cifar10/2.tmp", "cifar10/notes.txt", "README.txt"):
+        assert repr(entry) in skipped
+
+
+def test_rejected_versions_are_named_without_host_paths(model_dir):
+    shutil.copytree(model_dir / "iris" / "1", model_dir / "iris" / "2")
+    break_saved_model(model_dir / "iris" / "2")
+    with serving(model_dir) as client:
+        why = models_by_name(client)["iris"]["rejected_versions"]["2"]
+        readiness = client.get("/readyz").text
+    assert why and str(model_dir.parent) not in why and str(model_dir.parent) not in readiness
 
 
 def test_newest_version_that_loads_is_served(model_dir, exports):

@@ -129,7 +129,7 @@ def no_gpu_driver(monkeypatch):
 
 def test_unset_the_layout_is_a_worker_per_usable_core_each_running_models_on_one_thread(no_gpu_driver):
     settings = Settings()
-    assert settings.workers == usable_cores() >= 1
+    assert settings.workers == layout.worker_count(usable_cores(), layout.memory_limit())[0] >= 1
     assert (settings.intra_op_threads, settings.inter_op_threads) == (1, 1)
 
 
@@ -156,4 +156,35 @@ def test_a_gpu_gets_one_worker_and_tensorflows_own_thread_pools(monkeypatch):
     for device in ("auto", "gpu"):
         settings = Settings(device=device)
         assert (settings.workers, settings.intra_op_threads, settings.inter_op_threads) == (1, 0, 0)
-    assert Settings(device="cpu").workers == usable_cores()  # the host's GPU is not used
+    assert Settings(device="cpu").workers == layout.layout_for("cpu").workers > 0  # the GPU is not used
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory", "workers"),
+    [
+        (2, None, 2),  # no memory limit: a worker per core...
+        (32, None, layout.MAX_UNLIMITED_WORKERS),  # ...up to a cap
+        (8, 3 * GIB, 3),  # the memory limit holds three workers of 1 GiB
+        (2, 16 * GIB, 2),  # plenty of memory: the cores decide
+        (4, GIB // 2, 1),  # too little for one: one all the same
+    ],
+)
+def test_workers_are_the_fewest_of_cores_and_what_fits_the_memory_limit(cores, memory, workers):
+    count, why = layout.worker_count(cores, memory)
+    assert count == workers
+    assert f"{cores} usable cores" in why
+    assert ("memory limit" in why) == (memory is not None or cores > layout.MAX_UNLIMITED_WORKERS)
+
+
+def test_the_memory_limit_is_read_from_the_cgroup(tmp_path):
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    assert layout.memory_limit((v2, v1)) is None  # no cgroup files: no limit
+    v1.write_text(f"{2**63 - 4096}\n")  # cgroup v1's "no limit"
+    assert layout.memory_limit((v2, v1)) is None
+    v2.write_text("max\n")
+    assert layout.memory_limit((v2, v1)) is None
+    v2.write_text(f"{4 * GIB}\n")
+    assert layout.memory_limit((v2, v1)) == 4 * GIB

@@ -3,10 +3,14 @@ line on a CPU-only machine, and one line per worker saying what it serves and wh
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from deployments import wait_for
+from served import ROOT, free_port, stop
 from shipped_service import newest_versions, shipped_service
 
 from service import device
@@ -57,7 +61,8 @@ def test_one_line_says_what_is_served_on_which_device_by_how_many_workers_and_wh
     for name, version in newest_versions().items():
         assert f"{name} v{version}" in line
     assert "on /CPU:0" in line or "on /GPU:0" in line
-    assert (f"; {workers} workers;" if workers > 1 else "; 1 worker;") in line
+    counted = f"{workers} workers" if workers > 1 else "1 worker"
+    assert f"; {counted} ({layout_for('auto').why});" in line  # how many, and why
     assert f"API docs http://127.0.0.1:{port}/docs" in line
     assert all(other.split(" ready: ")[1] == line.split(" ready: ")[1] for other in lines)
 
@@ -89,3 +94,19 @@ def test_tensorflow_logging_is_left_alone_where_its_errors_could_be_real(monkeyp
     environ = {}
     device.quiet_tensorflow("auto", environ)  # a driver: a failure to use it is worth seeing
     assert environ == {}
+
+
+def test_under_a_server_of_its_own_the_app_says_it_is_one_process(tmp_path):
+    """`uvicorn service.main:app` (README's alternative) runs one process, whatever the cores."""
+    log = tmp_path / "uvicorn.log"
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)]
+    env = {**os.environ, "MODEL_DIR": "models", "POLL_INTERVAL_S": "0"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: ready_lines(log.read_text()), timeout=120)
+    finally:
+        stop(process)
+    [line] = ready_lines(log.read_text())
+    assert "; 1 worker (this process, started by a server other than python -m service);" in line

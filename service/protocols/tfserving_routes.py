@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service import jsonbody
 from service.dataplane import DataPlane, Served, version_number
 from service.deps import DataPlaneDep
 from service.faults import UnfitInput
@@ -83,7 +84,8 @@ async def predict(request: Request, model: str, version: str | None = None) -> R
     plane: DataPlane = request.app.state.dataplane
     served = plane.live(model, version_number(model, version))
     with plane.expecting(served):
-        parsed = parse_predict(await request.body(), served.predictor.input_name)
+        body = await jsonbody.read_capped(request, jsonbody.json_cap(served.predictor, plane.max_rows))
+        parsed = await jsonbody.parse_off_the_loop(parse_predict, body, served.predictor.input_name)
         signature = served.predictor.contract.signature
         if parsed.signature_name not in (None, signature):
             raise UnfitInput(f"no signature {parsed.signature_name!r}; the export serves {signature!r}")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.faults import BodyTooLarge, CodecError, validation_message
+from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput, validation_message
 from service.protocols.tensors import numeric_array
 from service.protocols.v2_types import InferenceRequest, RequestInput
 
@@ -42,6 +42,7 @@ DTYPES = {
     "FP64": np.dtype("<f8"),
 }
 BYTES = "BYTES"
+MAX_DIMENSIONS = 32  # numpy's own limit is 64, and fails beyond it with a bare ValueError
 LENGTH = struct.Struct("<I")
 
 
@@ -84,8 +85,12 @@ def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     return data
 
 
-def parse_request(body: bytes, header_length: int | None) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
-    """The request in `body` and its input tensors by name, shaped as declared."""
+def parse_request(
+    body: bytes, header_length: int | None, max_rows: int | None = None, max_elements: int | None = None
+) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
+    """The request in `body` and its input tensors by name, shaped as declared; an input
+    declaring more than `max_rows` rows or `max_elements` elements is refused before its data
+    is converted."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     elif header_length > len(body):
@@ -96,16 +101,31 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[InferenceRequ
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as error:
         raise CodecError(validation_message(error.errors(include_input=False))) from None
-    return request, decode_inputs(request.inputs, binary)
+    return request, decode_inputs(request.inputs, binary, max_rows, max_elements)
 
 
-def decode_inputs(inputs: list[RequestInput], binary: memoryview | bytes) -> dict[str, np.ndarray]:
+def decode_inputs(
+    inputs: list[RequestInput],
+    binary: memoryview | bytes,
+    max_rows: int | None = None,
+    max_elements: int | None = None,
+) -> dict[str, np.ndarray]:
     """Each input's tensor, from its JSON `data` or its slice of the binary part."""
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in inputs:
         if tensor.name in tensors:
             raise CodecError(f"input {tensor.name!r} given twice")
+        if len(tensor.shape) > MAX_DIMENSIONS:
+            dimensions = len(tensor.shape)
+            raise CodecError(f"input {tensor.name!r}: {dimensions} dimensions; at most {MAX_DIMENSIONS}")
+        if max_rows is not None and tensor.shape and tensor.shape[0] > max_rows:
+            raise TooManyRows(max_rows)
+        if max_elements is not None and math.prod(tensor.shape) > max_elements:
+            raise UnfitInput(
+                f"input {tensor.name!r}: shape {tensor.shape} declares {math.prod(tensor.shape)} values;"
+                f" at most {max_elements} fit the rows a request may send"
+            )
         parameters = tensor.parameters or {}
         size = parameters.get("binary_data_size")
         if size is not None:

@@ -9,6 +9,7 @@ Models as v2 sees them, all from each export's metadata: an image model takes `i
 
 from __future__ import annotations
 
+import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -16,10 +17,11 @@ import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from service import jsonbody
 from service.dataplane import DataPlane, Served, version_number
 from service.deps import DataPlaneDep
 from service.errors import RETRY
-from service.faults import UnfitInput
+from service.faults import BodyTooLarge, UnfitInput
 from service.predictor import Predictor
 from service.protocols.errors import ERRORS, V2Route
 from service.protocols.openapi import json_body
@@ -143,13 +145,23 @@ async def infer(
     plane: DataPlane = request.app.state.dataplane
     served = plane.live(model, version_number(model, version))
     predictor = served.predictor
+    json_cap = jsonbody.json_cap(predictor, plane.max_rows)
     with plane.expecting(served):  # the body may take a while: let a batch wait for it
-        body = decode_content(
-            await request.body(),
-            request.headers.get("content-encoding"),
-            request.app.state.settings.max_upload_bytes,
+        if header_length is None:  # all JSON: its own cap; else binary tensors follow the JSON
+            body = await jsonbody.read_capped(request, json_cap)
+        elif header_length > json_cap:
+            raise BodyTooLarge(f"{HEADER_LENGTH} {header_length} over the {json_cap} bytes of JSON allowed")
+        else:
+            body = await request.body()
+        inflated_cap = json_cap if header_length is None else request.app.state.settings.max_upload_bytes
+        body = decode_content(body, request.headers.get("content-encoding"), inflated_cap)
+        parsed, tensors = await jsonbody.parse_off_the_loop(
+            parse_request,
+            body,
+            header_length,
+            plane.max_rows,
+            plane.max_rows * math.prod(predictor.input_shape),
         )
-        parsed, tensors = parse_request(body, header_length)
         outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
         rows = await _rows(plane, served, tensors)
     classified = await plane.classify(served, rows)

@@ -18,7 +18,7 @@ router = APIRouter(tags=["status"])
 @router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
-    """The process is up and answering (models may still be loading)."""
+    """The process is up and answering (models may still be loading: service/loading.py)."""
     return Health()
 
 
