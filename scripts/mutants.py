@@ -184,6 +184,7 @@ def explain(outcome: Outcome, equivalents: list[dict]) -> None:
 
 
 def module_page(outcome: Outcome) -> str:
+    same = sum(s.reason is not None for s in outcome.survivors)
     page = [
         f"# Mutants of `{outcome.path}`",
         "",
@@ -191,9 +192,10 @@ def module_page(outcome: Outcome) -> str:
         "",
         f"Code: commit {outcome.commit}.",
         "",
-        f"**{outcome.killed} of {outcome.mutants} killed ({outcome.score:.1%})**"
-        f", {outcome.timeouts} of them by the timeout; {len(outcome.survivors)} survived;"
-        f" {outcome.seconds:.0f} s.",
+        f"**{outcome.killed} of {outcome.mutants} killed ({outcome.score:.1%} raw"
+        f", {outcome.killed / max(outcome.mutants - same, 1):.1%} of the {outcome.mutants - same}"
+        f" not equivalent)**, {outcome.timeouts} of them by the timeout; {len(outcome.survivors)}"
+        f" survived, {same} of them equivalent; {outcome.seconds:.0f} s.",
         "",
     ]
     if outcome.survivors:
@@ -216,24 +218,33 @@ def module_page(outcome: Outcome) -> str:
 def summary_page(outcomes: list[dict], not_run: list[str]) -> str:
     killed = sum(o["killed"] for o in outcomes)
     mutants = sum(o["mutants"] for o in outcomes)
+    equivalent = sum(o["survivors"] - o["unexplained"] for o in outcomes)
     page = [
         "# Mutation score of the guard modules",
         "",
-        "Written by `scripts/mutation` (docs/mutation.md); one page per module beside this one.",
+        "Written by `scripts/mutation` (docs/mutation.md); one page per module beside this one,",
+        "each naming the commit it ran on. Score: killed / (mutants - equivalent ones); raw:",
+        "killed / mutants.",
         "",
-        "| module | killed | mutants | score | survivors (all equivalent?) | seconds |",
-        "|---|---:|---:|---:|---|---:|",
+        "| module | killed | mutants | equivalent | unexplained | score | raw | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outcomes:
-        explained = "yes" if o["unexplained"] == 0 else f"**{o['unexplained']} unexplained**"
-        score = o["killed"] / max(o["mutants"], 1)
+        same = o["survivors"] - o["unexplained"]
+        score = o["killed"] / max(o["mutants"] - same, 1)
+        unexplained = f"**{o['unexplained']}**" if o["unexplained"] else "0"
         page.append(
-            f"| [`{o['path']}`]({slug(o['path'])}.md) | {o['killed']} | {o['mutants']} "
-            f"| {score:.1%} | {o['survivors']} ({explained}) | {o['seconds']:.0f} |"
+            f"| [`{o['path']}`]({slug(o['path'])}.md) | {o['killed']} | {o['mutants']} | {same} "
+            f"| {unexplained} | {score:.1%} | {o['killed'] / max(o['mutants'], 1):.1%} | {o['seconds']:.0f} |"
         )
     for path in not_run:
-        page.append(f"| `{path}` | | | not run yet | | |")
-    page += ["", f"**Total: {killed} of {mutants} killed ({killed / max(mutants, 1):.1%}).**", ""]
+        page.append(f"| `{path}` | | | | | not run yet | | |")
+    page += [
+        "",
+        f"**Total: {killed} of {mutants} killed, {equivalent} equivalent: "
+        f"{killed / max(mutants - equivalent, 1):.1%} ({killed / max(mutants, 1):.1%} raw).**",
+        "",
+    ]
     return "\n".join(page)
 
 

@@ -39,6 +39,9 @@ def test_defaults_are_safe():
         "max_upload_bytes": 10_485_760,  # 10 MiB
         "body_timeout_s": 30.0,
         "max_image_pixels": 50_000_000,
+        "decode_budget_mb": 192,
+        "decode_wait_s": 2.0,
+        "max_request_pixels": 64_000_000,
         "api_key": None,  # off unless asked for
         "cors_origins": [],  # off unless asked for
         "host": "127.0.0.1",  # not reachable from other machines unless asked for
@@ -69,6 +72,9 @@ LOWEST = {
     "max_upload_bytes": (1, 0),
     "body_timeout_s": (0.5, 0),  # must be positive: zero would refuse every body
     "max_image_pixels": (1, 0),
+    "decode_budget_mb": (1, 0),
+    "decode_wait_s": (0, -0.5),
+    "max_request_pixels": (1, 0),
     "timeout_keep_alive_s": (1, 0),
     "shutdown_timeout_s": (1, 0),
     "drain_delay_s": (0, -0.5),
