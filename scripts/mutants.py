@@ -91,7 +91,7 @@ def mutate_module(module: dict, excluded: list[str], python: str) -> float:
     copy_checkout(work)
     head = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(head, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-    status = ["git", "status", "--porcelain", "--untracked-files=no"]
+    status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"]
     dirty = subprocess.run(status, cwd=ROOT, capture_output=True).stdout.strip()
     (work / "commit").write_text(commit + (" with uncommitted changes" if dirty else "") + "\n")
     socket = str(work / "warm.sock")
