@@ -61,7 +61,7 @@ def main() -> None:
 # numpy arrays) in its own mapping, returned to the system when freed, instead of glibc raising
 # the threshold after the first large free and keeping later ones in its heaps; two arenas
 # instead of eight per core keep the decoder and TensorFlow threads' heaps from multiplying.
-# See docs/security.md for the measurement. Set either in the environment to override.
+# See docs/operating/security.md for the measurement. Set either in the environment to override.
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 
 
