@@ -18,11 +18,27 @@ from service.errors import add_error_handlers
 from service.identity import ServedBy
 from service.limits import BodyLimits
 from service.metrics import Metrics, RequestMetrics
-from service.protocols import tfserving_routes, v2_routes
+from service.protocols import tfserving_grpc, tfserving_routes, v2_grpc, v2_routes
+from service.protocols.grpc_server import GrpcServer
 from service.registry import ModelRegistry
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 from service.startup import announce_when_ready
+
+
+async def serve_grpc(
+    app: FastAPI, settings: Settings, registry: ModelRegistry, metrics: Metrics
+) -> GrpcServer:
+    """The ecosystem's gRPC protocols on GRPC_PORT, beside the HTTP routes: same models, same batchers."""
+    server = GrpcServer(settings, registry, metrics)
+    server.add(v2_grpc.SERVICE, v2_grpc.WIRE_PACKAGE, v2_grpc.InferenceServicer(app), v2_grpc.GUARDED)
+    prediction = tfserving_grpc.PredictionServicer(app)
+    server.add(
+        tfserving_grpc.PREDICTION_SERVICE, tfserving_grpc.WIRE_PACKAGE, prediction, tfserving_grpc.GUARDED
+    )
+    server.add(tfserving_grpc.MODEL_SERVICE, tfserving_grpc.WIRE_PACKAGE, tfserving_grpc.ModelServicer(app))
+    await server.start()
+    return server
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # request meets a worker still loading while another already serves. One worker
             # serves at once, /healthz included, and says "loading" until it is ready.
             await registry.first_scan()
+        grpc_server = await serve_grpc(app, settings, registry, metrics) if settings.grpc_port else None
+        if grpc_server is not None:
+            drain.on_start(grpc_server.draining)
         announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
         drain.install()
         try:
@@ -58,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             announcement.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await announcement
+            if grpc_server is not None:  # before the batchers close: its RPCs in flight need them
+                await grpc_server.stop(settings.shutdown_timeout_s)
             await registry.close()
             decoders.shutdown()
             metrics.close()

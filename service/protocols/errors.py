@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import cast
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +35,11 @@ STATUS: dict[type[Exception], int] = {  # the first match counts
     QueueFull: 503,
     Closed: 503,
 }
+
+
+def status_of(error: Exception) -> int | None:
+    """The HTTP status that `error` means to every protocol; None for a bug."""
+    return next((status for kind, status in STATUS.items() if isinstance(error, kind)), None)
 
 
 class ProtocolError(BaseModel):
@@ -72,8 +78,7 @@ class ProtocolRoute(APIRoute):
             except HTTPException as error:  # API key, body limits, and the routes' own
                 return error_response(error.status_code, _message(error), error.headers)
             except tuple(STATUS) as error:
-                status = next(s for kind, s in STATUS.items() if isinstance(error, kind))
-                return error_response(status, _message(error))
+                return error_response(cast(int, status_of(error)), _message(error))
             except Exception:  # a bug, not the client's doing: counted and logged as the app does
                 log.exception("%s %s failed", request.method, request.url.path)
                 request.app.state.metrics.errors.labels("unhandled").inc()
