@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -34,9 +35,30 @@ class TensorSpec(BaseModel):
     feature_names: list[str] | None = None
 
 
+class Scores(BaseModel):
+    """Calibration scores of a model's probabilities on held-out data."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    ece: float | None = None  # expected calibration error, 15 bins
+
+
+class Calibration(BaseModel):
+    """How the export's probabilities were calibrated (temperature scaling, inside the graph)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str
+    temperature: float
+    fitted_on: str | None = None  # which held-out data
+    before: Scores | None = None
+    after: Scores | None = None
+
+
 class Metadata(BaseModel):
-    """The part of `assets.extra/metadata.json` that serving relies on. Exports carry more
-    (metrics, how they were trained, ...), kept as extra fields and never required."""
+    """`assets.extra/metadata.json`: what serving relies on, and what the service reports
+    (metrics, calibration, model card). Exports carry more (how they were trained, ...), kept
+    as extra fields and never required."""
 
     model_config = ConfigDict(extra="allow", frozen=True, coerce_numbers_to_str=True)
 
@@ -46,6 +68,9 @@ class Metadata(BaseModel):
     input: TensorSpec
     output: TensorSpec
     signature: str
+    metrics: dict[str, Any] | None = None
+    calibration: Calibration | None = None
+    card: str | None = None  # the model card's path inside the version folder
 
 
 def existing_versions(model_dir: Path) -> list[int]:

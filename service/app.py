@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
+from service.dataplane import DataPlane
 from service.deps import require_api_key
 from service.device import configure_device
 from service.draining import Drain
@@ -21,22 +22,20 @@ from service.metrics import Metrics, RequestMetrics
 from service.protocols import tfserving_grpc, tfserving_routes, v2_grpc, v2_routes
 from service.protocols.grpc_server import GrpcServer
 from service.registry import ModelRegistry
+from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 from service.startup import announce_when_ready
 
 
-async def serve_grpc(
-    app: FastAPI, settings: Settings, registry: ModelRegistry, metrics: Metrics
-) -> GrpcServer:
-    """The ecosystem's gRPC protocols on GRPC_PORT, beside the HTTP routes: same models, same batchers."""
-    server = GrpcServer(settings, registry, metrics)
-    server.add(v2_grpc.SERVICE, v2_grpc.WIRE_PACKAGE, v2_grpc.InferenceServicer(app), v2_grpc.GUARDED)
-    prediction = tfserving_grpc.PredictionServicer(app)
-    server.add(
-        tfserving_grpc.PREDICTION_SERVICE, tfserving_grpc.WIRE_PACKAGE, prediction, tfserving_grpc.GUARDED
-    )
-    server.add(tfserving_grpc.MODEL_SERVICE, tfserving_grpc.WIRE_PACKAGE, tfserving_grpc.ModelServicer(app))
+async def serve_grpc(plane: DataPlane, settings: Settings, metrics: Metrics) -> GrpcServer:
+    """The ecosystem's gRPC protocols on GRPC_PORT beside the HTTP routes: same data plane."""
+    server = GrpcServer(plane, settings, metrics)
+    server.add(v2_grpc.SERVICE, v2_grpc.WIRE_PACKAGE, v2_grpc.InferenceServicer(plane), v2_grpc.GUARDED)
+    tfserving = tfserving_grpc.WIRE_PACKAGE
+    prediction = tfserving_grpc.PredictionServicer(plane)
+    server.add(tfserving_grpc.PREDICTION_SERVICE, tfserving, prediction, tfserving_grpc.GUARDED)
+    server.add(tfserving_grpc.MODEL_SERVICE, tfserving, tfserving_grpc.ModelServicer(plane))
     await server.start()
     return server
 
@@ -59,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.decoders = decoders = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="decode"
         )
+        app.state.dataplane = DataPlane(registry, settings, decoders)
         registry.start()
         if settings.workers > 1:
             # Workers share one listening socket, and a worker takes connections only once its
@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # request meets a worker still loading while another already serves. One worker
             # serves at once, /healthz included, and says "loading" until it is ready.
             await registry.first_scan()
-        grpc_server = await serve_grpc(app, settings, registry, metrics) if settings.grpc_port else None
+        plane = app.state.dataplane
+        grpc_server = await serve_grpc(plane, settings, metrics) if settings.grpc_port else None
         if grpc_server is not None:
             drain.on_start(grpc_server.draining)
         announcement = asyncio.create_task(announce_when_ready(app, registry, settings))
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,  # service.routes.docs serves both from the app, for offline machines
         redoc_url=None,
+        default_response_class=JSONResponse,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -108,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2_routes.inference, dependencies=guarded)
     app.include_router(tfserving_routes.router)
     app.include_router(tfserving_routes.inference, dependencies=guarded)
-    add_error_handlers(app, metrics)
+    add_error_handlers(app, metrics, protocol_prefixes=("/v2", "/v1"))
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,4 +1,4 @@
-"""Shared route dependencies: the app's settings and registry, and the API key.
+"""Shared route dependencies: the app's settings, registry and data plane, and the API key.
 
 All are `async def` although none awaits: FastAPI runs plain `def` dependencies in a thread
 pool, a hand-off that cost more than the rest of the request's routing together.
@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.dataplane import DataPlane
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -24,8 +25,13 @@ async def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+async def _dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
 
 
 async def require_api_key(

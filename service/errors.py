@@ -1,4 +1,6 @@
-"""Every failure becomes a JSON `{"detail": ...}` with the status that says whose fault it is."""
+"""The one error table: each fault's HTTP status, whichever door it came in by, answered on the
+service's own routes as `{"detail": "<message>"}` (the protocols answer `{"error": ...}` with
+the same status and message, `service.protocols.errors`)."""
 
 from __future__ import annotations
 
@@ -6,26 +8,34 @@ from typing import cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from service.batching import Closed, QueueFull
+from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput, validation_message
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage
 from service.metrics import Metrics
 from service.registry import ModelNotReady, UnknownModel
+from service.responses import JSONResponse
 from service.schemas import FEATURES_FORMS, FEATURES_TAGS
 
-RETRY_AFTER_S = "1"
+RETRY_AFTER_S = "1"  # what a 503 tells a client to wait before retrying
+RETRY = {"Retry-After": RETRY_AFTER_S}
 
-# Domain exceptions and the HTTP status each one means; a subclass means what its nearest
-# listed ancestor means (see `status_of`).
-STATUS = {
-    UndecodableImage: 400,
-    UnknownModel: 404,
-    ImageTooLarge: 413,
-    UnsupportedImage: 415,
+# Each fault and the HTTP status it means; a subclass means what its nearest listed ancestor
+# means (see `status_of`).
+STATUS: dict[type[Exception], int] = {
+    CodecError: 400,  # a malformed body: not JSON, bad base64, a wrong binary layout
+    UndecodableImage: 400,  # empty, truncated or corrupt
+    UnknownModel: 404,  # UnknownVersion too
+    # (HTTPExceptions carry their own: 401 API key, 408 and 413 body limits, 415 media type)
+    BodyTooLarge: 413,
+    ImageTooLarge: 413,  # over the pixel cap
+    TooManyRows: 413,
+    UnsupportedImage: 415,  # not an image in an accepted format
+    UnfitInput: 422,  # wrong shape or datatype, no rows, features or outputs not finite
     ModelNotReady: 503,
     QueueFull: 503,
-    Closed: 503,
+    Closed: 503,  # Crashed too
 }
 
 
@@ -34,46 +44,57 @@ def status_of(error: Exception) -> int:
     return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
 
 
-def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+def headers_of(status: int, headers: dict[str, str] | None = None) -> dict[str, str] | None:
+    """A 503 says when to retry."""
+    return {**(headers or {}), **RETRY} if status == 503 else headers
+
+
+def _feature_names(request: Request) -> str:
+    """` (a, b, c)`: the features by name model `{model}` of the request's path takes, if any."""
+    try:
+        served = request.app.state.registry.get(request.path_params.get("model", ""))
+    except (UnknownModel, ModelNotReady):
+        return ""
+    names = served.predictor.feature_names
+    return f" ({', '.join(names)})" if names else ""
+
+
+def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[str, ...] = ()) -> None:
+    """Native `{"detail": ...}` answers; under `protocol_prefixes`, where no protocol route
+    matched (an unknown path or method), `{"error": ...}`, so a protocol's client reads its own
+    shape."""
+
+    def answer(request: Request, status: int, message: str, headers=None) -> JSONResponse:
+        path = request.url.path
+        protocol = any(path == prefix or path.startswith(f"{prefix}/") for prefix in protocol_prefixes)
+        key = "error" if protocol else "detail"
+        return JSONResponse({key: message}, status, headers_of(status, headers))
+
     async def domain_error(request: Request, error: Exception) -> JSONResponse:
-        status = status_of(error)
-        headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
-        return JSONResponse({"detail": str(error)}, status, headers)
+        return answer(request, status_of(error), str(error))
+
+    async def http_error(request: Request, error: Exception) -> JSONResponse:
+        error = cast(HTTPException, error)
+        return answer(request, error.status_code, str(error.detail), error.headers)
 
     async def invalid_request(request: Request, error: Exception) -> JSONResponse:
         # FastAPI's default echoes the input back, which fails to serialize for NaN or ±Infinity
-        # (a 500) and can be as large as the body; location, message and type are enough.
+        # (a 500) and can be as large as the body; where and what is enough.
         errors = cast(RequestValidationError, error).errors()
-        return JSONResponse({"detail": [_validation_error(e) for e in errors]}, 422)
+        message = validation_message(errors, tags=FEATURES_TAGS)
+        # A features request's form is chosen by its keys: say which forms, and names, there are.
+        if any(e["loc"][:1] == ("body",) and e["loc"][1:2] in [(t,) for t in FEATURES_TAGS] for e in errors):
+            message += f"; {FEATURES_FORMS}{_feature_names(request)}"
+        return answer(request, 422, message)
 
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # The last resort. Starlette re-raises the error after this response, so the server
         # (uvicorn) logs its traceback once.
         metrics.errors.labels("unhandled").inc()
-        return JSONResponse({"detail": "internal error"}, 500)
+        return answer(request, 500, "internal error")
 
     for exception in STATUS:
         app.add_exception_handler(exception, domain_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, unexpected)
-
-
-def _validation_error(error: dict) -> dict:
-    """One of pydantic's errors, located where the client put the value: `foo`, `features[0]`."""
-    loc = list(error["loc"])
-    # A features request is a union chosen by its keys, and pydantic puts the chosen form's tag
-    # into the location (["body", "features", "features", 0]); the client never sent it.
-    features_request = len(loc) >= 3 and loc[0] == "body" and loc[1] in FEATURES_TAGS
-    if features_request:
-        del loc[1]
-    field = _field_name(loc[1:]) or str(loc[0])
-    message = f"{field}: {error['msg']}" + (f"; {FEATURES_FORMS}" if features_request else "")
-    return {"loc": loc, "field": field, "msg": message, "type": error["type"]}
-
-
-def _field_name(path: list) -> str:
-    """["instances", 0, 1] -> "instances[0][1]"."""
-    name = ""
-    for part in path:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
-    return name

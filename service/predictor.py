@@ -13,7 +13,7 @@ from typing import cast
 import numpy as np
 import tensorflow as tf
 
-from model_repository import MetadataError, read_metadata
+from model_repository import METADATA, Metadata, MetadataError, read_metadata
 
 
 class ModelError(Exception):
@@ -32,7 +32,9 @@ class Predictor:
             checked = read_metadata(version_dir)
         except MetadataError as error:
             raise ModelError(str(error)) from None
-        self.metadata: dict = checked.model_dump(mode="json", exclude_unset=True)  # as written
+        self.contract: Metadata = checked
+        # The files the export ships beside the graph (metadata, model card, figures).
+        self.assets_dir: Path = version_dir / METADATA.parent
         self.labels: list[str] = checked.labels
         spec = checked.input
         self.input_name: str = spec.name
@@ -42,7 +44,8 @@ class Predictor:
         self.feature_names: list[str] | None = spec.feature_names
         if self.feature_names is not None and len(self.feature_names) != self.input_shape[0]:
             raise ModelError(f"{len(self.feature_names)} feature names for {self.input_shape[0]} features")
-        self._output_name: str = checked.output.name
+        self.output_name: str = checked.output.name
+        self.output_dtype = np.dtype(checked.output.dtype)
         with tf.device(device):
             self._loaded = tf.saved_model.load(str(version_dir))
         # The concrete signature function: no Keras predict() loop and no retracing at any batch
@@ -61,7 +64,7 @@ class Predictor:
         """Class probabilities, [len(batch), len(labels)] float32, in label order."""
         with tf.device(self.device):
             outputs = self._signature(**{self.input_name: tf.constant(batch, self.input_dtype)})
-        return outputs[self._output_name].numpy()
+        return outputs[self.output_name].numpy()
 
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run dummy batches so the first requests do not pay for graph and kernel set-up, and

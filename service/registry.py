@@ -73,6 +73,18 @@ class ServedModel:
         return "loading"
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What a model folder holds and serves, for status answers: read, never changed."""
+
+    name: str
+    live: Predictor | None
+    versions: list[int]  # on disk at the last scan
+    pinned: int | None
+    rejected: dict[int, str]  # version -> why it was rejected
+    problem: str | None  # why the model is not serving, or None when it is
+
+
 class ModelRegistry:
     """Every model under MODEL_DIR, kept loaded and up to date."""
 
@@ -115,6 +127,24 @@ class ModelRegistry:
         if served.problem is not None:
             raise ModelNotReady(f"model {name!r} is not ready: {served.problem}")
         return served
+
+    def state(self, name: str) -> ModelState:
+        """Model `name` whatever its state, or UnknownModel."""
+        served = self.models.get(name)
+        if served is None:
+            raise UnknownModel(f"no model named {name!r}")
+        return ModelState(
+            served.name,
+            served.predictor,
+            list(served.versions),
+            served.pinned,
+            dict(served.failed),
+            served.problem,
+        )
+
+    def states(self) -> list[ModelState]:
+        """Every model found, by name."""
+        return [self.state(name) for name in sorted(self.models)]
 
     def image_model(self) -> ServedModel:
         """The image model for /predict/image: the first by name when several are served."""

@@ -14,6 +14,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from service.faults import TooManyRows
+
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
@@ -68,7 +70,7 @@ class _Parts:
     def _begin(self) -> None:
         self._count += 1
         if self._count > self.max_parts:
-            raise HTTPException(413, f"more than {self.max_parts} parts in one request")
+            raise TooManyRows(self.max_parts)  # each part is an image, or would be read as one
         self._disposition, self._data = b"", None
 
     def _add_header(self, index: int, data: bytes) -> None:

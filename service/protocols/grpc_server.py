@@ -27,10 +27,9 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from service.errors import RETRY_AFTER_S
+from service.dataplane import DataPlane
+from service.errors import RETRY_AFTER_S, status_of
 from service.metrics import Metrics
-from service.protocols.errors import status_of
-from service.registry import ModelRegistry
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,15 +37,25 @@ log = logging.getLogger(__name__)
 # The status code for each HTTP status the REST routes answer for the same failure
 # (service/protocols/errors.py maps domain errors to those): one mapping for every RPC.
 CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
+    400: grpc.StatusCode.INVALID_ARGUMENT,  # malformed: bad binary layout, undecodable image
     401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    404: grpc.StatusCode.NOT_FOUND,  # no such model, or version not live
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many rows, too many pixels
+    415: grpc.StatusCode.INVALID_ARGUMENT,  # not an image format the service decodes
+    422: grpc.StatusCode.INVALID_ARGUMENT,  # well-formed but unfit: shape, datatype, values
     503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing: worth retrying
 }
 RETRY_AFTER = ("retry-after", RETRY_AFTER_S)  # trailing metadata on UNAVAILABLE, as REST's header
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_INTERVAL_S = 0.5
+
+
+def _status(error: Exception) -> int:
+    """What REST answers for `error`; 500 for a bug."""
+    try:
+        return status_of(error)
+    except StopIteration:
+        return 500
 
 
 class Unauthenticated(Exception):
@@ -56,9 +65,9 @@ class Unauthenticated(Exception):
 class GrpcServer:
     """The worker's gRPC server: started once its models are loaded, stopped before its batchers."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, metrics: Metrics):
+    def __init__(self, plane: DataPlane, settings: Settings, metrics: Metrics):
+        self.plane = plane
         self.settings = settings
-        self.registry = registry
         self.metrics = metrics
         self.health = health_aio.HealthServicer()
         self.services: dict[str, int] = {}  # wire service name → health status
@@ -128,11 +137,11 @@ class GrpcServer:
         """The whole server and each protocol service are SERVING while every model is ready;
         each model, under its own name, while it is."""
         while True:
-            ready = SERVING if self.registry.ready else NOT_SERVING
+            ready = SERVING if self.plane.ready else NOT_SERVING
             for service in ("", *self.services):
                 await self.health.set(service, ready)
-            for name, state in self.registry.readiness().items():
-                await self.health.set(name, SERVING if state == "ready" else NOT_SERVING)
+            for model in self.plane.states():
+                await self.health.set(model.name, NOT_SERVING if model.problem else SERVING)
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
     def _answer(
@@ -149,7 +158,7 @@ class GrpcServer:
                 status = 200
                 return response
             except Exception as error:
-                status = 401 if isinstance(error, Unauthenticated) else status_of(error) or 500
+                status = 401 if isinstance(error, Unauthenticated) else _status(error)
                 await self._abort(context, status, error, route)
             finally:
                 # method POST: a gRPC call is one over HTTP/2; status: what REST answers for the same.

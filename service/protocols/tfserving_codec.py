@@ -15,10 +15,25 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.protocols.tensors import CodecError
+from service.faults import CodecError, validation_message
 from service.protocols.tfserving_types import PredictRequest
 
 ROW, COLUMNAR = "row", "columnar"
+# TensorFlow's names (tensorflow/core/framework/types.proto) of the dtypes a signature may use.
+TF_DTYPES = {
+    "bool": "DT_BOOL",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "uint32": "DT_UINT32",
+    "uint64": "DT_UINT64",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+}
 
 
 @dataclass(frozen=True)
@@ -35,19 +50,18 @@ def parse_predict(body: bytes, input_name: str) -> Predict:
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
-        raise CodecError(f"body is not JSON: {error}") from None
+        raise CodecError(f"body is not valid JSON: {error}") from None
     if not isinstance(parsed, dict):
         raise CodecError('body must be a JSON object with "instances" or "inputs"')
     try:
         request = PredictRequest.model_validate(parsed)
     except ValidationError as error:
-        raise CodecError(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        ) from None
+        raise CodecError(validation_message(error.errors(include_input=False))) from None
     has_instances, has_inputs = "instances" in parsed, "inputs" in parsed
     if has_instances == has_inputs:
         raise CodecError(
-            'body must have either "instances" (row format) or "inputs" (columnar format), not both'
+            'body must have exactly one of "instances" (row format) or "inputs" (columnar format);'
+            f" got {'both' if has_instances else 'neither'}"
         )
     if has_instances:
         if not isinstance(request.instances, list):
@@ -77,6 +91,17 @@ def encode_predict(form: str, probabilities: np.ndarray) -> bytes:
     """The answer TF Serving gives for a single-output signature: the output's values, unnamed."""
     key = "predictions" if form == ROW else "outputs"
     return json.dumps({key: probabilities.tolist()}, separators=(",", ":")).encode()
+
+
+def tensor_info(dtype: np.dtype, shape: list[int | None]) -> dict:
+    """A TensorInfo of a SignatureDef, as TF Serving's metadata answer writes it."""
+    return {
+        "dtype": TF_DTYPES[np.dtype(dtype).name],
+        "tensor_shape": {
+            "dim": [{"size": str(-1 if d is None else d), "name": ""} for d in shape],
+            "unknown_rank": False,
+        },
+    }
 
 
 def _named(value: Any, input_name: str, what: str) -> Any:

@@ -16,12 +16,12 @@ from google.protobuf import any_pb2, json_format
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from service.dataplane import DataPlane, Served
+from service.faults import CodecError, UnfitInput
 from service.predictor import Predictor
-from service.protocols import dataplane, tfserving_routes
-from service.protocols.dataplane import BadInput
+from service.protocols import tfserving_routes
 from service.protocols.protos import tensorflow_serving_pb2 as pb
-from service.protocols.tensors import CodecError, numeric_array
-from service.protocols.v2_grpc import _Request
+from service.protocols.tensors import numeric_array
 from service.registry import UnknownModel
 
 WIRE_PACKAGE = "tensorflow.serving"
@@ -81,48 +81,46 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     )
 
 
-def requested_version(spec: pb.ModelSpec) -> str | None:
+def requested_version(spec: pb.ModelSpec) -> int | None:
     if spec.WhichOneof("version_choice") == "version_label":
         raise UnknownModel(f"model {spec.name!r} has no version label {spec.version_label!r}; ask by number")
-    return str(spec.version.value) if spec.HasField("version") else None
+    return spec.version.value if spec.HasField("version") else None
 
 
 def answered_spec(predictor: Predictor) -> pb.ModelSpec:
-    spec = pb.ModelSpec(name=predictor.name, signature_name=predictor.metadata["signature"])
+    spec = pb.ModelSpec(name=predictor.name, signature_name=predictor.contract.signature)
     spec.version.value = predictor.version
     return spec
 
 
 class PredictionServicer:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
 
     async def Predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
-        state = self.app.state
         spec = request.model_spec
-        served, predictor = dataplane.live_model(state.registry, spec.name, requested_version(spec))
-        with served.live_batcher.expecting():
-            signature, output = predictor.metadata["signature"], dataplane.output_name(predictor)
+        served = self.plane.live(spec.name, requested_version(spec))
+        predictor = served.predictor
+        with self.plane.expecting(served):
+            signature, output = predictor.contract.signature, predictor.output_name
             if spec.signature_name not in ("", signature):
-                raise BadInput(f"no signature {spec.signature_name!r}; the export serves {signature!r}")
+                raise UnfitInput(f"no signature {spec.signature_name!r}; the export serves {signature!r}")
             if unknown := [name for name in request.output_filter if name != output]:
-                raise BadInput(f"unknown output {unknown[0]!r}; the signature has one output, {output!r}")
+                raise UnfitInput(f"unknown output {unknown[0]!r}; the signature has one output, {output!r}")
             if set(request.inputs) != {predictor.input_name}:
                 names = ", ".join(sorted(map(repr, request.inputs))) or "none"
-                raise BadInput(f"inputs {names}; the signature has one input, {predictor.input_name!r}")
-            rows = await self._rows(
-                predictor, to_array(request.inputs[predictor.input_name], predictor.input_name)
-            )
-        probabilities = await dataplane.classify(served, predictor, rows)
+                raise UnfitInput(f"inputs {names}; the signature has one input, {predictor.input_name!r}")
+            tensor = to_array(request.inputs[predictor.input_name], predictor.input_name)
+            rows = await self._rows(served, tensor)
+        classified = await self.plane.classify(served, rows)
         return pb.PredictResponse(
-            model_spec=answered_spec(predictor), outputs={output: to_tensor_proto(probabilities)}
+            model_spec=answered_spec(predictor), outputs={output: to_tensor_proto(classified.probabilities)}
         )
 
     async def GetModelMetadata(self, request: pb.GetModelMetadataRequest) -> pb.GetModelMetadataResponse:
         if list(request.metadata_field) != [SIGNATURE_DEF]:
-            raise BadInput(f'metadata_field must be ["{SIGNATURE_DEF}"], the only metadata served')
-        spec = request.model_spec
-        _, predictor = dataplane.live_model(self.app.state.registry, spec.name, requested_version(spec))
+            raise UnfitInput(f'metadata_field must be ["{SIGNATURE_DEF}"], the only metadata served')
+        predictor = self.plane.live(request.model_spec.name, requested_version(request.model_spec)).predictor
         # REST's metadata is this message's JSON form: one description, two encodings.
         signatures = tfserving_routes._metadata(predictor).metadata[SIGNATURE_DEF][SIGNATURE_DEF]
         definitions = pb.SignatureDefMap(
@@ -136,25 +134,25 @@ class PredictionServicer:
             model_spec=answered_spec(predictor), metadata={SIGNATURE_DEF: metadata}
         )
 
-    async def _rows(self, predictor: Predictor, tensor: np.ndarray) -> np.ndarray:
-        max_rows = self.app.state.settings.max_batch_size
+    async def _rows(self, served: Served, tensor: np.ndarray) -> np.ndarray:
+        """Numbers as they are (the data plane checks them), or strings as encoded image files."""
         if tensor.dtype != object:
-            return dataplane.check_rows(tensor, predictor, max_rows)
-        if predictor.kind != "image":
-            raise BadInput(f"model {predictor.name!r} takes numbers; strings are for image models")
+            return tensor
         if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
-            raise BadInput(f"input {predictor.input_name!r} of encoded images must have shape [n]")
-        return await dataplane.decode_images(_Request(self.app), predictor, tensor.ravel().tolist())
+            raise UnfitInput(
+                f"input {served.predictor.input_name!r} of encoded images must have shape [n];"
+                f" got {list(tensor.shape)}"
+            )
+        return await self.plane.decode_files(served, tensor.ravel().tolist())
 
 
 class ModelServicer:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
 
     async def GetModelStatus(self, request: pb.GetModelStatusRequest) -> pb.GetModelStatusResponse:
         spec = request.model_spec
-        served = tfserving_routes._served(self.app.state.registry, spec.name)
-        status = tfserving_routes._status(served, requested_version(spec))
+        status = tfserving_routes._status(self.plane.state(spec.name), requested_version(spec))
         return pb.GetModelStatusResponse(
             model_version_status=[
                 pb.ModelVersionStatus(

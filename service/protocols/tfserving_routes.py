@@ -9,18 +9,22 @@ image instance may also be `{"b64": <an encoded image file>}`, decoded as /predi
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from tensorflow.core.framework import types_pb2
 
-from service.deps import RegistryDep
+from service.dataplane import DataPlane, Served, version_number
+from service.deps import DataPlaneDep
+from service.faults import UnfitInput
 from service.predictor import Predictor
-from service.protocols import dataplane
-from service.protocols.dataplane import BadInput
 from service.protocols.errors import ERRORS, TFServingRoute
+from service.protocols.openapi import inline_schema
 from service.protocols.tensors import numeric_array
-from service.protocols.tfserving_codec import binary_value, encode_predict, parse_predict
+from service.protocols.tfserving_codec import (
+    binary_value,
+    encode_predict,
+    parse_predict,
+    tensor_info,
+)
 from service.protocols.tfserving_types import (
     ModelMetadata,
     ModelSpec,
@@ -30,8 +34,7 @@ from service.protocols.tfserving_types import (
     PredictResponse,
     Status,
 )
-from service.protocols.v2_types import inline_schema
-from service.registry import ServedModel, UnknownModel
+from service.registry import ModelState, UnknownModel
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 
@@ -48,27 +51,27 @@ PREDICT_BODY = {
 
 
 @router.get("/{model}", response_model=ModelStatus, responses=ERRORS)
-async def model_status(model: str, registry: RegistryDep) -> ModelStatus:
+async def model_status(model: str, plane: DataPlaneDep) -> ModelStatus:
     """The versions of the model: the live one AVAILABLE, those that failed to load END."""
-    return _status(_served(registry, model), None)
+    return _status(plane.state(model), None)
 
 
 @router.get("/{model}/versions/{version}", response_model=ModelStatus, responses=ERRORS)
-async def model_version_status(model: str, version: str, registry: RegistryDep) -> ModelStatus:
+async def model_version_status(model: str, version: str, plane: DataPlaneDep) -> ModelStatus:
     """The state of one version of the model."""
-    return _status(_served(registry, model), version)
+    return _status(plane.state(model), version_number(model, version))
 
 
 @router.get("/{model}/metadata", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(model: str, registry: RegistryDep) -> ModelMetadata:
+async def model_metadata(model: str, plane: DataPlaneDep) -> ModelMetadata:
     """The live version's serving signature."""
-    return _metadata(dataplane.live_model(registry, model)[1])
+    return _metadata(plane.live(model).predictor)
 
 
 @router.get("/{model}/versions/{version}/metadata", response_model=ModelMetadata, responses=ERRORS)
-async def model_version_metadata(model: str, version: str, registry: RegistryDep) -> ModelMetadata:
+async def model_version_metadata(model: str, version: str, plane: DataPlaneDep) -> ModelMetadata:
     """The serving signature of `version`, when it is the live one."""
-    return _metadata(dataplane.live_model(registry, model, version)[1])
+    return _metadata(plane.live(model, version_number(model, version)).predictor)
 
 
 @inference.post(
@@ -88,89 +91,69 @@ async def predict(request: Request, model: str) -> Response:
 )
 async def predict_version(request: Request, model: str, version: str) -> Response:
     """Run `version`, when it is the live one."""
-    return await _predict(request, model, version)
+    return await _predict(request, model, version_number(model, version))
 
 
-async def _predict(request: Request, model: str, version: str | None) -> Response:
-    served, predictor = dataplane.live_model(request.app.state.registry, model, version)
-    with served.live_batcher.expecting():
-        body = await request.body()
-        parsed = parse_predict(body, predictor.input_name)
-        signature = predictor.metadata["signature"]
+async def _predict(request: Request, model: str, version: int | None) -> Response:
+    plane: DataPlane = request.app.state.dataplane
+    served = plane.live(model, version)
+    with plane.expecting(served):
+        parsed = parse_predict(await request.body(), served.predictor.input_name)
+        signature = served.predictor.contract.signature
         if parsed.signature_name not in (None, signature):
-            raise BadInput(f"no signature {parsed.signature_name!r}; the export serves {signature!r}")
-        rows = await _rows(request, predictor, parsed.instances)
-    probabilities = await dataplane.classify(served, predictor, rows)
-    return Response(encode_predict(parsed.form, probabilities), media_type="application/json")
+            raise UnfitInput(f"no signature {parsed.signature_name!r}; the export serves {signature!r}")
+        rows = await _rows(plane, served, parsed.instances)
+    classified = await plane.classify(served, rows)
+    return Response(encode_predict(parsed.form, classified.probabilities), media_type="application/json")
 
 
-async def _rows(request: Request, predictor: Predictor, instances: list) -> np.ndarray:
-    max_rows = request.app.state.settings.max_batch_size
-    dataplane.check_count(len(instances), max_rows)
+async def _rows(plane: DataPlane, served: Served, instances: list) -> np.ndarray:
+    """The instances as the model's rows: numbers, or (image models) `{"b64": ...}` files."""
+    predictor = served.predictor
     what = f"input {predictor.input_name!r}"
     files = [binary_value(instance) for instance in instances]
     if all(file is None for file in files):
-        return dataplane.check_rows(
-            numeric_array(instances, predictor.input_dtype, what), predictor, max_rows
-        )
-    if predictor.kind != "image":
-        raise BadInput(f"model {predictor.name!r} takes numbers; binary values are for image models")
-    decoded = iter(await dataplane.decode_images(request, predictor, [f for f in files if f is not None]))
+        return numeric_array(instances, predictor.input_dtype, what)
+    decoded = iter(await plane.decode_files(served, [f for f in files if f is not None]))
     rows = []
     for instance, file in zip(instances, files, strict=True):
         row = next(decoded) if file is not None else numeric_array(instance, predictor.input_dtype, what)
         if row.shape != predictor.input_shape:
-            raise BadInput(f"{what}: each instance must have shape {list(predictor.input_shape)}")
+            raise UnfitInput(f"{what}: each instance must have shape {list(predictor.input_shape)}")
         rows.append(row)
-    return dataplane.check_rows(np.stack(rows), predictor, max_rows)
+    return np.stack(rows)
 
 
-def _served(registry, name: str) -> ServedModel:
-    served = registry.models.get(name)
-    if served is None:
-        raise UnknownModel(f"no model named {name!r}")
-    return served
-
-
-def _status(served: ServedModel, version: str | None) -> ModelStatus:
-    live = served.predictor
+def _status(state: ModelState, version: int | None) -> ModelStatus:
     versions = []
-    if live is not None:
+    if state.live is not None:
         versions.append(
-            ModelVersionStatus(version=str(live.version), state="AVAILABLE", status=Status(error_code="OK"))
+            ModelVersionStatus(
+                version=str(state.live.version), state="AVAILABLE", status=Status(error_code="OK")
+            )
         )
-    for number, why in sorted(served.failed.items(), reverse=True):
+    for number, why in sorted(state.rejected.items(), reverse=True):
         versions.append(
             ModelVersionStatus(
                 version=str(number), state="END", status=Status(error_code="UNKNOWN", error_message=why)
             )
         )
     if version is not None:
-        versions = [v for v in versions if v.version == version]
+        versions = [v for v in versions if v.version == str(version)]
         if not versions:
-            raise UnknownModel(f"model {served.name!r} has no version {version!r} loaded or rejected")
+            raise UnknownModel(f"model {state.name!r} has no version {version} loaded or rejected")
         return ModelStatus(model_version_status=versions, ready=versions[0].state == "AVAILABLE")
-    return ModelStatus(model_version_status=versions, ready=live is not None)
-
-
-def _tensor_info(dtype: np.dtype, shape: list) -> dict:
-    return {
-        "dtype": types_pb2.DataType.Name(tf.dtypes.as_dtype(dtype).as_datatype_enum),
-        "tensor_shape": {
-            "dim": [{"size": str(-1 if d is None else d), "name": ""} for d in shape],
-            "unknown_rank": False,
-        },
-    }
+    return ModelStatus(model_version_status=versions, ready=state.live is not None)
 
 
 def _metadata(predictor: Predictor) -> ModelMetadata:
-    spec, output = predictor.metadata["input"], predictor.metadata["output"]
+    contract = predictor.contract
     signature = {
-        "inputs": {spec["name"]: _tensor_info(predictor.input_dtype, spec["shape"])},
-        "outputs": {output["name"]: _tensor_info(np.dtype(output["dtype"]), output["shape"])},
+        "inputs": {contract.input.name: tensor_info(predictor.input_dtype, contract.input.shape)},
+        "outputs": {contract.output.name: tensor_info(predictor.output_dtype, contract.output.shape)},
         "method_name": PREDICT_METHOD,
     }
     return ModelMetadata(
         model_spec=ModelSpec(name=predictor.name, version=str(predictor.version)),
-        metadata={"signature_def": {"signature_def": {predictor.metadata["signature"]: signature}}},
+        metadata={"signature_def": {"signature_def": {contract.signature: signature}}},
     )

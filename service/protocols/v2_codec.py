@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.protocols.tensors import CodecError, numeric_array
+from service.faults import BodyTooLarge, CodecError, validation_message
+from service.protocols.tensors import numeric_array
 from service.protocols.v2_types import InferenceRequest, RequestInput
 
 # The protocol's fixed-size datatypes; BYTES (variable length) is handled on its own.
@@ -62,10 +63,6 @@ def datatype_of(dtype: np.dtype) -> str:
     raise ValueError(f"no v2 datatype for {dtype}")
 
 
-class BodyTooLarge(CodecError):
-    """A compressed body that inflates past the body limit."""
-
-
 def decode_content(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     """The body as it was before its Content-Encoding: gzip or deflate (zlib), the two that
     tritonclient compresses requests with; inflated to at most `max_bytes`, so a small body
@@ -98,7 +95,7 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[InferenceRequ
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as error:
-        raise CodecError(validation_message(error)) from None
+        raise CodecError(validation_message(error.errors(include_input=False))) from None
     return request, decode_inputs(request.inputs, binary)
 
 
@@ -237,13 +234,6 @@ def deserialize_bytes(buffer: bytes) -> list[bytes]:
         elements.append(buffer[offset : offset + length])
         offset += length
     return elements
-
-
-def validation_message(error: ValidationError) -> str:
-    """A pydantic error in one line: where and what, never the (possibly huge) input."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors(include_input=False)
-    )
 
 
 def _dtype(datatype: str, name: str) -> np.dtype:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from service.protocols import dataplane, v2_routes
-from service.protocols.dataplane import BadInput
+from service.dataplane import DataPlane, Served, version_number
+from service.faults import CodecError, UnfitInput
+from service.protocols import v2_routes
 from service.protocols.protos import open_inference_pb2 as pb
-from service.protocols.tensors import CodecError
 from service.protocols.v2_codec import BYTES, from_binary, from_json, to_binary
+from service.registry import ModelNotReady, UnknownModel
 
 # The typed `contents` field that carries each datatype (FP16 has none: raw only).
 CONTENTS = {
@@ -97,68 +97,56 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[in
 class InferenceServicer:
     """The RPCs of `inference.GRPCInferenceService`, each a request message in, a response out."""
 
-    def __init__(self, app):
-        self.app = app  # its state holds the registry, settings and decoder threads once started
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
 
     async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.app.state.registry.ready)
+        return pb.ServerReadyResponse(ready=self.plane.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        try:
-            server_version = version(v2_routes.SERVER_NAME)
-        except PackageNotFoundError:
-            server_version = "unknown"
+        metadata = await v2_routes.server_metadata()
         return pb.ServerMetadataResponse(
-            name=v2_routes.SERVER_NAME, version=server_version, extensions=v2_routes.EXTENSIONS
+            name=metadata.name, version=metadata.version, extensions=metadata.extensions
         )
 
     async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         """Ready when the model (and the version, when given) is live; tritonclient reads
-        `ready`, so every other case answers false rather than an error."""
+        `ready`, so a model that is not, or does not exist, answers false, not an error."""
         try:
-            dataplane.live_model(self.app.state.registry, request.name, request.version or None)
-        except Exception:
+            self._live(request.name, request.version)
+        except (UnknownModel, ModelNotReady):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        _, predictor = dataplane.live_model(self.app.state.registry, request.name, request.version or None)
-        metadata = v2_routes._metadata(predictor)
+        metadata = v2_routes._metadata(self._live(request.name, request.version).predictor)
         response = pb.ModelMetadataResponse(
             name=metadata.name, versions=metadata.versions, platform=metadata.platform
         )
-        for tensors, add in (
-            (metadata.inputs, response.inputs.add),
-            (metadata.outputs, response.outputs.add),
-        ):
-            for tensor in tensors:
-                add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        for tensor in metadata.inputs:
+            response.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        for tensor in metadata.outputs:
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         return response
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        state = self.app.state
-        served, predictor = dataplane.live_model(
-            state.registry, request.model_name, request.model_version or None
-        )
-        with served.live_batcher.expecting():
+        served = self._live(request.model_name, request.model_version)
+        predictor = served.predictor
+        with self.plane.expecting(served):
             known = [tensor.name for tensor in v2_routes._outputs(predictor)]
             wanted = [output.name for output in request.outputs] or known
             if unknown := [name for name in wanted if name not in known]:
-                raise BadInput(
+                raise UnfitInput(
                     f"unknown output {unknown[0]!r}; model {predictor.name!r} has {', '.join(known)}"
                 )
-            tensors = decode_inputs(request)
-            rows = await v2_routes._rows(
-                _Request(self.app), predictor, tensors, state.settings.max_batch_size
-            )
-        probabilities = await dataplane.classify(served, predictor, rows)
-        labels = dataplane.labels_of(predictor, probabilities)
+            rows = await v2_routes._rows(self.plane, served, decode_inputs(request))
+        classified = await self.plane.classify(served, rows)
         computed = {
-            dataplane.output_name(predictor): probabilities,
-            v2_routes.LABEL: np.array([label.encode() for label in labels], object),
+            predictor.output_name: classified.probabilities,
+            v2_routes.LABEL: np.array([label.encode() for label in classified.best_labels], object),
         }
         response = pb.ModelInferResponse(
             model_name=predictor.name, model_version=str(predictor.version), id=request.id
@@ -167,9 +155,6 @@ class InferenceServicer:
         encode_outputs(response, answers, raw=bool(request.raw_input_contents))
         return response
 
-
-class _Request:
-    """What the data plane reads of an HTTP request: its app."""
-
-    def __init__(self, app):
-        self.app = app
+    def _live(self, name: str, version: str) -> Served:
+        """The live version of `name`; an empty version (proto3's unset) asks for none in particular."""
+        return self.plane.live(name, version_number(name, version) if version else None)

@@ -16,12 +16,13 @@ import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.deps import RegistryDep
-from service.errors import RETRY_AFTER_S
+from service.dataplane import DataPlane, Served, version_number
+from service.deps import DataPlaneDep
+from service.errors import RETRY
+from service.faults import UnfitInput
 from service.predictor import Predictor
-from service.protocols import dataplane
-from service.protocols.dataplane import BadInput
 from service.protocols.errors import ERRORS, V2Route
+from service.protocols.openapi import inline_schema
 from service.protocols.v2_codec import (
     BYTES,
     Output,
@@ -39,7 +40,6 @@ from service.protocols.v2_types import (
     ServerLive,
     ServerMetadata,
     ServerReady,
-    inline_schema,
 )
 
 SERVER_NAME = "cifar-serving"
@@ -100,36 +100,36 @@ async def server_live() -> ServerLive:
 
 
 @router.get("/health/ready", response_model=ServerReady, responses={503: {"model": ServerReady}})
-async def server_ready(registry: RegistryDep):
+async def server_ready(plane: DataPlaneDep):
     """200 once every model is loaded and warmed up; 503 until then."""
-    if registry.ready:
+    if plane.ready:
         return ServerReady(ready=True)
-    return JSONResponse({"ready": False}, 503, {"Retry-After": RETRY_AFTER_S})
+    return JSONResponse({"ready": False}, 503, RETRY)
 
 
 @router.get("/models/{model}", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(model: str, registry: RegistryDep) -> ModelMetadata:
+async def model_metadata(model: str, plane: DataPlaneDep) -> ModelMetadata:
     """The live version's inputs and outputs."""
-    return _metadata(dataplane.live_model(registry, model)[1])
+    return _metadata(plane.live(model).predictor)
 
 
 @router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
-async def model_version_metadata(model: str, version: str, registry: RegistryDep) -> ModelMetadata:
+async def model_version_metadata(model: str, version: str, plane: DataPlaneDep) -> ModelMetadata:
     """The inputs and outputs of `version`, when it is the live one."""
-    return _metadata(dataplane.live_model(registry, model, version)[1])
+    return _metadata(plane.live(model, version_number(model, version)).predictor)
 
 
 @router.get("/models/{model}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_ready(model: str, registry: RegistryDep) -> ModelReady:
+async def model_ready(model: str, plane: DataPlaneDep) -> ModelReady:
     """200 when the model has a live version; 503 while it has none; 404 for an unknown model."""
-    dataplane.live_model(registry, model)
+    plane.live(model)
     return ModelReady(name=model, ready=True)
 
 
 @router.get("/models/{model}/versions/{version}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_version_ready(model: str, version: str, registry: RegistryDep) -> ModelReady:
+async def model_version_ready(model: str, version: str, plane: DataPlaneDep) -> ModelReady:
     """200 when `version` is the live one; 404 when it is not (naming the live one)."""
-    dataplane.live_model(registry, model, version)
+    plane.live(model, version_number(model, version))
     return ModelReady(name=model, ready=True)
 
 
@@ -157,24 +157,26 @@ async def infer_version(
     request: Request, model: str, version: str, header_length: InferenceHeaderLength = None
 ) -> Response:
     """Run `version`, when it is the live one, on the request's inputs."""
-    return await _infer(request, model, version, header_length)
+    return await _infer(request, model, version_number(model, version), header_length)
 
 
-async def _infer(request: Request, model: str, version: str | None, header_length: int | None) -> Response:
-    served, predictor = dataplane.live_model(request.app.state.registry, model, version)
-    settings = request.app.state.settings
-    max_rows = settings.max_batch_size
-    with served.live_batcher.expecting():  # the body may take a while: let a batch wait for it
+async def _infer(request: Request, model: str, version: int | None, header_length: int | None) -> Response:
+    plane: DataPlane = request.app.state.dataplane
+    served = plane.live(model, version)
+    predictor = served.predictor
+    with plane.expecting(served):  # the body may take a while: let a batch wait for it
         body = decode_content(
-            await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
+            await request.body(),
+            request.headers.get("content-encoding"),
+            request.app.state.settings.max_upload_bytes,
         )
         parsed, tensors = parse_request(body, header_length)
         outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
-        rows = await _rows(request, predictor, tensors, max_rows)
-    probabilities = await dataplane.classify(served, predictor, rows)
+        rows = await _rows(plane, served, tensors)
+    classified = await plane.classify(served, rows)
     computed = {
-        dataplane.output_name(predictor): probabilities,
-        LABEL: np.array([label.encode() for label in dataplane.labels_of(predictor, probabilities)], object),
+        predictor.output_name: classified.probabilities,
+        LABEL: np.array([label.encode() for label in classified.best_labels], object),
     }
     answers = [Output(name, _datatype(computed[name]), computed[name], binary) for name, binary in outputs]
     content, length = encode_response(predictor.name, str(predictor.version), parsed.id, answers)
@@ -191,15 +193,20 @@ def _inputs(predictor: Predictor) -> list[MetadataTensor]:
     )
     if predictor.kind != "image":
         return [raw]
-    return [raw, MetadataTensor(name=dataplane.encoded_input_name(predictor), datatype=BYTES, shape=[-1])]
+    return [raw, MetadataTensor(name=_encoded_input_name(predictor), datatype=BYTES, shape=[-1])]
+
+
+def _encoded_input_name(predictor: Predictor) -> str:
+    """An image model's second input: encoded image files (`image` -> `image_bytes`, the suffix
+    TF Serving uses for binary strings)."""
+    return f"{predictor.input_name}_bytes"
 
 
 def _outputs(predictor: Predictor) -> list[MetadataTensor]:
-    output = predictor.metadata["output"]
     return [
         MetadataTensor(
-            name=output["name"],
-            datatype=datatype_of(np.dtype(output["dtype"])),
+            name=predictor.output_name,
+            datatype=datatype_of(predictor.output_dtype),
             shape=[-1, len(predictor.labels)],
         ),
         MetadataTensor(name=LABEL, datatype=BYTES, shape=[-1]),
@@ -225,32 +232,33 @@ def _requested_outputs(request: InferenceRequest, predictor: Predictor) -> list[
     answers = []
     for output in request.outputs:
         if output.name not in known:
-            raise BadInput(f"unknown output {output.name!r}; model {predictor.name!r} has {', '.join(known)}")
+            raise UnfitInput(
+                f"unknown output {output.name!r}; model {predictor.name!r} has {', '.join(known)}"
+            )
         answers.append((output.name, bool((output.parameters or {}).get("binary_data", all_binary))))
     return answers
 
 
-async def _rows(
-    request: Request, predictor: Predictor, tensors: dict[str, np.ndarray], max_rows: int
-) -> np.ndarray:
+async def _rows(plane: DataPlane, served: Served, tensors: dict[str, np.ndarray]) -> np.ndarray:
     """The model's input rows from exactly one of its inputs."""
+    predictor = served.predictor
     accepted = {tensor.name: tensor for tensor in _inputs(predictor)}
     unknown = sorted(set(tensors) - set(accepted))
     if unknown:
-        raise BadInput(
+        raise UnfitInput(
             f"unknown input {unknown[0]!r}; model {predictor.name!r} takes {' or '.join(accepted)}"
         )
     if len(tensors) != 1:
-        raise BadInput(f"model {predictor.name!r} takes one input: {' or '.join(accepted)}")
+        raise UnfitInput(f"model {predictor.name!r} takes one input: {' or '.join(accepted)}")
     ((name, tensor),) = tensors.items()
     expected = accepted[name]
     if (datatype := _datatype(tensor)) != expected.datatype:
-        raise BadInput(f"input {name!r} must be {expected.datatype}; got {datatype}")
+        raise UnfitInput(f"input {name!r} must be {expected.datatype}; got {datatype}")
     if expected.datatype == BYTES:
         if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
-            raise BadInput(f"input {name!r} must have shape [n] (or [n, 1]); got {list(tensor.shape)}")
-        return await dataplane.decode_images(request, predictor, tensor.ravel().tolist())
-    return dataplane.check_rows(tensor, predictor, max_rows)
+            raise UnfitInput(f"input {name!r} must have shape [n] (or [n, 1]); got {list(tensor.shape)}")
+        return await plane.decode_files(served, tensor.ravel().tolist())
+    return tensor
 
 
 def _datatype(array: np.ndarray) -> str:

@@ -87,21 +87,3 @@ class InferenceResponse(Wire):
     id: str | None = None
     parameters: Parameters | None = None
     outputs: list[ResponseOutput]
-
-
-def inline_schema(model: type[BaseModel]) -> dict:
-    """`model`'s JSON schema with its definitions written in place, for bodies documented
-    through `openapi_extra` (whose references FastAPI does not collect)."""
-    schema = model.model_json_schema()
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node):
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(definitions[node["$ref"].rsplit("/", 1)[1]])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
-
-    return resolve(schema)

@@ -37,13 +37,13 @@ router = APIRouter(tags=["status"])
 )
 async def model_card(request: Request, model: str, file: str) -> FileResponse:
     """The live version's model card (`MODEL_CARD.md`) or one of the PNG figures beside it."""
-    served = request.app.state.registry.get(model)  # 404 unknown, 503 not loaded
-    folder = served.directory / str(served.predictor.version) / "assets.extra"
+    live = request.app.state.dataplane.live(model).predictor  # 404 unknown, 503 not loaded
+    folder = live.assets_dir
     if file != CARD and not FIGURE.fullmatch(file):
         raise HTTPException(404, f"only {CARD} and its PNG figures are served, not {file!r}")
     files = folder.iterdir() if folder.is_dir() else []
     present = {path.name: path for path in files if path.is_file() and not path.is_symlink()}
     if file not in present:
-        raise HTTPException(404, f"model {model!r} version {served.predictor.version} has no {file}")
+        raise HTTPException(404, f"model {model!r} version {live.version} has no {file}")
     path = present[file]
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=HEADERS)

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import RegistryDep
-from service.registry import ServedModel
+from service.deps import DataPlaneDep, RegistryDep
+from service.errors import RETRY
+from service.registry import ModelState
 from service.schemas import Health, ModelInfo, ModelList, Readiness
 
 router = APIRouter(tags=["status"])
@@ -30,7 +31,7 @@ async def readyz(registry: RegistryDep, request: Request):
     waiting = {name: state for name, state in models.items() if state != "ready"}
     if request.app.state.drain.started.is_set():
         body = Readiness(ready=False, detail="draining: stopping soon", models=models)
-        return JSONResponse(body.model_dump(), 503, {"Retry-After": "1"})
+        return JSONResponse(body.model_dump(), 503, RETRY)
     if registry.ready:
         return Readiness(ready=True, detail="all models ready", models=models)
     if not registry.scanned:
@@ -40,14 +41,14 @@ async def readyz(registry: RegistryDep, request: Request):
     else:
         detail = "not ready: " + "; ".join(f"{name}: {state}" for name, state in waiting.items())
     body = Readiness(ready=False, detail=detail, models=models)
-    return JSONResponse(body.model_dump(), 503, {"Retry-After": "1"})
+    return JSONResponse(body.model_dump(), 503, RETRY)
 
 
 @router.get("/models", response_model=ModelList)
-async def models(registry: RegistryDep) -> ModelList:
+async def models(plane: DataPlaneDep) -> ModelList:
     """Every model found: versions on disk, the live one, labels, input and output, metrics, device,
     and the live version's calibration and model card."""
-    return ModelList(models=[_info(served) for _, served in sorted(registry.models.items())])
+    return ModelList(models=[_info(state) for state in plane.states()])
 
 
 @router.get(
@@ -60,25 +61,25 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _info(served: ServedModel) -> ModelInfo:
-    live = served.predictor
-    meta = live.metadata if live else {}
-    calibration = meta.get("calibration") or {}
+def _info(state: ModelState) -> ModelInfo:
+    live = state.live
+    contract = live.contract if live else None
+    calibration = contract.calibration if contract else None
     return ModelInfo(
-        name=served.name,
+        name=state.name,
         ready=live is not None,
-        status=served.problem or "ready",
+        status=state.problem or "ready",
         live_version=str(live.version) if live else None,
-        versions=[str(v) for v in served.versions],
-        pinned_version=str(served.pinned) if served.pinned is not None else None,
-        rejected_versions={str(v): why for v, why in served.failed.items()},
+        versions=[str(v) for v in state.versions],
+        pinned_version=str(state.pinned) if state.pinned is not None else None,
+        rejected_versions={str(v): why for v, why in state.rejected.items()},
         kind=live.kind if live else None,
         device=live.device if live else None,
         labels=live.labels if live else None,
-        input=meta.get("input"),
-        output=meta.get("output"),
-        metrics=meta.get("metrics"),
-        temperature=calibration.get("temperature"),
-        validation_ece=calibration.get("after", {}).get("ece"),
-        card=f"/models/{served.name}/card/MODEL_CARD.md" if live and meta.get("card") else None,
+        input=contract.input.model_dump(mode="json", exclude_unset=True) if contract else None,
+        output=contract.output.model_dump(mode="json", exclude_unset=True) if contract else None,
+        metrics=contract.metrics if contract else None,
+        temperature=calibration.temperature if calibration else None,
+        validation_ece=calibration.after.ece if calibration and calibration.after else None,
+        card=f"/models/{state.name}/card/MODEL_CARD.md" if contract and contract.card else None,
     )

@@ -1,0 +1,214 @@
+"""One data plane behind every front door: the native routes, Open Inference Protocol v2, TF
+Serving's REST API (and gRPC) turn their wire format into these calls and the answers back;
+nothing here knows a wire format, and every check and limit is made here, once.
+
+A request's path, whichever door it came in by:
+
+    served = plane.live(name, version)         # the version that answers it, even across a swap
+    with plane.expecting(served):               # its body is on its way: a batch may wait for it
+        body = ...                              # read by the door
+        rows = await plane.decode_files(served, files)   # image files -> rows (or the door's own
+                                                          # numbers, as a numpy array)
+    result = await plane.classify(served, rows) # checked, batched, checked, labelled
+
+Faults raise the exceptions of `service.faults`, `service.images` and `service.registry`; each
+door maps them to its own shape through one table (`service.errors.STATUS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+
+from service.batching import MicroBatcher
+from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
+from service.images import ImageRejected, decode_image
+from service.predictor import Predictor
+from service.registry import ModelRegistry, ModelState, ServedModel, UnknownModel
+from service.resizing import NotBuiltYet
+from service.settings import Settings
+
+# A single file up to this size is decoded on the event loop (a 96x96 PNG or a 224x224 JPEG):
+# quicker than handing it to a decoder thread and back. See DataPlane._decode_all.
+INLINE_DECODE_BYTES = 16 * 1024
+
+
+class UnknownVersion(UnknownModel):
+    """A version that is not the one being served (404)."""
+
+
+class WrongOutput(RuntimeError):
+    """The model answered other than one row of probabilities per input row: a bug (500)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The model version that serves one request from start to answer, read once, so a hot swap
+    in between cannot mix versions."""
+
+    model: ServedModel
+    predictor: Predictor
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.model.live_batcher
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A model's answer for the rows of one request."""
+
+    rows: np.ndarray  # exactly what the model was given
+    probabilities: np.ndarray  # [n, len(labels)], finite, in label order
+    labels: list[str]
+
+    @property
+    def best(self) -> list[int]:
+        """The most probable class of each row; a tie goes to the first of the tied classes."""
+        return np.argmax(self.probabilities, axis=1).tolist()
+
+    @property
+    def best_labels(self) -> list[str]:
+        return [self.labels[i] for i in self.best]
+
+    def ranking(self, row: int, k: int) -> list[int]:
+        """Row `row`'s `k` most probable classes, most probable first; ties in label order, so
+        the first is always `best[row]`."""
+        return np.argsort(-self.probabilities[row], kind="stable")[:k].tolist()
+
+
+def version_number(model: str, text: str) -> int:
+    """A version as the wire spells it, as the number the service knows it by."""
+    if not text.isdigit():  # also refuses "+1", " 1" and "1.0", which int() would take
+        raise UnknownVersion(f"model {model!r} has no version {text!r}; versions are whole numbers")
+    return int(text)
+
+
+class DataPlane:
+    """Find the live version, decode uploads, check rows, batch, check outputs, pick labels."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, decoders: ThreadPoolExecutor):
+        self.registry = registry
+        self.max_rows = settings.max_batch_size
+        self._decoders = decoders
+        self._max_pixels = settings.max_image_pixels
+        self._undo_enlargements = settings.undo_enlargements
+
+    # --- which model -----------------------------------------------------------------------
+
+    def live(self, name: str, version: int | None = None) -> Served:
+        """The live version of model `name` (which must be `version` when one is asked for), or
+        UnknownModel, UnknownVersion or ModelNotReady."""
+        model = self.registry.get(name)
+        predictor = cast(Predictor, model.predictor)  # registry.get returns live models only
+        if version is not None and version != predictor.version:
+            raise UnknownVersion(
+                f"model {name!r} has no live version {version}; version {predictor.version} is live"
+            )
+        return Served(model, predictor)
+
+    def image_model(self) -> Served:
+        """The image model served by default: the first by name when there are several."""
+        model = self.registry.image_model()
+        return Served(model, cast(Predictor, model.predictor))
+
+    def state(self, name: str) -> ModelState:
+        """Model `name` whatever its state (live, loading or rejected), or UnknownModel."""
+        return self.registry.state(name)
+
+    def states(self) -> list[ModelState]:
+        """Every model found, by name."""
+        return self.registry.states()
+
+    @property
+    def ready(self) -> bool:
+        """Every model found is loaded and warmed up."""
+        return self.registry.ready
+
+    # --- the request -----------------------------------------------------------------------
+
+    def expecting(self, served: Served) -> AbstractContextManager[None]:
+        """Hold this around reading and decoding a request's body: an idle model may wait a
+        moment for it to batch with others (never around `classify`)."""
+        return served.batcher.expecting()
+
+    async def decode_files(self, served: Served, files: Sequence[bytes | bytearray]) -> np.ndarray:
+        """Encoded image files as the model's rows, decoded, oriented and resized on the decoder
+        threads; the first file that cannot be (numbered when there are several) fails all."""
+        predictor = served.predictor
+        if predictor.kind != "image":
+            raise UnfitInput(f"model {predictor.name!r} takes numbers; image files are for image models")
+        self._check_count(len(files))
+        decode = functools.partial(
+            decode_image,
+            size=predictor.image_size,
+            max_pixels=self._max_pixels,
+            undo_enlargements=self._undo_enlargements,
+        )
+        images = await self._decode_all(files, decode)
+        for number, image in enumerate(images, 1):
+            if isinstance(image, ImageRejected) and len(images) > 1:
+                raise type(image)(f"image {number}: {image}")
+            if isinstance(image, BaseException):
+                raise image
+        return np.stack(images)
+
+    async def classify(self, served: Served, rows: np.ndarray) -> Classified:
+        """The model's answer for `rows` ([n, *input shape] of its dtype, 1 <= n <= max_rows,
+        features finite), computed in a batch with other requests'."""
+        predictor = served.predictor
+        self._check_rows(rows, predictor)
+        probabilities = await served.batcher.predict(rows, predictor)
+        if probabilities.shape != (len(rows), len(predictor.labels)):
+            raise WrongOutput(f"model {predictor.name!r} answered {probabilities.shape} for {len(rows)} rows")
+        if not np.isfinite(probabilities).all():
+            raise NonFiniteOutput()
+        return Classified(rows, probabilities, predictor.labels)
+
+    # --- checks ----------------------------------------------------------------------------
+
+    def _check_count(self, count: int) -> None:
+        if count < 1:
+            raise NoRows("no instances to classify")
+        if count > self.max_rows:
+            raise TooManyRows(self.max_rows)
+
+    def _check_rows(self, rows: np.ndarray, predictor: Predictor) -> None:
+        name, shape = predictor.input_name, predictor.input_shape
+        if rows.ndim:
+            self._check_count(len(rows))
+        if rows.ndim == 0 or rows.shape[1:] != shape:
+            names = f" ({', '.join(predictor.feature_names)})" if predictor.feature_names else ""
+            raise UnfitInput(
+                f"input {name!r} must have shape [n, {', '.join(map(str, shape))}]{names};"
+                f" got {list(rows.shape)}"
+            )
+        if rows.dtype != predictor.input_dtype:
+            raise UnfitInput(f"input {name!r} must be {predictor.input_dtype}; got {rows.dtype}")
+        if predictor.kind == "vector" and not np.isfinite(rows).all():
+            limit = np.finfo(predictor.input_dtype).max
+            raise UnfitInput(f"input {name!r} must be finite as {predictor.input_dtype} (|x| <= {limit:.3g})")
+
+    async def _decode_all(self, files: Sequence[bytes | bytearray], decode) -> list:
+        """Each file's pixels, or the exception decoding it raised. A single small file is
+        decoded right here (unless resizing it needs matrices not built yet, which takes
+        milliseconds); anything larger goes to the decoder threads, where Pillow's decoding runs
+        beside the event loop."""
+        if len(files) == 1 and len(files[0]) <= INLINE_DECODE_BYTES:
+            try:
+                return [decode(files[0], build=False)]
+            except NotBuiltYet:
+                pass
+            except Exception as error:
+                return [error]
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(
+            *(loop.run_in_executor(self._decoders, decode, f) for f in files), return_exceptions=True
+        )
