@@ -84,8 +84,11 @@ class Classified:
         return np.argsort(-self.probabilities[row], kind="stable")[:k].tolist()
 
 
-def version_number(model: str, text: str) -> int:
-    """A version as the wire spells it, as the number the service knows it by."""
+def version_number(model: str, text: str | None) -> int | None:
+    """A version as the wire spells it (None: whichever is live), as the number the service
+    knows it by."""
+    if text is None:
+        return None
     if not text.isdigit():  # also refuses "+1", " 1" and "1.0", which int() would take
         raise UnknownVersion(f"model {model!r} has no version {text!r}; versions are whole numbers")
     return int(text)

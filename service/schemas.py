@@ -24,9 +24,8 @@ class OneInstance(Strict):
 class Instances(Strict):
     """Several examples, each a list of features, answered in order."""
 
-    instances: list[list[Feature]] = Field(
-        min_length=1, examples=[[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]]
-    )
+    # An empty list is refused by the data plane, in the words every door uses.
+    instances: list[list[Feature]] = Field(examples=[[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]])
 
 
 # One example by feature name, e.g. {"sepal_length": 5.1, ...}; names come from the model.

@@ -21,11 +21,7 @@ async def announce_when_ready(app: FastAPI, registry: ModelRegistry, settings: S
 
 
 def ready_line(app: FastAPI, registry: ModelRegistry, settings: Settings) -> str:
-    models = ", ".join(
-        f"{name} v{served.predictor.version}"
-        for name, served in sorted(registry.models.items())
-        if served.predictor is not None
-    )
+    models = ", ".join(f"{state.name} v{state.live.version}" for state in registry.states() if state.live)
     workers = f"{settings.workers} worker" + ("s" if settings.workers > 1 else "")
     base = f"http://{settings.host}:{settings.port}"
     # create_app always serves both, from the app itself (the docs work offline).

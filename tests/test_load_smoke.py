@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from served import serve
+
 from benchmarks.load import run_locust
-from benchmarks.server import serve
 
 
 def test_service_answers_locust_without_failures(shared_models, tmp_path):
     workers = {"WORKERS": "2", "INTRA_OP_THREADS": "1"}
-    with serve(
-        "service", shared_models, tmp_path / "service.log", ready_timeout=180, settings=workers
-    ) as server:
+    with serve(shared_models, tmp_path / "service.log", ready_timeout=180, **workers) as server:
         run = run_locust(server.url, users=4, seconds=8, prefix=tmp_path / "locust" / "smoke")
 
     failures = Path(f"{run.prefix}_failures.csv").read_text() + Path(f"{run.prefix}.log").read_text()

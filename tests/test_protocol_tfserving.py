@@ -16,8 +16,8 @@ from deployments import install
 from kserve import InferenceRESTClient, RESTConfig
 from served import running_service
 
+from service.faults import CodecError
 from service.images import decode_image
-from service.protocols.tensors import CodecError
 from service.protocols.tfserving_codec import COLUMNAR, ROW, binary_value, encode_predict, parse_predict
 
 SAMPLES = sorted(Path(__file__).resolve().parents[1].glob("samples/*.jpg"))
@@ -47,10 +47,10 @@ def test_binary_values_are_base64_in_either_alphabet():
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"nope", "not JSON"),
+        (b"nope", "not valid JSON"),
         (b"[1]", "JSON object"),
-        (b"{}", "either"),
-        (b'{"instances": [], "inputs": []}', "not both"),
+        (b"{}", "got neither"),
+        (b'{"instances": [], "inputs": []}', "got both"),
         (b'{"instances": 3}', "must be a list"),
         (b'{"inputs": 3}', "must be a list"),
         (b'{"instances": [{"y": 1}]}', "one input, 'x'"),
@@ -172,22 +172,22 @@ def test_tfserving_requests_are_counted_under_their_protocol(base):
 
 
 BAD = [
-    ("/v1/models/iris:predict", {"instances": [[1, 2, 3]]}, 400, "shape [n, 4]"),
+    ("/v1/models/iris:predict", {"instances": [[1, 2, 3]]}, 422, "shape [n, 4]"),
     ("/v1/models/iris:predict", {"instances": [[1, 2, 3, "4"]]}, 400, "must be numbers"),
-    ("/v1/models/iris:predict", {"instances": [[1, 2, 3, 1e39]]}, 400, "finite"),
-    ("/v1/models/iris:predict", {"instances": [[1, 2, 3, 4]] * 17}, 400, "at most 16"),
-    ("/v1/models/iris:predict", {"instances": []}, 400, "no instances"),
-    ("/v1/models/iris:predict", {"instances": [{"b64": "AAAA"}]}, 400, "binary values are for image models"),
+    ("/v1/models/iris:predict", {"instances": [[1, 2, 3, 1e39]]}, 422, "finite"),
+    ("/v1/models/iris:predict", {"instances": [[1, 2, 3, 4]] * 17}, 413, "more than 16 instances"),
+    ("/v1/models/iris:predict", {"instances": []}, 422, "no instances"),
+    ("/v1/models/iris:predict", {"instances": [{"b64": "AAAA"}]}, 422, "image files are for image models"),
     (
         "/v1/models/iris:predict",
         {"instances": [[1, 2, 3, 4]], "signature_name": "other"},
-        400,
+        422,
         "no signature",
     ),
-    ("/v1/models/iris:predict", {"examples": []}, 400, "either"),
-    ("/v1/models/cifar10:predict", {"instances": [{"b64": "AAAA"}]}, 400, "not an image"),
+    ("/v1/models/iris:predict", {"examples": []}, 400, "got neither"),
+    ("/v1/models/cifar10:predict", {"instances": [{"b64": "AAAA"}]}, 415, "not an image"),
     ("/v1/models/cifar10:predict", {"instances": [[[[300, 0, 0]] * 32] * 32]}, 400, "within [0, 255]"),
-    ("/v1/models/cifar10:predict", {"instances": [[[0, 0, 0]]]}, 400, "shape [n, 32, 32, 3]"),
+    ("/v1/models/cifar10:predict", {"instances": [[[0, 0, 0]]]}, 422, "shape [n, 32, 32, 3]"),
     ("/v1/models/iris/versions/4:predict", {"instances": [[1, 2, 3, 4]]}, 404, "version 1 is live"),
     ("/v1/models/rose:predict", {"instances": [[1, 2, 3, 4]]}, 404, "no model named 'rose'"),
 ]
@@ -202,5 +202,5 @@ def test_bad_requests_get_a_clear_error_as_tf_serving_gives_them(base, path, bod
 
 def test_nan_is_read_as_tf_serving_reads_it_and_refused_as_input(base):
     response = httpx.post(f"{base}/v1/models/iris:predict", content=b'{"instances": [[NaN, 1, 2, 3]]}')
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "finite" in response.json()["error"]

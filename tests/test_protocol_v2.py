@@ -114,6 +114,13 @@ def test_metadata_of_a_version_that_is_not_live_names_the_live_one(client):
         client.get_model_metadata("cifar10", "7")
 
 
+def test_tritonclient_reads_the_error_of_a_path_the_service_does_not_serve(client):
+    # The model configuration is Triton's own extension; tritonclient reads `error` from the 404.
+    with pytest.raises(InferenceServerException, match="Not Found") as raised:
+        client.get_model_config("cifar10")
+    assert "decoding" not in str(raised.value)
+
+
 # --- inference ------------------------------------------------------------------------------
 
 
@@ -270,19 +277,19 @@ def tensor(name="features", shape=(1, 4), datatype="FP32", data=(1.0, 2.0, 3.0, 
 
 
 BAD_REQUESTS = [
-    ("/v2/models/iris/infer", {"inputs": [tensor(name="petals")]}, 400, "unknown input 'petals'"),
-    ("/v2/models/iris/infer", {"inputs": [tensor(datatype="FP64")]}, 400, "must be FP32"),
+    ("/v2/models/iris/infer", {"inputs": [tensor(name="petals")]}, 422, "unknown input 'petals'"),
+    ("/v2/models/iris/infer", {"inputs": [tensor(datatype="FP64")]}, 422, "must be FP32"),
     ("/v2/models/iris/infer", {"inputs": [tensor(shape=(2, 4))]}, 400, "holds 8 elements"),
-    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(1, 3), data=(1, 2, 3))]}, 400, "shape [n, 4]"),
-    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(17, 4), data=[1.0] * 68)]}, 400, "at most 16"),
-    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(0, 4), data=())]}, 400, "no instances"),
-    ("/v2/models/iris/infer", {"inputs": [tensor(data=(1, 2, 3, 1e39))]}, 400, "finite"),
-    ("/v2/models/iris/infer", {"inputs": [tensor()], "outputs": [{"name": "logits"}]}, 400, "unknown output"),
+    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(1, 3), data=(1, 2, 3))]}, 422, "shape [n, 4]"),
+    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(17, 4), data=[1.0] * 68)]}, 413, "more than 16"),
+    ("/v2/models/iris/infer", {"inputs": [tensor(shape=(0, 4), data=())]}, 422, "no instances"),
+    ("/v2/models/iris/infer", {"inputs": [tensor(data=(1, 2, 3, 1e39))]}, 422, "finite"),
+    ("/v2/models/iris/infer", {"inputs": [tensor()], "outputs": [{"name": "logits"}]}, 422, "unknown output"),
     ("/v2/models/iris/infer", {"inputs": "features"}, 400, "inputs"),
     ("/v2/models/iris/infer", [1, 2], 400, "object"),
     ("/v2/models/iris/versions/9/infer", {"inputs": [tensor()]}, 404, "version 1 is live"),
     ("/v2/models/tulip/infer", {"inputs": [tensor()]}, 404, "no model named 'tulip'"),
-    ("/v2/models/cifar10/infer", {"inputs": [tensor()]}, 400, "takes image or image_bytes"),
+    ("/v2/models/cifar10/infer", {"inputs": [tensor()]}, 422, "takes image or image_bytes"),
     (
         "/v2/models/cifar10/infer",
         {"inputs": [tensor("image", (1, 32, 32, 3), "UINT8", [256] * 3072)]},
@@ -292,7 +299,7 @@ BAD_REQUESTS = [
     (
         "/v2/models/cifar10/infer",
         {"inputs": [tensor("image_bytes", (1,), "BYTES", ["not an image"])]},
-        400,
+        415,
         "not an image",
     ),
     (
@@ -303,7 +310,7 @@ BAD_REQUESTS = [
                 tensor("image_bytes", (1,), "BYTES", ["x"]),
             ]
         },
-        400,
+        422,
         "takes one input",
     ),
 ]

@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 from deployments import wait_for
 from payloads import GOOD_FEATURES
-
-from benchmarks.server import serve
+from served import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +20,7 @@ def test_sigterm_turns_readiness_off_while_requests_are_still_served_then_exits(
     model_dir = tmp_path / "models"
     shutil.copytree(shared_models, model_dir)
     settings = {"POLL_INTERVAL_S": "0", "LOG_LEVEL": "warning", "DRAIN_DELAY_S": "3"}
-    with serve("service", model_dir, tmp_path / "server.log", settings=settings) as server:
+    with serve(model_dir, tmp_path / "server.log", **settings) as server:
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         # With several workers the server process passes the signal on to each (some 0.1 s).

@@ -48,7 +48,7 @@ def test_bad_images(client, data, status, detail):
 
 def test_one_bad_file_among_several_is_named(client):
     files = [("file", GOOD_IMAGE), ("file", b"")]
-    assert_error(client.post("/predict/image", files=files), 400, "file 2: empty")
+    assert_error(client.post("/predict/image", files=files), 400, "image 2: empty")
 
 
 def test_json_to_the_image_endpoint_is_unsupported_media(client):
@@ -62,7 +62,7 @@ def test_upload_without_a_file_part(client):
 
 def test_too_many_parts(client):
     files = [("file", GOOD_IMAGE)] * 17  # the client fixture's max batch size is 16
-    assert_error(client.post("/predict/image", files=files), 413, "more than 16 parts")
+    assert_error(client.post("/predict/image", files=files), 413, "more than 16 instances in one request")
 
 
 @pytest.mark.parametrize(
@@ -104,17 +104,16 @@ def test_file_names_are_never_used(client, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "body, detail",
     [
-        ({"features": [1, 2, 3]}, "3 features; expected 4"),
-        ({"features": [1, 2, 3, 4, 5]}, "5 features"),
-        ({"features": []}, "0 features"),
+        ({"features": [1, 2, 3]}, "must have shape [n, 4]"),
+        ({"features": [1, 2, 3, 4, 5]}, "got [1, 5]"),
+        ({"features": []}, "got [1, 0]"),
         ({"features": ["5.1", 3.5, 1.4, 0.2]}, "valid number"),
         ({"features": [True, 3.5, 1.4, 0.2]}, "valid number"),
         ({"features": [None, 3.5, 1.4, 0.2]}, "valid number"),
         ({"features": [[5.1], 3.5, 1.4, 0.2]}, "valid number"),
         ({"features": "5.1,3.5,1.4,0.2"}, "valid list"),
         ({"features": [5.1, 3.5, 1.4, 0.2], "model": "iris"}, "extra"),
-        ({"instances": []}, "at least 1"),
-        ({"instances": [[5.1, 3.5, 1.4, 0.2]] * 17}, "at most 16"),
+        ({"instances": []}, "no instances to classify"),
         ({"instances": [[5.1, 3.5, 1.4, 0.2], [1, 2]]}, "instance 2 has 2 features"),
         (
             {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4},
@@ -133,6 +132,11 @@ def test_file_names_are_never_used(client, tmp_path, monkeypatch):
 )
 def test_bad_features(client, body, detail):
     assert_error(client.post("/predict/iris", json=body), 422, detail)
+
+
+def test_too_many_instances_are_too_large_a_request(client):
+    response = client.post("/predict/iris", json={"instances": [[5.1, 3.5, 1.4, 0.2]] * 17})
+    assert_error(response, 413, "more than 16 instances in one request")
 
 
 def test_features_that_overflow_inside_the_model_are_refused(tmp_path, exports):

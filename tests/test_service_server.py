@@ -10,8 +10,7 @@ import httpx
 import pytest
 from deployments import wait_for
 from payloads import GOOD_FEATURES, GOOD_IMAGE
-
-from benchmarks.server import serve
+from served import serve
 
 MAX_UPLOAD = 200_000
 SETTINGS = {
@@ -26,7 +25,7 @@ SETTINGS = {
 def server(shared_models, tmp_path_factory):
     """`python -m service` on a free port, configured through its environment, ready."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with serve("service", shared_models, log, ready_timeout=120, settings=SETTINGS) as running:
+    with serve(shared_models, log, ready_timeout=120, **SETTINGS) as running:
         yield running
 
 
@@ -100,7 +99,7 @@ def test_chunked_body_over_the_cap_is_cut_off_while_streaming(server):
 
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_cleanly(shared_models, tmp_path):
     patient = {**SETTINGS, "BODY_TIMEOUT_S": "30"}  # the body is held back on purpose here
-    with serve("service", shared_models, tmp_path / "server.log", settings=patient) as server:
+    with serve(shared_models, tmp_path / "server.log", **patient) as server:
         port = port_of(server.url)
         body = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
         head = (

@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 import httpx
-
-from benchmarks.server import serve
+from served import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +22,7 @@ def test_one_scrape_sums_the_requests_of_all_workers(tmp_path, shared_models):
     shutil.copytree(shared_models, model_dir)
     # TMPDIR: where the workers' shared metric files go
     settings = {"WORKERS": "2", "POLL_INTERVAL_S": "0", "LOG_LEVEL": "warning", "TMPDIR": str(tmp_path)}
-    with serve("service", model_dir, tmp_path / "server.log", settings=settings) as server:
+    with serve(model_dir, tmp_path / "server.log", **settings) as server:
         # A new connection each time, so the kernel hands them to both workers.
         workers, sent = set(), 0
         while len(workers) < 2 or sent < 20:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 
+def json_body(model: type[BaseModel], other_content: dict | None = None) -> dict:
+    """`openapi_extra` documenting a required JSON body of `model`, and any other content types
+    the route takes."""
+    content = {"application/json": {"schema": inline_schema(model)}, **(other_content or {})}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def inline_schema(model: type[BaseModel]) -> dict:
     """`model`'s JSON schema with its definitions written in place, for bodies documented
     through `openapi_extra` (whose references FastAPI does not collect)."""

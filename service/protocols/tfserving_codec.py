@@ -88,9 +88,10 @@ def binary_value(value: Any) -> bytes | None:
 
 
 def encode_predict(form: str, probabilities: np.ndarray) -> bytes:
-    """The answer TF Serving gives for a single-output signature: the output's values, unnamed."""
+    """The answer TF Serving gives for a single-output signature: the output's values, unnamed
+    (ending in a newline, as every JSON answer of the service does)."""
     key = "predictions" if form == ROW else "outputs"
-    return json.dumps({key: probabilities.tolist()}, separators=(",", ":")).encode()
+    return json.dumps({key: probabilities.tolist()}, separators=(",", ":")).encode() + b"\n"
 
 
 def tensor_info(dtype: np.dtype, shape: list[int | None]) -> dict:

@@ -8,6 +8,8 @@ image instance may also be `{"b64": <an encoded image file>}`, decoded as /predi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -17,7 +19,7 @@ from service.deps import DataPlaneDep
 from service.faults import UnfitInput
 from service.predictor import Predictor
 from service.protocols.errors import ERRORS, TFServingRoute
-from service.protocols.openapi import inline_schema
+from service.protocols.openapi import json_body
 from service.protocols.tensors import numeric_array
 from service.protocols.tfserving_codec import (
     binary_value,
@@ -38,65 +40,48 @@ from service.registry import ModelState, UnknownModel
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 
-router = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST"], route_class=TFServingRoute)
-inference = APIRouter(prefix="/v1/models", tags=["TensorFlow Serving REST"], route_class=TFServingRoute)
+# `router` is open to probes and tooling; `inference` takes the API key when one is set.
+ROUTERS: dict[str, Any] = {
+    "prefix": "/v1/models",
+    "tags": ["TensorFlow Serving REST"],
+    "route_class": TFServingRoute,
+}
+router, inference = APIRouter(**ROUTERS), APIRouter(**ROUTERS)
 
-PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        # TF Serving reads the body as JSON whatever its declared type (`curl -d` sends a form's).
-        "content": {"application/json": {"schema": inline_schema(PredictRequest)}},
-    }
+PREDICT: dict[str, Any] = {
+    "response_model": PredictResponse,
+    "responses": ERRORS,
+    # TF Serving reads the body as JSON whatever its declared type (`curl -d` sends a form's).
+    "openapi_extra": json_body(PredictRequest),
 }
 
 
+# Each model route also answers under /versions/{version}, for that version; without it,
+# `version` may be asked for as a query parameter.
+
+
 @router.get("/{model}", response_model=ModelStatus, responses=ERRORS)
-async def model_status(model: str, plane: DataPlaneDep) -> ModelStatus:
-    """The versions of the model: the live one AVAILABLE, those that failed to load END."""
-    return _status(plane.state(model), None)
-
-
 @router.get("/{model}/versions/{version}", response_model=ModelStatus, responses=ERRORS)
-async def model_version_status(model: str, version: str, plane: DataPlaneDep) -> ModelStatus:
-    """The state of one version of the model."""
+async def model_status(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelStatus:
+    """The versions of the model (or the one asked for): the live one AVAILABLE, those that
+    failed to load END."""
     return _status(plane.state(model), version_number(model, version))
 
 
 @router.get("/{model}/metadata", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(model: str, plane: DataPlaneDep) -> ModelMetadata:
-    """The live version's serving signature."""
-    return _metadata(plane.live(model).predictor)
-
-
 @router.get("/{model}/versions/{version}/metadata", response_model=ModelMetadata, responses=ERRORS)
-async def model_version_metadata(model: str, version: str, plane: DataPlaneDep) -> ModelMetadata:
-    """The serving signature of `version`, when it is the live one."""
+async def model_metadata(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelMetadata:
+    """The live version's serving signature (`version` must be the live one)."""
     return _metadata(plane.live(model, version_number(model, version)).predictor)
 
 
-@inference.post(
-    "/{model}:predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY
-)
-async def predict(request: Request, model: str) -> Response:
-    """Run the live version: `{"instances": [...]}` answers `{"predictions": [...]}`,
-    `{"inputs": ...}` answers `{"outputs": ...}`."""
-    return await _predict(request, model, None)
-
-
-@inference.post(
-    "/{model}/versions/{version}:predict",
-    response_model=PredictResponse,
-    responses=ERRORS,
-    openapi_extra=PREDICT_BODY,
-)
-async def predict_version(request: Request, model: str, version: str) -> Response:
-    """Run `version`, when it is the live one."""
-    return await _predict(request, model, version_number(model, version))
-
-
-async def _predict(request: Request, model: str, version: int | None) -> Response:
+@inference.post("/{model}:predict", **PREDICT)
+@inference.post("/{model}/versions/{version}:predict", **PREDICT)
+async def predict(request: Request, model: str, version: str | None = None) -> Response:
+    """Run the live version (`version` must be the live one): `{"instances": [...]}` answers
+    `{"predictions": [...]}`, `{"inputs": ...}` answers `{"outputs": ...}`."""
     plane: DataPlane = request.app.state.dataplane
-    served = plane.live(model, version)
+    served = plane.live(model, version_number(model, version))
     with plane.expecting(served):
         parsed = parse_predict(await request.body(), served.predictor.input_name)
         signature = served.predictor.contract.signature

@@ -199,8 +199,8 @@ def encode_response(
     if request_id is not None:
         response["id"] = request_id
     header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
-    if not blobs:
-        return header, None
+    if not blobs:  # JSON alone ends in a newline, as every JSON answer of the service does
+        return header + b"\n", None
     return b"".join([header, *blobs]), len(header)
 
 

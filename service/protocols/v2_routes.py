@@ -22,7 +22,7 @@ from service.errors import RETRY
 from service.faults import UnfitInput
 from service.predictor import Predictor
 from service.protocols.errors import ERRORS, V2Route
-from service.protocols.openapi import inline_schema
+from service.protocols.openapi import json_body
 from service.protocols.v2_codec import (
     BYTES,
     Output,
@@ -48,26 +48,20 @@ PLATFORM = "tensorflow_savedmodel"  # every model here is a SavedModel export
 LABEL = "label"  # the output this service adds: the most probable class, as text
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-# Open to probes and tooling, like /healthz and /models; `inference` takes the API key when set.
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], route_class=V2Route)
-inference = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], route_class=V2Route)
+# `router` is open to probes and tooling, like /healthz and /models; `inference` takes the API
+# key when one is set.
+ROUTERS: dict[str, Any] = {"prefix": "/v2", "tags": ["Open Inference Protocol v2"], "route_class": V2Route}
+router, inference = APIRouter(**ROUTERS), APIRouter(**ROUTERS)
 
-INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": inline_schema(InferenceRequest)},
-            "application/octet-stream": {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": f"binary tensor data extension: the JSON request ({HEADER_LENGTH}"
-                    " bytes), then the raw tensors of the inputs with `binary_data_size`, in order",
-                }
-            },
-        },
+BINARY_REQUEST = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": f"binary tensor data extension: the JSON request ({HEADER_LENGTH} bytes),"
+        " then the raw tensors of the inputs with `binary_data_size`, in order",
     }
 }
+INFER_BODY = json_body(InferenceRequest, {"application/octet-stream": BINARY_REQUEST})
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": InferenceResponse,
@@ -107,28 +101,22 @@ async def server_ready(plane: DataPlaneDep):
     return JSONResponse({"ready": False}, 503, RETRY)
 
 
+# Each model route also answers under /versions/{version}, for that version when it is live;
+# without it, `version` may be asked for as a query parameter.
+
+
 @router.get("/models/{model}", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(model: str, plane: DataPlaneDep) -> ModelMetadata:
-    """The live version's inputs and outputs."""
-    return _metadata(plane.live(model).predictor)
-
-
 @router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
-async def model_version_metadata(model: str, version: str, plane: DataPlaneDep) -> ModelMetadata:
-    """The inputs and outputs of `version`, when it is the live one."""
+async def model_metadata(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelMetadata:
+    """The live version's inputs and outputs."""
     return _metadata(plane.live(model, version_number(model, version)).predictor)
 
 
 @router.get("/models/{model}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_ready(model: str, plane: DataPlaneDep) -> ModelReady:
-    """200 when the model has a live version; 503 while it has none; 404 for an unknown model."""
-    plane.live(model)
-    return ModelReady(name=model, ready=True)
-
-
 @router.get("/models/{model}/versions/{version}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_version_ready(model: str, version: str, plane: DataPlaneDep) -> ModelReady:
-    """200 when `version` is the live one; 404 when it is not (naming the live one)."""
+async def model_ready(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelReady:
+    """200 when the model has a live version; 503 while it has none; 404 for an unknown model
+    or a version that is not the live one (naming the live one)."""
     plane.live(model, version_number(model, version))
     return ModelReady(name=model, ready=True)
 
@@ -142,27 +130,18 @@ InferenceHeaderLength = Annotated[
 @inference.post(
     "/models/{model}/infer", response_model=None, responses=INFER_RESPONSES, openapi_extra=INFER_BODY
 )
-async def infer(request: Request, model: str, header_length: InferenceHeaderLength = None) -> Response:
-    """Run the live version on the request's inputs."""
-    return await _infer(request, model, None, header_length)
-
-
 @inference.post(
     "/models/{model}/versions/{version}/infer",
     response_model=None,
     responses=INFER_RESPONSES,
     openapi_extra=INFER_BODY,
 )
-async def infer_version(
-    request: Request, model: str, version: str, header_length: InferenceHeaderLength = None
+async def infer(
+    request: Request, model: str, version: str | None = None, header_length: InferenceHeaderLength = None
 ) -> Response:
-    """Run `version`, when it is the live one, on the request's inputs."""
-    return await _infer(request, model, version_number(model, version), header_length)
-
-
-async def _infer(request: Request, model: str, version: int | None, header_length: int | None) -> Response:
+    """Run the live version on the request's inputs."""
     plane: DataPlane = request.app.state.dataplane
-    served = plane.live(model, version)
+    served = plane.live(model, version_number(model, version))
     predictor = served.predictor
     with plane.expecting(served):  # the body may take a while: let a batch wait for it
         body = decode_content(

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import importlib.resources
 import re
+from collections.abc import Callable
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -54,33 +55,39 @@ def _with_policy(page: HTMLResponse) -> HTMLResponse:
     return HTMLResponse(html, headers=_policy(inline))
 
 
+def _page(request: Request, viewer: str, render: Callable[..., HTMLResponse], assets: dict, **options):
+    """`render`'s page (FastAPI's) for this app's schema, with `assets` (argument -> file) served
+    from this app, behind any root path."""
+    root = request.scope.get("root_path", "")
+    urls = {argument: f"{root}{ASSETS_URL}/{file}" for argument, file in assets.items()}
+    title = f"{request.app.title} - {viewer}"
+    return _with_policy(
+        render(openapi_url=f"{root}{request.app.openapi_url}", title=title, **urls, **options)
+    )
+
+
+SWAGGER_ASSETS = {
+    "swagger_js_url": "swagger-ui-bundle.js",
+    "swagger_css_url": "swagger-ui.css",
+    "swagger_favicon_url": "favicon.png",
+}
+REDOC_ASSETS = {"redoc_js_url": "redoc.standalone.js", "redoc_favicon_url": "favicon.png"}
+
+
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
-    return _with_policy(
-        get_swagger_ui_html(
-            openapi_url=f"{root}{request.app.openapi_url}",
-            title=f"{request.app.title} - Swagger UI",
-            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
-        )
+    return _page(
+        request,
+        "Swagger UI",
+        get_swagger_ui_html,
+        SWAGGER_ASSETS,
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
     )
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
-    return _with_policy(
-        get_redoc_html(
-            openapi_url=f"{root}{request.app.openapi_url}",
-            title=f"{request.app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            with_google_fonts=False,
-        )
-    )
+    return _page(request, "ReDoc", get_redoc_html, REDOC_ASSETS, with_google_fonts=False)
 
 
 @router.get(ASSETS_URL + "/{name}")

@@ -63,6 +63,12 @@ IMAGE_UPLOAD = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 422, 503)
 }
+# Every prediction route answers one prediction or several.
+ANSWERS: dict[str, Any] = {
+    "response_model": Prediction | Predictions,
+    "response_model_exclude_none": True,
+    "responses": ERRORS,
+}
 
 
 def _of_kind(served: Served, kind: str) -> Served:
@@ -86,26 +92,14 @@ async def vector_model(model: str, plane: DataPlaneDep) -> Served:
 # load (py-spy profile, 32 users) before this change.
 
 
-@router.post(
-    "/image",
-    response_model=Prediction | Predictions,
-    response_model_exclude_none=True,
-    responses=ERRORS,
-    openapi_extra=IMAGE_UPLOAD,
-)
+@router.post("/image", openapi_extra=IMAGE_UPLOAD, **ANSWERS)
 async def predict_image(request: Request, top_k: TopK = None, preview: Preview = False) -> Response:
     """Classify uploaded images with the image model (the first by name if several are served)."""
     plane: DataPlane = request.app.state.dataplane
     return await _classify_images(request, plane, plane.image_model(), top_k, preview)
 
 
-@router.post(
-    "/image/{model}",
-    response_model=Prediction | Predictions,
-    response_model_exclude_none=True,
-    responses=ERRORS,
-    openapi_extra=IMAGE_UPLOAD,
-)
+@router.post("/image/{model}", openapi_extra=IMAGE_UPLOAD, **ANSWERS)
 async def predict_image_with(
     request: Request, model: str, top_k: TopK = None, preview: Preview = False
 ) -> Response:
@@ -114,13 +108,7 @@ async def predict_image_with(
     return await _classify_images(request, plane, _of_kind(plane.live(model), "image"), top_k, preview)
 
 
-@router.post(
-    "/{model}",
-    response_model=Prediction | Predictions,
-    response_model_exclude_none=True,
-    responses=ERRORS,
-    dependencies=[Depends(require_json)],
-)
+@router.post("/{model}", dependencies=[Depends(require_json)], **ANSWERS)
 async def predict_features(
     body: FeaturesRequest,
     served: Annotated[Served, Depends(vector_model)],
@@ -164,9 +152,9 @@ def _feature_rows(body, predictor: Predictor) -> np.ndarray:
                 f"got {', '.join(sorted(given)) or 'none'}"
             )
         rows = [[body[name] for name in names]]
-    for number, row in enumerate(rows, 1):
-        if len(row) != width:
-            raise UnfitInput(f"instance {number} has {len(row)} features; expected {expected}")
+    if len({len(row) for row in rows}) > 1:  # ragged: name the first odd one (even: the data plane's)
+        number, row = next((n, row) for n, row in enumerate(rows, 1) if len(row) != width)
+        raise UnfitInput(f"instance {number} has {len(row)} features; expected {expected}")
     with np.errstate(over="ignore"):  # too large for float32 becomes inf, which is refused
         return np.asarray(rows, predictor.input_dtype)
 
