@@ -20,8 +20,8 @@ import pytest
 from deployments import install, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from served import ANSWERING, serve
 
-from benchmarks.server import serve
 from service.protocols.protos import open_inference_pb2 as oip
 from service.protocols.protos import tensorflow_serving_pb2 as tfs
 
@@ -45,7 +45,7 @@ def shipped(tmp_path_factory):
     if not all((MODELS / name).is_dir() for name in ("cifar10", "iris")):
         pytest.skip(f"no shipped models in {MODELS}")
     log = tmp_path_factory.getbasetemp() / "grpc-shipped.log"
-    with serve("service", MODELS, log, 240, {**SETTINGS, "MAX_BATCH_SIZE": "64"}) as running:
+    with serve(MODELS, log, **SETTINGS, MAX_BATCH_SIZE="64") as running:
         yield f"127.0.0.1:{running.grpc_port}"
 
 
@@ -59,7 +59,7 @@ def guarded(tmp_path_factory, exports):
     (root / "empty").mkdir()
     settings = {**SETTINGS, "API_KEY": KEY, "MAX_UPLOAD_BYTES": str(BODY_LIMIT)}
     log = tmp_path_factory.getbasetemp() / "grpc-guarded.log"
-    with serve("service", root, log, 240, settings, until_ready=False) as running:
+    with serve(root, log, ANSWERING, **settings) as running:
         target = f"127.0.0.1:{running.grpc_port}"
         wait_for(lambda: serving(target, "iris", "cifar10"), 120)
         yield running.url, target
@@ -225,7 +225,7 @@ def test_rpcs_are_counted_by_method_with_protocol_grpc_and_the_status_rest_would
 
 def test_sigterm_turns_health_not_serving_while_rpcs_are_still_answered_then_exits(tmp_path, shared_models):
     settings = {**SETTINGS, "LOG_LEVEL": "warning", "DRAIN_DELAY_S": "3"}
-    with serve("service", shared_models, tmp_path / "server.log", 240, settings) as server:
+    with serve(shared_models, tmp_path / "server.log", **settings) as server:
         target = f"127.0.0.1:{server.grpc_port}"
         assert health(target) == SERVING
         server.process.send_signal(signal.SIGTERM)
