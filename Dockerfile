@@ -89,7 +89,7 @@ ENV PYTHONPATH=/app \
     PORT=8000 \
     MODEL_DIR=/app/models
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8081
 # Healthy once /readyz answers 200: models loaded and warmed up. The start period covers
 # loading (docker-compose.yml sets its own).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
