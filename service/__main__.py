@@ -6,6 +6,7 @@ On SIGTERM or Ctrl-C uvicorn stops accepting connections and lets in-flight requ
 
 import importlib.util
 import signal
+import socket
 import sys
 
 import uvicorn
@@ -27,6 +28,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     if settings.workers > 1:  # else one process: its own registry is the whole truth
         share_between_workers()
+    refuse_a_taken_grpc_port(settings)
     uvicorn.run(
         "service.main:app",  # by name, so that each worker process builds its own
         workers=settings.workers,
@@ -37,6 +39,23 @@ def main() -> None:
         timeout_keep_alive=settings.timeout_keep_alive_s,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
+
+
+def refuse_a_taken_grpc_port(settings: Settings) -> None:
+    """The workers bind GRPC_PORT with SO_REUSEPORT (to share it among themselves), which would
+    as silently share it with another server already there, splitting its clients between the
+    two; uvicorn refuses a taken HTTP port, and so does this for gRPC's."""
+    if not settings.grpc_port:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family) as probe:  # no SO_REUSEPORT: any listener there refuses it
+        try:
+            probe.bind((settings.host, settings.grpc_port))
+        except OSError as error:
+            sys.exit(
+                f"GRPC_PORT {settings.grpc_port} on {settings.host} is taken ({error.strerror}):"
+                " another server listens there; choose another port, or GRPC_PORT=0 for no gRPC"
+            )
 
 
 if __name__ == "__main__":  # worker processes import this module again; only the first serves

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import pytest
 from deployments import install, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from served import ANSWERING, serve
+from served import ANSWERING, STARTED, serve
 
 from service.protocols.protos import open_inference_pb2 as oip
 from service.protocols.protos import tensorflow_serving_pb2 as tfs
@@ -236,3 +237,13 @@ def test_sigterm_turns_health_not_serving_while_rpcs_are_still_answered_then_exi
         assert server.process.wait(timeout=60) == 0
     assert answered_within < 2.5, "too slow to tell anything about the delay"
     assert response.model_name == "iris"
+
+
+def test_a_grpc_port_another_server_holds_is_refused_not_shared(tmp_path, shared_models):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with serve(shared_models, tmp_path / "server.log", STARTED, GRPC_PORT=str(port)) as server:
+            assert server.process.wait(timeout=60) != 0
+    assert f"GRPC_PORT {port} on 127.0.0.1 is taken" in (tmp_path / "server.log").read_text()
