@@ -26,4 +26,6 @@ def ready_line(app: FastAPI, registry: ModelRegistry, settings: Settings) -> str
     base = f"http://{settings.host}:{settings.port}"
     # create_app always serves both, from the app itself (the docs work offline).
     places = [f"page {base}/", f"API docs {base}/docs"]
+    if settings.grpc_port:
+        places.append(f"gRPC {settings.host}:{settings.grpc_port}")
     return f"ready: {models} on {registry.device}; {workers}" + "".join(f"; {p}" for p in places)
