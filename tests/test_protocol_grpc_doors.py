@@ -1,7 +1,7 @@
 """gRPC is one more front door: each fault of tests/test_front_doors.py, sent through the
 Open Inference Protocol's ModelInfer (raw and typed tensors) and TF Serving's Predict, gets the
 message REST gives it and the status code the one table (`grpc_server.CODES`) maps its HTTP
-status to."""
+status to: the codes a gRPC client branches on, written out here as the specification."""
 
 from __future__ import annotations
 
@@ -14,12 +14,18 @@ from served import free_port
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from test_front_doors import FEATURE_FAULTS, FLOWER, IMAGE_FAULTS, answer, feature_rows, image_files
 
-from service.protocols.grpc_server import CODES
 from service.protocols.protos import open_inference_pb2 as oip
 from service.protocols.protos import tensorflow_serving_pb2 as tfs
 from service.protocols.v2_codec import serialize_bytes
 
 GRPC_DOORS = ("grpc v2 raw", "grpc v2 typed", "grpc tfserving")
+CODES = {  # HTTP status -> gRPC code
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+}
 
 
 @pytest.fixture(scope="module")
