@@ -77,7 +77,10 @@ def existing_versions(model_dir: Path) -> list[int]:
     """The published versions of one model, oldest first; staging and other hidden folders are not."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    # ASCII digits: str.isdigit() also passes "¹", which int() refuses.
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    )
 
 
 def next_version(model_dir: Path) -> int:

@@ -89,7 +89,9 @@ def version_number(model: str, text: str | None) -> int | None:
     knows it by."""
     if text is None:
         return None
-    if not text.isdigit():  # also refuses "+1", " 1" and "1.0", which int() would take
+    # Digits 0-9 only: refuses "+1", " 1" and "1.0", which int() would take, and "¹", which
+    # str.isdigit() would pass and int() refuse.
+    if not (text.isascii() and text.isdigit()):
         raise UnknownVersion(f"model {model!r} has no version {text!r}; versions are whole numbers")
     return int(text)
 

@@ -75,7 +75,9 @@ class Predictions(BaseModel):
 
 
 class Error(BaseModel):
-    detail: str | list[dict[str, Any]]
+    """Every failure of the service's own routes: what went wrong, in one line."""
+
+    detail: str
 
 
 class Health(BaseModel):

@@ -4,15 +4,18 @@ the native routes, `{"error": ...}` on v2 and TF Serving. One data plane, one er
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from deployments import install, serving
 from payloads import GOOD_IMAGE, png_declaring
 
+SERVICE = Path(__file__).resolve().parents[1] / "service"
 FLOWER = [5.1, 3.5, 1.4, 0.2]
 IMAGE_DOORS = ("native", "v2 json", "v2 binary", "tfserving")
 
@@ -160,6 +163,16 @@ def test_a_version_that_is_not_live_is_answered_alike_by_both_protocols(client):
     assert_same_everywhere(answers, 404, "model 'iris' has no live version 9; version 1 is live")
 
 
+@pytest.mark.parametrize("version", ["abc", "¹", "+1", "1.0"])
+def test_a_version_that_is_not_a_number_is_unknown_to_every_version_route(client, version):
+    for path in (f"/v2/models/iris/versions/{version}", f"/v1/models/iris/versions/{version}"):
+        status, message = answer("v2", client.get(path))
+        assert (status, message) == (
+            404,
+            f"model 'iris' has no version {version!r}; versions are whole numbers",
+        )
+
+
 def test_a_non_finite_output_is_answered_alike_by_every_door(tmp_path, exports):
     root = tmp_path / "models"
     install(exports["ones"], root, name="iris")  # every weight 1: 4 x 3e38 overflows float32
@@ -179,3 +192,25 @@ def test_unknown_paths_under_the_protocols_answer_in_their_shape(client, path):
 
 def test_unknown_paths_elsewhere_answer_in_the_native_shape(client):
     assert answer("native", client.get("/v3/models")) == (404, "Not Found")
+
+
+def imports_of(path: Path) -> set[str]:
+    """The modules a source file imports, as written."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+    return names
+
+
+def test_the_protocols_call_the_data_plane_never_the_native_routes():
+    for path in sorted((SERVICE / "protocols").glob("*.py")):
+        assert not any(name.startswith("service.routes") for name in imports_of(path)), path.name
+
+
+def test_tf_serving_names_its_dtypes_without_tensorflow_or_the_v2_types():
+    for name in ("tfserving_routes.py", "tfserving_codec.py", "tfserving_types.py"):
+        imported = imports_of(SERVICE / "protocols" / name)
+        assert not any(m.split(".")[0] == "tensorflow" or m.endswith("v2_types") for m in imported), name

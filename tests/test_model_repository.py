@@ -34,7 +34,7 @@ def test_the_contract_needs_neither_tensorflow_nor_keras():
 
 
 def test_versions_are_the_integer_folders_in_order(tmp_path):
-    for name in ["2", "10", "1", ".staging-11-123", "notes", "latest"]:
+    for name in ["2", "10", "1", ".staging-11-123", "notes", "latest", "¹", "٣"]:  # not ASCII digits
         (tmp_path / name).mkdir()
     (tmp_path / "3").write_text("a file, not a version")
     assert existing_versions(tmp_path) == [1, 2, 10]
