@@ -34,8 +34,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The status code for each HTTP status the REST routes answer for the same failure
-# (service/protocols/errors.py maps domain errors to those): one mapping for every RPC.
+# The status code for each HTTP status the REST routes answer for the same failure (the one
+# error table, service/errors.py STATUS, gives each fault its HTTP status): one mapping for
+# every RPC of every gRPC service.
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,  # malformed: bad binary layout, undecodable image
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -70,7 +71,7 @@ class GrpcServer:
         self.settings = settings
         self.metrics = metrics
         self.health = health_aio.HealthServicer()
-        self.services: dict[str, int] = {}  # wire service name → health status
+        self.services: list[str] = []  # wire names, each also a health service name
         self.server: grpc.aio.Server | None = None
         self._handlers: list[grpc.GenericRpcHandler] = []
         self._watcher: asyncio.Task | None = None
@@ -92,7 +93,7 @@ class GrpcServer:
                 response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
             )
         self._handlers.append(grpc.method_handlers_generic_handler(name, handlers))
-        self.services[name] = NOT_SERVING
+        self.services.append(name)
 
     async def start(self) -> int:
         """Listen on GRPC_PORT (shared with the other workers); the port bound."""
