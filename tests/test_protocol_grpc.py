@@ -23,8 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from served import ANSWERING, STARTED, serve
 
-from service.protocols.protos import open_inference_pb2 as oip
-from service.protocols.protos import tensorflow_serving_pb2 as tfs
+from service.protocols.third_party import open_inference_pb2 as oip
+from service.protocols.third_party import tensorflow_serving_pb2 as tfs
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SERVICE_TEST_MODEL_DIR", ROOT / "models"))

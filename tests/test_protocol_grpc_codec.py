@@ -9,8 +9,8 @@ import pytest
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from service.faults import CodecError
-from service.protocols.protos import open_inference_pb2 as oip
 from service.protocols.tfserving_grpc import to_array, to_tensor_proto
+from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.v2_grpc import decode_inputs, encode_outputs
 
 

@@ -14,8 +14,8 @@ from served import free_port
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from test_front_doors import FEATURE_FAULTS, FLOWER, IMAGE_FAULTS, answer, feature_rows, image_files
 
-from service.protocols.protos import open_inference_pb2 as oip
-from service.protocols.protos import tensorflow_serving_pb2 as tfs
+from service.protocols.third_party import open_inference_pb2 as oip
+from service.protocols.third_party import tensorflow_serving_pb2 as tfs
 from service.protocols.v2_codec import serialize_bytes
 
 GRPC_DOORS = ("grpc v2 raw", "grpc v2 typed", "grpc tfserving")

@@ -20,8 +20,8 @@ from service.dataplane import DataPlane, Served
 from service.faults import CodecError, UnfitInput
 from service.predictor import Predictor
 from service.protocols import tfserving_routes
-from service.protocols.protos import tensorflow_serving_pb2 as pb
 from service.protocols.tensors import numeric_array
+from service.protocols.third_party import tensorflow_serving_pb2 as pb
 from service.registry import UnknownModel
 
 WIRE_PACKAGE = "tensorflow.serving"

@@ -18,7 +18,7 @@ import numpy as np
 from service.dataplane import DataPlane, Served, version_number
 from service.faults import CodecError, UnfitInput
 from service.protocols import v2_routes
-from service.protocols.protos import open_inference_pb2 as pb
+from service.protocols.third_party import open_inference_pb2 as pb
 from service.protocols.v2_codec import BYTES, from_binary, from_json, to_binary
 from service.registry import ModelNotReady, UnknownModel
 
