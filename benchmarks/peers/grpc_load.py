@@ -11,15 +11,15 @@ PyTriton: `upload`, [1, 1], its batch dimension first).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
+
+from benchmarks.peers.closed_loop import closed_loop
 
 OUTPUT = "probabilities"
 
@@ -35,34 +35,18 @@ def inputs(name: str, shape: list[int], files: list[bytes]) -> list[list[triton.
 
 
 async def drive(target: str, model: str, requests: list, concurrency: int, seconds: float) -> dict:
-    latencies_ms: list[float] = []
-    errors: list[str] = []
     clients = [triton.InferenceServerClient(target) for _ in range(concurrency)]
     outputs = [triton.InferRequestedOutput(OUTPUT)]
-    started = time.monotonic()
-    deadline = started + seconds
 
-    async def user(client: triton.InferenceServerClient, offset: int) -> None:
-        async with client:
-            for request in itertools.islice(itertools.cycle(requests), offset, None):
-                if time.monotonic() >= deadline:
-                    return
-                sent = time.monotonic()
-                try:
-                    result = await client.infer(model, request, outputs=outputs, client_timeout=60)
-                    probabilities = result.as_numpy(OUTPUT)
-                    ok = probabilities is not None and probabilities.size > 0
-                    error = None if ok else "no probabilities in the answer"
-                except InferenceServerException as failure:
-                    error = f"{failure.status()}: {failure.message()[:120]}"
-                if error:
-                    errors.append(error)
-                else:
-                    latencies_ms.append(1000 * (time.monotonic() - sent))
+    async def infer(client: triton.InferenceServerClient, request: list) -> str | None:
+        try:
+            result = await client.infer(model, request, outputs=outputs, client_timeout=60)
+        except InferenceServerException as failure:
+            return f"{failure.status()}: {failure.message()[:120]}"
+        probabilities = result.as_numpy(OUTPUT)
+        return None if probabilities is not None and probabilities.size else "no probabilities in the answer"
 
-    await asyncio.gather(*(user(client, i) for i, client in enumerate(clients)))
-    elapsed = time.monotonic() - started
-    return {"elapsed_s": elapsed, "latencies_ms": latencies_ms, "errors": errors}
+    return await closed_loop(clients, requests, infer, seconds)
 
 
 def main() -> None:
