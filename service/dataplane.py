@@ -1,6 +1,8 @@
 """One data plane behind every front door: the native routes, Open Inference Protocol v2, TF
-Serving's REST API (and gRPC) turn their wire format into these calls and the answers back;
-nothing here knows a wire format, and every check and limit is made here, once.
+Serving's REST API (and gRPC) turn their wire format into these calls and the answers back.
+Nothing here knows a wire format; every check of what a model is given (count, shape, dtype,
+values, decodable images) and of what it answers (one finite row per input row) is made here,
+once.
 
 A request's path, whichever door it came in by:
 

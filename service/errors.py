@@ -83,7 +83,7 @@ def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[
         errors = cast(RequestValidationError, error).errors()
         message = validation_message(errors, tags=FEATURES_TAGS)
         # A features request's form is chosen by its keys: say which forms, and names, there are.
-        if any(e["loc"][:1] == ("body",) and e["loc"][1:2] in [(t,) for t in FEATURES_TAGS] for e in errors):
+        if any(len(e["loc"]) > 1 and e["loc"][0] == "body" and e["loc"][1] in FEATURES_TAGS for e in errors):
             message += f"; {FEATURES_FORMS}{_feature_names(request)}"
         return answer(request, 422, message)
 

@@ -47,7 +47,6 @@ class ServiceError extends Error {
 
 function detailText(detail) {
   if (typeof detail === "string") return detail;
-  if (Array.isArray(detail)) return detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
   return detail === undefined ? "" : JSON.stringify(detail);
 }
 
@@ -315,17 +314,17 @@ function clearFeatureErrors() {
 }
 
 function showFeatureError(error, names) {
-  // Validation errors name the field in their location, e.g. ["body", "named", "petal_width"].
+  // A validation error is one line of "; "-separated parts, each about a field starting with
+  // its name, e.g. "petal_width: Input should be a valid number; expected ...".
   let placed = false;
-  if (Array.isArray(error.detail)) {
-    for (const item of error.detail) {
-      const name = (item.loc || []).find((part) => names.includes(part));
-      if (name === undefined) continue;
-      const message = document.getElementById(`feature-${name}-error`);
-      message.textContent = item.msg;
-      document.getElementById(`feature-${name}`).setAttribute("aria-invalid", "true");
-      placed = true;
-    }
+  const parts = typeof error.detail === "string" ? error.detail.split("; ") : [];
+  for (const part of parts) {
+    const name = names.find((candidate) => part.startsWith(`${candidate}: `));
+    if (name === undefined) continue;
+    const message = document.getElementById(`feature-${name}-error`);
+    message.textContent = part;
+    document.getElementById(`feature-${name}`).setAttribute("aria-invalid", "true");
+    placed = true;
   }
   if (!placed) $("#features-error").textContent = error.message;
 }
