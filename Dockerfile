@@ -94,7 +94,7 @@ ENV PYTHONPATH=/app \
     MALLOC_MMAP_THRESHOLD_=131072 \
     MALLOC_ARENA_MAX=2
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8081
 # Healthy once /readyz answers 200: models loaded and warmed up. The start period covers
 # loading (docker-compose.yml sets its own).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \

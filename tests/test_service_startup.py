@@ -64,6 +64,7 @@ def test_one_line_says_what_is_served_on_which_device_by_how_many_workers_and_wh
     counted = f"{workers} workers" if workers > 1 else "1 worker"
     assert f"; {counted} ({layout_for('auto').why});" in line  # how many, and why
     assert f"API docs http://127.0.0.1:{port}/docs" in line
+    assert "; gRPC 127.0.0.1:" in line
     assert all(other.split(" ready: ")[1] == line.split(" ready: ")[1] for other in lines)
 
 
