@@ -1,6 +1,6 @@
 """TensorFlow Serving's gRPC API (`tensorflow.serving.PredictionService` Predict and
 GetModelMetadata, `ModelService.GetModelStatus`): the same models and answers as the TF Serving
-REST routes (service/protocols/tfserving_routes.py), with tensors as TensorFlow's `TensorProto`.
+REST routes (both from service/protocols/tfserving_model.py), with tensors as TensorFlow's `TensorProto`.
 
 Tensors go by the SavedModel signature's names: the input `image` (DT_UINT8 [n, H, W, 3]; or
 DT_STRING [n], encoded image files, as REST's `{"b64": ...}` instances) or `features`
@@ -19,7 +19,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from service.dataplane import DataPlane, Served
 from service.faults import CodecError, UnfitInput
 from service.predictor import Predictor
-from service.protocols import tfserving_routes
+from service.protocols import tfserving_model
 from service.protocols.tensors import numeric_array
 from service.protocols.third_party import tensorflow_serving_pb2 as pb
 from service.registry import UnknownModel
@@ -122,7 +122,7 @@ class PredictionServicer:
             raise UnfitInput(f'metadata_field must be ["{SIGNATURE_DEF}"], the only metadata served')
         predictor = self.plane.live(request.model_spec.name, requested_version(request.model_spec)).predictor
         # REST's metadata is this message's JSON form: one description, two encodings.
-        signatures = tfserving_routes._metadata(predictor).metadata[SIGNATURE_DEF][SIGNATURE_DEF]
+        signatures = tfserving_model.metadata(predictor).metadata[SIGNATURE_DEF][SIGNATURE_DEF]
         definitions = pb.SignatureDefMap(
             signature_def={
                 name: json_format.ParseDict(signature, meta_graph_pb2.SignatureDef())
@@ -152,7 +152,7 @@ class ModelServicer:
 
     async def GetModelStatus(self, request: pb.GetModelStatusRequest) -> pb.GetModelStatusResponse:
         spec = request.model_spec
-        status = tfserving_routes._status(self.plane.state(spec.name), requested_version(spec))
+        status = tfserving_model.status(self.plane.state(spec.name), requested_version(spec))
         return pb.GetModelStatusResponse(
             model_version_status=[
                 pb.ModelVersionStatus(

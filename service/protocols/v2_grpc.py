@@ -1,6 +1,6 @@
 """Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`,
 kserve/open-inference-protocol `open_inference_grpc.proto`): the same models, tensors and answers
-as the REST v2 routes (service/protocols/v2_routes.py), from protobuf messages.
+as the REST v2 routes (both from service/protocols/v2_model.py), from protobuf messages.
 
 Inputs come as `raw_input_contents` (what tritonclient always sends: numbers little-endian,
 each BYTES element a 4-byte little-endian length and its bytes, as the binary tensor data
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.dataplane import DataPlane, Served, version_number
-from service.faults import CodecError, UnfitInput
-from service.protocols import v2_routes
+from service.faults import CodecError
+from service.protocols import v2_model
 from service.protocols.third_party import open_inference_pb2 as pb
 from service.protocols.v2_codec import BYTES, from_binary, from_json, to_binary
 from service.registry import ModelNotReady, UnknownModel
@@ -107,7 +107,7 @@ class InferenceServicer:
         return pb.ServerReadyResponse(ready=self.plane.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        metadata = await v2_routes.server_metadata()
+        metadata = v2_model.server_metadata()
         return pb.ServerMetadataResponse(
             name=metadata.name, version=metadata.version, extensions=metadata.extensions
         )
@@ -122,7 +122,7 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        metadata = v2_routes._metadata(self._live(request.name, request.version).predictor)
+        metadata = v2_model.metadata(self._live(request.name, request.version).predictor)
         response = pb.ModelMetadataResponse(
             name=metadata.name, versions=metadata.versions, platform=metadata.platform
         )
@@ -136,22 +136,14 @@ class InferenceServicer:
         served = self._live(request.model_name, request.model_version)
         predictor = served.predictor
         with self.plane.expecting(served):
-            known = [tensor.name for tensor in v2_routes._outputs(predictor)]
-            wanted = [output.name for output in request.outputs] or known
-            if unknown := [name for name in wanted if name not in known]:
-                raise UnfitInput(
-                    f"unknown output {unknown[0]!r}; model {predictor.name!r} has {', '.join(known)}"
-                )
-            rows = await v2_routes._rows(self.plane, served, decode_inputs(request))
+            wanted = v2_model.output_names(predictor, [output.name for output in request.outputs])
+            rows = await v2_model.rows(self.plane, served, decode_inputs(request))
         classified = await self.plane.classify(served, rows)
-        computed = {
-            predictor.output_name: classified.probabilities,
-            v2_routes.LABEL: np.array([label.encode() for label in classified.best_labels], object),
-        }
+        computed = v2_model.output_values(predictor, classified)
         response = pb.ModelInferResponse(
             model_name=predictor.name, model_version=str(predictor.version), id=request.id
         )
-        answers = [(name, v2_routes._datatype(computed[name]), computed[name]) for name in wanted]
+        answers = [(name, v2_model.datatype(computed[name]), computed[name]) for name in wanted]
         encode_outputs(response, answers, raw=bool(request.raw_input_contents))
         return response
 
