@@ -102,7 +102,7 @@ def test_under_a_server_of_its_own_the_app_says_it_is_one_process(tmp_path):
     log = tmp_path / "uvicorn.log"
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)]
-    env = {**os.environ, "MODEL_DIR": "models", "POLL_INTERVAL_S": "0"}
+    env = {**os.environ, "MODEL_DIR": "models", "POLL_INTERVAL_S": "0", "GRPC_PORT": str(free_port())}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
