@@ -85,7 +85,7 @@ COPY --from=service-venv /opt/venv /opt/venv
 COPY model_repository /app/model_repository
 COPY service /app/service
 # HOST=0.0.0.0: a container is reached through its published port; without API_KEY the ready
-# line warns that predictions are open (docs/security.md). MALLOC_*: memory freed after a burst
+# line warns that predictions are open (docs/operating/security.md). MALLOC_*: memory freed after a burst
 # goes back to the system (service/__main__.py says why; here for the one-worker case too).
 ENV PYTHONPATH=/app \
     HOST=0.0.0.0 \
@@ -94,7 +94,7 @@ ENV PYTHONPATH=/app \
     MALLOC_MMAP_THRESHOLD_=131072 \
     MALLOC_ARENA_MAX=2
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8081
 # Healthy once /readyz answers 200: models loaded and warmed up. The start period covers
 # loading (docker-compose.yml sets its own).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \

@@ -28,6 +28,7 @@ class Running:
     url: str
     pid: int
     process: subprocess.Popen
+    grpc_port: int = 0  # the service's gRPC port (GRPC_PORT); other apps ignore it
 
 
 def free_port() -> int:
@@ -75,6 +76,9 @@ def serve(
         "HOST": "127.0.0.1",
         "PORT": str(port),
     }
+    # A free port of its own unless told: concurrent runs must never share the default one,
+    # which SO_REUSEPORT would let them do silently.
+    env.setdefault("GRPC_PORT", str(free_port()))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -85,7 +89,7 @@ def serve(
             # Unset, the service runs its default layout's worker count (service/layout.py).
             workers = int(env.get("WORKERS") or layout_for(env.get("DEVICE", "auto")).workers)
             wait_ready(url, process, ready_timeout, log_path, 10 if until_ready else 0, workers)
-            yield Running(url, process.pid, process)
+            yield Running(url, process.pid, process, int(env["GRPC_PORT"]))
         finally:
             stop(process)
 

@@ -7,6 +7,8 @@ Markdown is read without this hook:
     <!-- figures: peers PATH -->             the service against its peers, from a results JSON
     <!-- figures: recipe-ceiling PATH -->    the recipe's accuracy ceiling, from a results JSON
     <!-- figures: settings -->               the service's settings, from service/settings.py
+    <!-- figures: hostile PATH -->           hostile clients against the service, from a results JSON
+    <!-- figures: hostile-malloc PATH,PATH -->  the same runs side by side, one row per malloc setting
 
 Each table is stamped with where its figures come from (file and commit), when and on what they
 were measured, and the commit the page was built from. An unknown request fails the build.
@@ -33,10 +35,17 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 def figures(kind: str, path: str | None, where: str) -> str:
-    makers = {"models": models, "peers": peers, "recipe-ceiling": recipe_ceiling, "settings": settings}
+    makers = {
+        "models": models,
+        "peers": peers,
+        "recipe-ceiling": recipe_ceiling,
+        "settings": settings,
+        "hostile": hostile,
+        "hostile-malloc": hostile_malloc,
+    }
     if kind not in makers or (path is None) != (kind in ("models", "settings")):
         raise ValueError(f"{where}: no such figures request: {kind} {path or ''}")
-    return makers[kind](ROOT / path) if path else makers[kind]()
+    return makers[kind](*(ROOT / p for p in path.split(","))) if path else makers[kind]()
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -165,6 +174,52 @@ def recipe_ceiling(path: Path) -> str:
         f"(the file's name), mean of {results['seeds']} seeds"
     )
     return table(headers, rows) + "\n\n" + line(measured)
+
+
+def hostile(path: Path) -> str:
+    """Per phase of the hostile corpus: the server's memory and CPU, the victim's latency."""
+    from benchmarks.hostile import phases_table  # the report's own table, not a copy of it
+
+    report = json.loads(path.read_text())
+    summary = (
+        f"Idle RSS of the process tree {report['idle_rss_mib']:.0f} MiB; kept "
+        f"{report['settle_seconds']:.0f} s after the last hostile request "
+        f"{report['kept_over_idle_mib']:+.0f} MiB; "
+        f"victim p99 when idle {report['victim_p99_idle_ms']:.0f} ms; victim errors: "
+        f"{report['victim_errors'] or 'none'}."
+    )
+    return f"{summary}\n\n" + "\n".join(phases_table(report)) + "\n\n" + line(hostile_run(path, report))
+
+
+def hostile_malloc(*paths: Path) -> str:
+    """The same corpus with the workers' malloc set differently: memory at its peak and kept."""
+    from service.__main__ import MALLOC  # what python -m service sets when the report says "default"
+
+    rows, runs = [], []
+    for path in paths:
+        report = json.loads(path.read_text())
+        images = report["phases"]["images"]
+        settings = {k: MALLOC[k] if v == "service default" else v for k, v in report["malloc"].items()}
+        defaults = settings == MALLOC
+        rows.append(
+            [
+                " ".join(f"`{k}={v}`" for k, v in sorted(settings.items()))
+                + (" (the service's defaults)" if defaults else ""),
+                f"{images['peak_over_idle_mib']:+.0f} MiB",
+                f"{report['kept_over_idle_mib']:+.0f} MiB after {report['settle_seconds']:.0f} s",
+            ]
+        )
+        runs.append(hostile_run(path, report))
+    headers = ["workers' malloc", "peak RSS over idle (images phase)", "RSS kept after the corpus"]
+    return table(headers, rows) + "\n\n" + line("; ".join(runs))
+
+
+def hostile_run(path: Path, report: dict) -> str:
+    """The stamp's account of one run: its file, when, on what, and how hard."""
+    return (
+        f"{source(path)}, measured {report['date'][:16].replace('T', ' ')} UTC on {report['machine']}: "
+        f"{report['clients']} hostile clients, {report['phase_seconds']:.0f} s a phase"
+    )
 
 
 SETTING = re.compile(r"^    (?P<name>[a-z_]+): .+$")

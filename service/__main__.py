@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import os
 import signal
+import socket
 import sys
 
 import uvicorn
@@ -33,6 +34,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     explicit = "workers" in settings.model_fields_set
     os.environ[WORKERS_WHY] = "WORKERS" if explicit else layout_for(settings.device).why
+    refuse_a_taken_grpc_port(settings)
     config = uvicorn.Config(
         "service.main:app",  # by name, so that each worker process builds its own
         workers=settings.workers,
@@ -61,13 +63,30 @@ def main() -> None:
 # numpy arrays) in its own mapping, returned to the system when freed, instead of glibc raising
 # the threshold after the first large free and keeping later ones in its heaps; two arenas
 # instead of eight per core keep the decoder and TensorFlow threads' heaps from multiplying.
-# See docs/security.md for the measurement. Set either in the environment to override.
+# See docs/operating/security.md for the measurement. Set either in the environment to override.
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 
 
 def give_memory_back() -> None:
     for name, value in MALLOC.items():
         os.environ.setdefault(name, value)
+
+
+def refuse_a_taken_grpc_port(settings: Settings) -> None:
+    """The workers bind GRPC_PORT with SO_REUSEPORT (to share it among themselves), which would
+    as silently share it with another server already there, splitting its clients between the
+    two; uvicorn refuses a taken HTTP port, and so does this for gRPC's."""
+    if not settings.grpc_port:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family) as probe:  # no SO_REUSEPORT: any listener there refuses it
+        try:
+            probe.bind((settings.host, settings.grpc_port))
+        except OSError as error:
+            sys.exit(
+                f"GRPC_PORT {settings.grpc_port} on {settings.host} is taken ({error.strerror}):"
+                " another server listens there; choose another port, or GRPC_PORT=0 for no gRPC"
+            )
 
 
 if __name__ == "__main__":  # worker processes import this module again; only the first serves

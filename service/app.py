@@ -22,7 +22,8 @@ from service.identity import ServedBy
 from service.limits import BodyLimits
 from service.loading import WaitForModels
 from service.metrics import Metrics, RequestMetrics
-from service.protocols import tfserving_routes, v2_routes
+from service.protocols import tfserving_grpc, tfserving_routes, v2_grpc, v2_routes
+from service.protocols.grpc_server import GrpcServer
 from service.registry import ModelRegistry
 from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
@@ -38,6 +39,29 @@ def yield_the_cpu() -> None:
     schedules threads one by one; elsewhere this does nothing)."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
+
+
+def grpc_server_for(plane: DataPlane, settings: Settings, metrics: Metrics) -> GrpcServer:
+    """The ecosystem's gRPC protocols on GRPC_PORT beside the HTTP routes: same data plane."""
+    server = GrpcServer(plane, settings, metrics)
+    server.add(v2_grpc.SERVICE, v2_grpc.WIRE_PACKAGE, v2_grpc.InferenceServicer(plane), v2_grpc.GUARDED)
+    tfserving = tfserving_grpc.WIRE_PACKAGE
+    prediction = tfserving_grpc.PredictionServicer(plane)
+    server.add(tfserving_grpc.PREDICTION_SERVICE, tfserving, prediction, tfserving_grpc.GUARDED)
+    server.add(tfserving_grpc.MODEL_SERVICE, tfserving, tfserving_grpc.ModelServicer(plane))
+    return server
+
+
+async def open_when_loaded(
+    app: FastAPI, registry: ModelRegistry, settings: Settings, grpc_server: GrpcServer | None
+) -> None:
+    """Once the first scan has loaded the models: open the gRPC port, then log the ready line.
+    Nothing holds a gRPC call while models load, as service/loading.py holds HTTP requests, so
+    the port opens only now: with several workers no call meets one still loading."""
+    await registry.first_scan()
+    if grpc_server is not None:
+        await grpc_server.start()
+    await announce_when_ready(app, registry, settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,10 +82,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.decoders = decoders = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu
         )
-        app.state.dataplane = DataPlane(registry, settings, decoders, metrics)
+        app.state.dataplane = plane = DataPlane(registry, settings, decoders, metrics)
         registry.start()  # with several workers, requests wait for it: service/loading.py
+        grpc_server = grpc_server_for(plane, settings, metrics) if settings.grpc_port else None
+        if grpc_server is not None:
+            drain.on_start(grpc_server.draining)
         background = [
-            asyncio.create_task(announce_when_ready(app, registry, settings)),
+            asyncio.create_task(open_when_loaded(app, registry, settings, grpc_server)),
             asyncio.create_task(metrics.keep_recording_memory()),
         ]
         drain.install()
@@ -71,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if grpc_server is not None:  # before the batchers close: its RPCs in flight need them
+                await grpc_server.stop(settings.shutdown_timeout_s)
             await registry.close()
             decoders.shutdown()
             metrics.close()

@@ -6,7 +6,7 @@ threads share: a file is decoded only once its bytes fit beside those being deco
 up to `wait_s` for them (else DecoderBusy, a 503), and a file that could never fit is refused
 (ImageTooLarge, a 413, naming the budget). Each request may decode at most `max_pixels` in all,
 which bounds its CPU time. So a worker's decoding holds at most `capacity` bytes at once and
-the service at most `workers × capacity` beyond its idle size (docs/security.md).
+the service at most `workers × capacity` beyond its idle size (docs/operating/security.md).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 
 
 class Drain:
@@ -20,12 +21,18 @@ class Drain:
     def __init__(self, delay_s: float):
         self.delay_s = delay_s
         self.started = threading.Event()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_start(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (in the signal handler: it must only schedule work) when SIGTERM
+        starts the drain, before the delay: the gRPC server's health turns NOT_SERVING there."""
+        self._listeners.append(listener)
 
     def install(self) -> None:
         """Call in the serving process once its server handles signals (the app's start-up):
         SIGTERM then starts the delay, and the server's handler runs when it ends."""
-        if not self.delay_s or threading.current_thread() is not threading.main_thread():
-            return  # no delay asked for, or an in-process test client: signals are not ours
+        if not (self.delay_s or self._listeners) or threading.current_thread() is not threading.main_thread():
+            return  # nothing to do first, or an in-process test client: signals are not ours
         server_handler = signal.getsignal(signal.SIGTERM)
         if not callable(server_handler):
             return
@@ -35,6 +42,11 @@ class Drain:
                 server_handler(signum, frame)
                 return
             self.started.set()
+            for listener in self._listeners:
+                listener()
+            if not self.delay_s:
+                server_handler(signum, frame)
+                return
             timer = threading.Timer(self.delay_s, server_handler, (signum, frame))
             timer.daemon = True
             timer.start()

@@ -29,7 +29,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "http_requests",
-            "HTTP requests by route template, method, status and protocol (native, v2, tfserving)",
+            "Requests by route template, method, status and protocol (native, v2, tfserving, grpc; a gRPC"
+            " call counts under its method path with the HTTP status REST answers for the same)",
             ["route", "method", "status", "protocol"],
             registry=r,
         )

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     # Where the server listens, what it logs, and whether it logs every request.
     host: str = "127.0.0.1"
     port: int = 8000
+    # gRPC (Open Inference Protocol v2, TF Serving's PredictionService, grpc.health.v1) on this
+    # port of the same host, served by every worker; 0 turns it off. 8081 is KServe's and
+    # MLServer's (Triton's is 8001, TF Serving's 8500: docs/api/grpc.md). Messages are held to
+    # max_upload_bytes, the same limit as HTTP bodies.
+    grpc_port: int = Field(8081, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
     # Idle keep-alive connections close after this; in-flight requests get shutdown_timeout_s

@@ -30,7 +30,9 @@ def ready_line(app: FastAPI, registry: ModelRegistry, settings: Settings) -> str
     base = f"http://{settings.host}:{settings.port}"
     # create_app always serves both, from the app itself (the docs work offline).
     places = [f"page {base}/", f"API docs {base}/docs"]
-    # The memory bound of docs/security.md, so an operator can size a container from this line.
+    if settings.grpc_port:
+        places.append(f"gRPC {settings.host}:{settings.grpc_port}")
+    # The memory bound of docs/operating/security.md, so an operator can size a container from this line.
     budget = f"memory: idle + {settings.workers} × {settings.decode_budget_mb} MiB decoding"
     line = f"ready: {models} on {registry.device}; {workers}; {budget}" + "".join(f"; {p}" for p in places)
     if settings.api_key is None and settings.host not in LOOPBACK:

@@ -28,6 +28,7 @@ class Running:
     url: str
     port: int
     process: subprocess.Popen
+    grpc_port: int
 
 
 def free_port() -> int:
@@ -53,6 +54,9 @@ def serve(
     env = {name: value for name, value in os.environ.items() if name not in set(unset)}
     env.update(settings)
     env.update({"MODEL_DIR": str(Path(model_dir).resolve()), "HOST": "127.0.0.1", "PORT": str(port)})
+    # A free gRPC port of its own unless told: servers must never share the default one, which
+    # the workers' SO_REUSEPORT would let them do.
+    env.setdefault("GRPC_PORT", str(free_port()))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -64,7 +68,7 @@ def serve(
             # Unset, the service runs its default layout's worker count (service/layout.py).
             workers = int(env.get("WORKERS") or layout_for(env.get("DEVICE", "auto")).workers)
             wait_ready(url, process, ready_timeout, log_path, 10 if until == READY else 0, workers)
-        yield Running(url, port, process)
+        yield Running(url, port, process, int(env["GRPC_PORT"]))
     finally:
         stop(process)
 

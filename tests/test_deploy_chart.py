@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "deploy" / "helm" / "cifar-serving"
 SCHEMAS = REPO / "deploy" / "schemas"
 INFERENCE_SERVICE = REPO / "deploy" / "kserve" / "inferenceservice.yaml"
+INFERENCE_SERVICE_GRPC = REPO / "deploy" / "kserve" / "inferenceservice-grpc.yaml"
 # Values files rendered and validated: the defaults and each example beside them.
 VALUES = {"default": None, "gpu": "values-gpu.yaml", "autoscaling": "values-autoscaling.yaml"}
 VALUES["training"] = "values-training.yaml"
@@ -95,7 +96,7 @@ def service_stage() -> dict:
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(re.findall(r"^ENV (.*)$", stage, re.MULTILINE))))
     return {
         "cmd": json.loads(re.findall(r"^CMD (\[.*\])$", stage, re.MULTILINE)[-1]),
-        "expose": int(re.search(r"^EXPOSE (\d+)$", stage, re.MULTILINE)[1]),
+        "expose": [int(port) for port in re.search(r"^EXPOSE ([\d ]+)$", stage, re.MULTILINE)[1].split()],
         "uid": int(re.search(r"^USER (\d+)", stage, re.MULTILINE)[1]),
         "env": env,
     }
@@ -179,8 +180,10 @@ def test_every_rendered_object_is_valid_kubernetes(helm, values, version):
 
 def test_custom_resources_match_their_crd_schemas(helm):
     objects = render(VALUES["autoscaling"])
-    inference_service = yaml.safe_load(INFERENCE_SERVICE.read_text())
-    for obj in (one(objects, "ServiceMonitor"), one(objects, "PrometheusRule"), inference_service):
+    inference_services = [
+        yaml.safe_load(path.read_text()) for path in (INFERENCE_SERVICE, INFERENCE_SERVICE_GRPC)
+    ]
+    for obj in (one(objects, "ServiceMonitor"), one(objects, "PrometheusRule"), *inference_services):
         assert not crd_errors(obj), crd_errors(obj)
 
 
@@ -214,8 +217,10 @@ def test_deployment_runs_what_the_image_runs():
     container = api_container(render(None))
     env = env_of(container)
     assert container["command"] == image["cmd"]
-    [port] = container["ports"]
-    assert port["containerPort"] == image["expose"] == int(env["PORT"]) == int(image["env"]["PORT"])
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert [ports["http"], ports["grpc"]] == image["expose"]
+    assert ports["http"] == int(env["PORT"]) == int(image["env"]["PORT"])
+    assert ports["grpc"] == int(env["GRPC_PORT"]) == Settings.model_fields["grpc_port"].default
     assert env["HOST"] == "0.0.0.0", "the service's default, 127.0.0.1, is unreachable from outside the pod"
     assert pod["securityContext"]["runAsUser"] == image["uid"]
 
@@ -382,3 +387,34 @@ def test_the_startup_probe_covers_model_loading_before_liveness_is_asked():
     start_period = compose["services"]["api"]["healthcheck"]["start_period"]
     default_s = int(re.fullmatch(r"\$\{API_START_PERIOD:-(\d+)s\}", start_period)[1])
     assert startup["periodSeconds"] * startup["failureThreshold"] >= default_s
+
+
+def test_grpc_is_served_on_a_port_named_for_h2c_and_can_be_probed_natively(helm):
+    objects = render(None)
+    container = api_container(objects)
+    grpc_port = next(port for port in container["ports"] if port["name"] == "grpc")
+    assert grpc_port["containerPort"] == int(env_of(container)["GRPC_PORT"])
+    service_port = next(port for port in one(objects, "Service")["spec"]["ports"] if port["name"] == "grpc")
+    assert service_port["targetPort"] == "grpc" and service_port["appProtocol"] == "kubernetes.io/h2c"
+    probed = render(None, "grpc.probes=true")
+    container = api_container(probed)
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["grpc"] == {"port": grpc_port["containerPort"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness must not wait for models"
+    assert not [error for obj in probed for error in k8s_errors(obj, KUBERNETES[0])]
+    off = render(None, "grpc.containerPort=0")
+    assert [port["name"] for port in api_container(off)["ports"]] == ["http"]
+    assert env_of(api_container(off))["GRPC_PORT"] == "0"
+    assert [port["name"] for port in one(off, "Service")["spec"]["ports"]] == ["http"]
+
+
+def test_grpc_inference_service_routes_h2c_to_the_services_grpc_port():
+    inference_service = yaml.safe_load(INFERENCE_SERVICE_GRPC.read_text())
+    [container] = inference_service["spec"]["predictor"]["containers"]
+    env = env_of(container)
+    assert set(env) - {"PROTOCOL", "STORAGE_URI"} <= SETTINGS
+    assert env["PROTOCOL"] == "grpc-v2"
+    [port] = container["ports"]
+    assert port["name"] == "h2c" and port["containerPort"] == int(env["GRPC_PORT"])
+    assert container["readinessProbe"]["grpc"] == {"port": port["containerPort"]}
+    assert container["command"] == service_stage()["cmd"]

@@ -61,3 +61,21 @@ def test_a_figures_request_for_something_unknown_fails_the_build():
         figures.figures("benchmarks", None, "docs/x.md")
     with pytest.raises(FileNotFoundError):
         figures.figures("peers", "benchmarks/results/missing.json", "docs/x.md")
+
+
+def test_the_security_page_shows_the_hostile_benchmarks_figures_from_its_results(site):
+    page = (site / "operating" / "security.html").read_text()
+    results = {
+        name: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+        for name in ("hostile", "hostile_glibc_defaults")
+    }
+    hostile = results["hostile"]
+    assert f"Idle RSS of the process tree {hostile['idle_rss_mib']:.0f} MiB" in page
+    for phase in hostile["phases"].values():
+        assert f"{phase['peak_over_idle_mib']:+.0f} MiB" in page
+        assert f"{phase['victim_p50_ms']:.0f} / {phase['victim_p99_ms']:.0f} ms" in page
+    for name, report in results.items():
+        assert f"{report['kept_over_idle_mib']:+.0f} MiB after {report['settle_seconds']:.0f} s" in page
+        assert f"benchmarks/results/{name}.json" in page  # in the stamp
+    assert "MALLOC_MMAP_THRESHOLD_=33554432" in page
+    assert "(the service&#39;s defaults)" in page or "(the service's defaults)" in page

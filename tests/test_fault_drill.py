@@ -50,7 +50,10 @@ def test_scale_file_matches_the_compose_specification():
 def test_only_the_load_balancer_is_published_on_localhost():
     services = scale_file()["services"]
     assert services["api"]["ports"] == [], "replicas must not compete for one host port"
-    assert services["lb"]["ports"] == ["127.0.0.1:${API_PORT:-8000}:8000"]
+    assert services["lb"]["ports"] == [
+        "127.0.0.1:${API_PORT:-8000}:8000",
+        "127.0.0.1:${API_GRPC_PORT:-8081}:8081",
+    ]
     assert services["lb"]["depends_on"]["api"]["condition"] == "service_healthy"
 
 
@@ -62,9 +65,13 @@ def test_load_balancer_retries_connection_failures_only_and_sends_only_to_ready_
     assert [d for d in directives if d.startswith("retry-on")] == ["retry-on conn-failure"]
     assert "option redispatch 1" in directives
     assert "option httpchk GET /readyz" in directives and "http-check expect status 200" in directives
-    [template] = [d for d in directives if d.startswith("server-template")]
-    assert re.search(r"\bapi:(\d+)\b", template)[1] == str(Settings.model_fields["port"].default)
-    assert "resolvers docker" in template
+    templates = {re.search(r"\bapi:(\d+)\b", d)[1]: d for d in directives if d.startswith("server-template")}
+    http, grpc = (str(Settings.model_fields[name].default) for name in ("port", "grpc_port"))
+    assert set(templates) == {http, grpc}
+    assert all("resolvers docker" in template for template in templates.values())
+    # gRPC in HTTP/2 on both sides, so each call is balanced; checked on the HTTP port's /readyz.
+    assert "bind :8081 proto h2" in directives and "proto h2" in templates[grpc]
+    assert f"check port {http} check-proto h1" in templates[grpc]
 
 
 def docker_works() -> bool:

@@ -195,13 +195,15 @@ def test_unknown_paths_elsewhere_answer_in_the_native_shape(client):
 
 
 def imports_of(path: Path) -> set[str]:
-    """The modules a source file imports, as written."""
+    """The modules a source file imports, as written; `from a import b` counts as `a` and `a.b`,
+    since `b` may be a module (`from service.protocols import v2_routes`)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             names.add(node.module or "")
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -210,7 +212,15 @@ def test_the_protocols_call_the_data_plane_never_the_native_routes():
         assert not any(name.startswith("service.routes") for name in imports_of(path)), path.name
 
 
+def test_no_grpc_door_depends_on_a_rest_route_module():
+    """What a protocol's two doors share lives in its model and codec modules, not in either door."""
+    doors = sorted((SERVICE / "protocols").glob("*_grpc.py"))
+    assert doors, "no gRPC doors found"
+    for path in doors:
+        assert not any(name.endswith("_routes") for name in imports_of(path)), path.name
+
+
 def test_tf_serving_names_its_dtypes_without_tensorflow_or_the_v2_types():
-    for name in ("tfserving_routes.py", "tfserving_codec.py", "tfserving_types.py"):
+    for name in ("tfserving_routes.py", "tfserving_model.py", "tfserving_codec.py", "tfserving_types.py"):
         imported = imports_of(SERVICE / "protocols" / name)
         assert not any(m.split(".")[0] == "tensorflow" or m.endswith("v2_types") for m in imported), name

@@ -64,6 +64,7 @@ def test_one_line_says_what_is_served_on_which_device_by_how_many_workers_and_wh
     counted = f"{workers} workers" if workers > 1 else "1 worker"
     assert f"; {counted} ({layout_for('auto').why});" in line  # how many, and why
     assert f"API docs http://127.0.0.1:{port}/docs" in line
+    assert "; gRPC 127.0.0.1:" in line
     assert all(other.split(" ready: ")[1] == line.split(" ready: ")[1] for other in lines)
 
 
@@ -101,7 +102,7 @@ def test_under_a_server_of_its_own_the_app_says_it_is_one_process(tmp_path):
     log = tmp_path / "uvicorn.log"
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)]
-    env = {**os.environ, "MODEL_DIR": "models", "POLL_INTERVAL_S": "0"}
+    env = {**os.environ, "MODEL_DIR": "models", "POLL_INTERVAL_S": "0", "GRPC_PORT": str(free_port())}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

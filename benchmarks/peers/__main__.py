@@ -2,6 +2,7 @@
 
     python -m benchmarks.peers                       # everything: about an hour
     python -m benchmarks.peers --peers litserve --payloads 32px --clients 8 --seconds 5
+    python -m benchmarks.peers --peers triton --generators grpc   # gRPC: the service against Triton's
 
 Installs each peer into its own cached venv on first use (`benchmarks.peers.install`), then for
 the service (`python -m service`, defaults) and each peer in turn: starts it, waits for a real
@@ -55,7 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="default 1,8,32,64",
     )
     parser.add_argument(
-        "--generators", type=listed(GENERATORS), default=list(GENERATORS), help="locust,httpx"
+        "--generators",
+        type=listed(GENERATORS),
+        default=["locust", "httpx"],
+        help="locust,httpx (default) over HTTP; grpc over gRPC, for the service and triton only",
     )
     parser.add_argument("--seconds", type=float, default=20, help="per cell (default 20)")
     parser.add_argument("--warmup-seconds", type=float, default=5, help="per server and payload")
@@ -118,18 +122,22 @@ def run_server(name, args, version_dir, folders, probe, out, cells) -> dict:
     """Start server `name`, warm it up, measure every cell into `cells`; its start-up facts."""
     with serving(name, version_dir, probe, out / "logs" / f"{name}.log", decode=args.peer_decode) as server:
         print(f"{server.label}: first prediction after {server.startup_s:.1f} s", flush=True)
+        # Over the generators' own protocol: gRPC warms up paths (and Triton's threads) HTTP does not.
+        warmer = "grpc" if args.generators == ["grpc"] else "httpx"
         for payload, folder in folders.items():
             warmup = out / "warmup" / f"{name}-{payload}"
-            measure("httpx", server.url, server.pid, folder, 8, args.warmup_seconds, warmup)
+            measure(warmer, server.url, server.pid, folder, 8, args.warmup_seconds, warmup, grpc=server.grpc)
         facts = {"name": name, "label": server.label, "startup_s": round(server.startup_s, 1)}
         facts["rss_mb"] = round(rss_bytes(server.pid) / 2**20)
         for payload, folder in folders.items():
             for generator in args.generators:
+                if generator == "grpc" and server.grpc is None:
+                    continue  # a peer without a gRPC endpoint
                 for clients in args.clients:
                     prefix = out / "load" / f"{name}-{payload}-{generator}-c{clients}"
                     cell = measure(
                         generator, server.url, server.pid, folder, clients, args.seconds, prefix,
-                        args.locust_processes,
+                        args.locust_processes, server.grpc,
                     )  # fmt: skip
                     cells.append({"server": server.label, "payload": payload, **cell})
                     print(

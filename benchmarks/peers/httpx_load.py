@@ -15,13 +15,13 @@ per client that check is one connection long.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from benchmarks.peers.closed_loop import closed_loop
 
 
 def is_prediction(body: object) -> bool:
@@ -33,37 +33,21 @@ def is_prediction(body: object) -> bool:
 
 
 async def drive(url: str, files: list[tuple[str, bytes]], concurrency: int, seconds: float) -> dict:
-    latencies_ms: list[float] = []
-    errors: list[str] = []
     # Made before the clock starts: each client builds an SSL context (even for http://),
     # some 25 ms of CPU, which at 64 clients delayed the first requests by over a second.
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=60) for _ in range(concurrency)]
-    started = time.monotonic()
-    deadline = started + seconds
 
-    async def user(client: httpx.AsyncClient, offset: int) -> None:
-        async with client:
-            for name, content in itertools.islice(itertools.cycle(files), offset, None):
-                if time.monotonic() >= deadline:
-                    return
-                sent = time.monotonic()
-                try:
-                    response = await client.post(
-                        "/predict/image", files={"file": (name, content, "image/jpeg")}
-                    )
-                    ok = response.status_code == 200 and is_prediction(response.json())
-                    error = None if ok else f"HTTP {response.status_code}: {response.text[:120]}"
-                except (httpx.HTTPError, ValueError) as failure:
-                    error = f"{type(failure).__name__}: {failure}"
-                if error:
-                    errors.append(error)
-                else:
-                    latencies_ms.append(1000 * (time.monotonic() - sent))
+    async def post(client: httpx.AsyncClient, file: tuple[str, bytes]) -> str | None:
+        name, content = file
+        try:
+            response = await client.post("/predict/image", files={"file": (name, content, "image/jpeg")})
+            ok = response.status_code == 200 and is_prediction(response.json())
+            return None if ok else f"HTTP {response.status_code}: {response.text[:120]}"
+        except (httpx.HTTPError, ValueError) as failure:
+            return f"{type(failure).__name__}: {failure}"
 
-    await asyncio.gather(*(user(client, i) for i, client in enumerate(clients)))
-    elapsed = time.monotonic() - started
-    return {"elapsed_s": elapsed, "latencies_ms": latencies_ms, "errors": errors}
+    return await closed_loop(clients, files, post, seconds)
 
 
 def main() -> None:

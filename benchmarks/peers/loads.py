@@ -1,7 +1,8 @@
-"""One measured cell: `clients` closed-loop clients on one payload for `seconds`, by either
-load generator, with the server's CPU and memory and the generator's own CPU measured from
-outside. Both generators run as subprocesses of this one, so their CPU time is read back from
-RUSAGE_CHILDREN once they have exited."""
+"""One measured cell: `clients` closed-loop clients on one payload for `seconds`, by one of the
+load generators (locust and httpx over HTTP; grpc over gRPC, for the servers that speak it),
+with the server's CPU and memory and the generator's own CPU measured from outside. Every
+generator runs as a subprocess of this one, so its CPU time is read back from RUSAGE_CHILDREN
+once it has exited."""
 
 from __future__ import annotations
 
@@ -12,12 +13,23 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.load import summarize
 from benchmarks.server import REPO, cpu_seconds, rss_bytes
 
-GENERATORS = ("locust", "httpx")
+GENERATORS = ("locust", "httpx", "grpc")
+
+
+@dataclass(frozen=True)
+class GrpcEndpoint:
+    """Where a server answers gRPC (the Open Inference Protocol), and its model's input."""
+
+    target: str  # host:port
+    model: str
+    input: str
+    shape: str  # comma-separated, the batch dimension first where the model has one
 
 
 def children_cpu_s() -> float:
@@ -34,6 +46,7 @@ def measure(
     seconds: float,
     prefix: Path,
     processes: int = 2,
+    grpc: GrpcEndpoint | None = None,
 ) -> dict:
     """Drive the server at `url` (process `pid` and its children) and return the cell's figures."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -41,8 +54,15 @@ def measure(
     started = time.monotonic()
     if generator == "locust":
         counts = _locust(url, payload_dir, clients, seconds, prefix, processes)
+    elif generator == "grpc":
+        if grpc is None:
+            raise ValueError("the grpc generator needs the server's gRPC endpoint")
+        command = ["benchmarks.peers.grpc_load", grpc.target, grpc.model, grpc.input, grpc.shape]
+        counts = _asyncio_client([*command, str(payload_dir)], clients, seconds, prefix)
     else:
-        counts = _httpx(url, payload_dir, clients, seconds, prefix)
+        counts = _asyncio_client(
+            ["benchmarks.peers.httpx_load", url, str(payload_dir)], clients, seconds, prefix
+        )
     wall_s = time.monotonic() - started
     server_cpu_s = cpu_seconds(pid) - server_before
     return {
@@ -85,14 +105,13 @@ def _locust(url: str, payload_dir: Path, users: int, seconds: float, prefix: Pat
     }
 
 
-def _httpx(url: str, payload_dir: Path, clients: int, seconds: float, prefix: Path) -> dict:
-    command = [sys.executable, "-m", "benchmarks.peers.httpx_load", url, str(payload_dir), str(clients)]
-    done = subprocess.run(
-        [*command, f"{seconds:g}"], cwd=REPO, capture_output=True, text=True, timeout=seconds + 120
-    )
+def _asyncio_client(module_and_args: list[str], clients: int, seconds: float, prefix: Path) -> dict:
+    """Run one of the asyncio generators (httpx_load, grpc_load), which print the same JSON."""
+    command = [sys.executable, "-m", *module_and_args, str(clients), f"{seconds:g}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120)
     Path(f"{prefix}.log").write_text(done.stderr)
     if done.returncode != 0:
-        raise RuntimeError(f"httpx client failed ({done.returncode}); see {prefix}.log")
+        raise RuntimeError(f"{module_and_args[0]} failed ({done.returncode}); see {prefix}.log")
     result = json.loads(done.stdout)
     latencies = sorted(result["latencies_ms"])
     Path(f"{prefix}.errors.json").write_text(json.dumps(result["errors"][:100], indent=1))

@@ -21,6 +21,7 @@ import psutil
 
 from benchmarks.peers.httpx_load import is_prediction
 from benchmarks.peers.install import PEERS, venv_python
+from benchmarks.peers.loads import GrpcEndpoint
 from benchmarks.server import REPO, free_port, process_tree
 from benchmarks.server import stop as stop_process
 
@@ -35,14 +36,26 @@ class Started:
     url: str
     pid: int
     startup_s: float  # from launch to the first correct prediction
+    grpc: GrpcEndpoint | None  # where it answers gRPC, for the servers that do
+
+
+def grpc_endpoint(name: str, port: int) -> GrpcEndpoint | None:
+    """The same model over gRPC: the service's OIP v2 port, or Triton's own (PyTriton's model
+    takes the upload as `upload`, with its batch dimension); None for the others."""
+    if name == "service":
+        return GrpcEndpoint(f"127.0.0.1:{port}", "cifar10", "image_bytes", "1")
+    if name == "triton":
+        return GrpcEndpoint(f"127.0.0.1:{port}", "cifar10", "upload", "1,1")
+    return None
 
 
 def launch(
-    name: str, version_dir: Path, port: int, decode: str = "service"
+    name: str, version_dir: Path, port: int, decode: str = "service", grpc_port: int = 0
 ) -> tuple[list[str], dict[str, str], str]:
     """Command, extra environment and label of server `name`. Access logs are off everywhere."""
     if name == "service":
         env = {"MODEL_DIR": str(version_dir.parent.parent), "HOST": "127.0.0.1", "PORT": str(port)}
+        env["GRPC_PORT"] = str(grpc_port)
         return [sys.executable, "-m", "service"], {**env, "ACCESS_LOG": "false"}, SERVICE
     peer = PEERS[name]
     python = str(venv_python(peer))
@@ -51,6 +64,7 @@ def launch(
         "MODEL_VERSION_DIR": str(version_dir),
         "PORT": str(port),
         "PEERS_DECODE": decode,
+        "TRITON_GRPC_PORT": str(grpc_port),
         "RAY_USAGE_STATS_ENABLED": "0",
         "BENTOML_DO_NOT_TRACK": "true",
     }
@@ -66,8 +80,8 @@ def launch(
 def serving(
     name: str, version_dir: Path, probe: bytes, log_path: Path, timeout: float = 600, decode: str = "service"
 ) -> Iterator[Started]:
-    port = free_port()
-    command, extra, label = launch(name, version_dir.resolve(), port, decode)
+    port, grpc_port = free_port(), free_port()
+    command, extra, label = launch(name, version_dir.resolve(), port, decode, grpc_port)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         started = time.monotonic()
@@ -77,7 +91,8 @@ def serving(
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for_prediction(url, process, probe, timeout, log_path)
-            yield Started(name, label, url, process.pid, time.monotonic() - started)
+            startup_s = time.monotonic() - started
+            yield Started(name, label, url, process.pid, startup_s, grpc_endpoint(name, grpc_port))
         finally:
             stop(process)
 

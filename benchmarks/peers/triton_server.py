@@ -66,7 +66,7 @@ def main() -> None:
         http_address="127.0.0.1",
         http_port=http_port,
         grpc_address="127.0.0.1",
-        grpc_port=free_port(),
+        grpc_port=int(os.environ.get("TRITON_GRPC_PORT") or free_port()),  # the grpc generator's
         metrics_port=free_port(),
     )
     with Triton(config=config) as triton:

@@ -1,5 +1,6 @@
 """TensorFlow Serving's REST API (tensorflow/serving `g3doc/api_rest.md`), also KServe's v1:
-model status, metadata and predict, answering what TF Serving answers for the same export.
+model status, metadata and predict, answering what TF Serving answers for the same export
+(the status and metadata from service/protocols/tfserving_model.py).
 
 The export's signature has one input (`image`: uint8 [-1, H, W, 3], or `features`: float32
 [-1, N]) and one output, `probabilities`, so `predictions` is a list of probability lists. An
@@ -18,28 +19,12 @@ from service import jsonbody
 from service.dataplane import DataPlane, Served, version_number
 from service.deps import DataPlaneDep
 from service.faults import UnfitInput
-from service.predictor import Predictor
+from service.protocols import tfserving_model
 from service.protocols.errors import ERRORS, TFServingRoute
 from service.protocols.openapi import json_body
 from service.protocols.tensors import numeric_array
-from service.protocols.tfserving_codec import (
-    binary_value,
-    encode_predict,
-    parse_predict,
-    tensor_info,
-)
-from service.protocols.tfserving_types import (
-    ModelMetadata,
-    ModelSpec,
-    ModelStatus,
-    ModelVersionStatus,
-    PredictRequest,
-    PredictResponse,
-    Status,
-)
-from service.registry import ModelState, UnknownModel
-
-PREDICT_METHOD = "tensorflow/serving/predict"
+from service.protocols.tfserving_codec import binary_value, encode_predict, parse_predict
+from service.protocols.tfserving_types import ModelMetadata, ModelStatus, PredictRequest, PredictResponse
 
 # `router` is open to probes and tooling; `inference` takes the API key when one is set.
 ROUTERS: dict[str, Any] = {
@@ -66,14 +51,14 @@ PREDICT: dict[str, Any] = {
 async def model_status(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelStatus:
     """The versions of the model (or the one asked for): the live one AVAILABLE, those that
     failed to load END."""
-    return _status(plane.state(model), version_number(model, version))
+    return tfserving_model.status(plane.state(model), version_number(model, version))
 
 
 @router.get("/{model}/metadata", response_model=ModelMetadata, responses=ERRORS)
 @router.get("/{model}/versions/{version}/metadata", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelMetadata:
     """The live version's serving signature (`version` must be the live one)."""
-    return _metadata(plane.live(model, version_number(model, version)).predictor)
+    return tfserving_model.metadata(plane.live(model, version_number(model, version)).predictor)
 
 
 @inference.post("/{model}:predict", **PREDICT)
@@ -109,38 +94,3 @@ async def _rows(plane: DataPlane, served: Served, instances: list) -> np.ndarray
             raise UnfitInput(f"{what}: each instance must have shape {list(predictor.input_shape)}")
         rows.append(row)
     return np.stack(rows)
-
-
-def _status(state: ModelState, version: int | None) -> ModelStatus:
-    versions = []
-    if state.live is not None:
-        versions.append(
-            ModelVersionStatus(
-                version=str(state.live.version), state="AVAILABLE", status=Status(error_code="OK")
-            )
-        )
-    for number, why in sorted(state.rejected.items(), reverse=True):
-        versions.append(
-            ModelVersionStatus(
-                version=str(number), state="END", status=Status(error_code="UNKNOWN", error_message=why)
-            )
-        )
-    if version is not None:
-        versions = [v for v in versions if v.version == str(version)]
-        if not versions:
-            raise UnknownModel(f"model {state.name!r} has no version {version} loaded or rejected")
-        return ModelStatus(model_version_status=versions, ready=versions[0].state == "AVAILABLE")
-    return ModelStatus(model_version_status=versions, ready=state.live is not None)
-
-
-def _metadata(predictor: Predictor) -> ModelMetadata:
-    contract = predictor.contract
-    signature = {
-        "inputs": {contract.input.name: tensor_info(predictor.input_dtype, contract.input.shape)},
-        "outputs": {contract.output.name: tensor_info(predictor.output_dtype, contract.output.shape)},
-        "method_name": PREDICT_METHOD,
-    }
-    return ModelMetadata(
-        model_spec=ModelSpec(name=predictor.name, version=str(predictor.version)),
-        metadata={"signature_def": {"signature_def": {contract.signature: signature}}},
-    )

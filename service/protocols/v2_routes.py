@@ -1,42 +1,29 @@
 """Open Inference Protocol v2 over HTTP/REST (kserve/open-inference-protocol `inference_rest.md`),
-with Triton's binary tensor data extension. Thin: the codec parses, the data plane serves.
-
-Models as v2 sees them, all from each export's metadata: an image model takes `image` (UINT8
-[-1, H, W, 3], raw RGB pixels) or `image_bytes` (BYTES [-1], encoded image files, decoded as
-/predict/image does); a feature model takes `features` (FP32 [-1, N]); both answer
-`probabilities` (FP32 [-1, classes]) and `label` (BYTES [-1]).
+with Triton's binary tensor data extension. Thin: the codec parses, service/protocols/v2_model.py
+says what the models take and answer, the data plane serves.
 """
 
 from __future__ import annotations
 
 import math
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import jsonbody
-from service.dataplane import DataPlane, Served, version_number
+from service.dataplane import DataPlane, version_number
 from service.deps import DataPlaneDep
 from service.errors import RETRY
-from service.faults import BodyTooLarge, UnfitInput
+from service.faults import BodyTooLarge
 from service.predictor import Predictor
+from service.protocols import v2_model
 from service.protocols.errors import ERRORS, V2Route
 from service.protocols.openapi import json_body
-from service.protocols.v2_codec import (
-    BYTES,
-    Output,
-    datatype_of,
-    decode_content,
-    encode_response,
-    parse_request,
-)
+from service.protocols.v2_codec import Output, decode_content, encode_response, parse_request
 from service.protocols.v2_types import (
     InferenceRequest,
     InferenceResponse,
-    MetadataTensor,
     ModelMetadata,
     ModelReady,
     ServerLive,
@@ -44,10 +31,6 @@ from service.protocols.v2_types import (
     ServerReady,
 )
 
-SERVER_NAME = "cifar-serving"
-EXTENSIONS = ["binary_tensor_data"]
-PLATFORM = "tensorflow_savedmodel"  # every model here is a SavedModel export
-LABEL = "label"  # the output this service adds: the most probable class, as text
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 # `router` is open to probes and tooling, like /healthz and /models; `inference` takes the API
@@ -82,11 +65,7 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("", response_model=ServerMetadata)
 async def server_metadata() -> ServerMetadata:
     """The server's name, version and protocol extensions."""
-    try:
-        server_version = version(SERVER_NAME)
-    except PackageNotFoundError:  # run from a source tree that is not installed
-        server_version = "unknown"
-    return ServerMetadata(name=SERVER_NAME, version=server_version, extensions=EXTENSIONS)
+    return v2_model.server_metadata()
 
 
 @router.get("/health/live", response_model=ServerLive)
@@ -111,7 +90,7 @@ async def server_ready(plane: DataPlaneDep):
 @router.get("/models/{model}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
 async def model_metadata(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelMetadata:
     """The live version's inputs and outputs."""
-    return _metadata(plane.live(model, version_number(model, version)).predictor)
+    return v2_model.metadata(plane.live(model, version_number(model, version)).predictor)
 
 
 @router.get("/models/{model}/ready", response_model=ModelReady, responses=ERRORS)
@@ -163,94 +142,23 @@ async def infer(
             plane.max_rows * math.prod(predictor.input_shape),
         )
         outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
-        rows = await _rows(plane, served, tensors)
+        rows = await v2_model.rows(plane, served, tensors)
     classified = await plane.classify(served, rows)
-    computed = {
-        predictor.output_name: classified.probabilities,
-        LABEL: np.array([label.encode() for label in classified.best_labels], object),
-    }
-    answers = [Output(name, _datatype(computed[name]), computed[name], binary) for name, binary in outputs]
+    computed = v2_model.output_values(predictor, classified)
+    answers = [
+        Output(name, v2_model.datatype(computed[name]), computed[name], binary) for name, binary in outputs
+    ]
     content, length = encode_response(predictor.name, str(predictor.version), parsed.id, answers)
     if length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
 
 
-def _inputs(predictor: Predictor) -> list[MetadataTensor]:
-    raw = MetadataTensor(
-        name=predictor.input_name,
-        datatype=datatype_of(predictor.input_dtype),
-        shape=[-1, *predictor.input_shape],
-    )
-    if predictor.kind != "image":
-        return [raw]
-    return [raw, MetadataTensor(name=_encoded_input_name(predictor), datatype=BYTES, shape=[-1])]
-
-
-def _encoded_input_name(predictor: Predictor) -> str:
-    """An image model's second input: encoded image files (`image` -> `image_bytes`, the suffix
-    TF Serving uses for binary strings)."""
-    return f"{predictor.input_name}_bytes"
-
-
-def _outputs(predictor: Predictor) -> list[MetadataTensor]:
-    return [
-        MetadataTensor(
-            name=predictor.output_name,
-            datatype=datatype_of(predictor.output_dtype),
-            shape=[-1, len(predictor.labels)],
-        ),
-        MetadataTensor(name=LABEL, datatype=BYTES, shape=[-1]),
-    ]
-
-
-def _metadata(predictor: Predictor) -> ModelMetadata:
-    return ModelMetadata(
-        name=predictor.name,
-        versions=[str(predictor.version)],
-        platform=PLATFORM,
-        inputs=_inputs(predictor),
-        outputs=_outputs(predictor),
-    )
-
-
 def _requested_outputs(request: InferenceRequest, predictor: Predictor) -> list[tuple[str, bool]]:
     """(name, binary) of each output to answer: those asked for, in order, or all of them."""
     all_binary = bool((request.parameters or {}).get("binary_data_output", False))
-    known = [tensor.name for tensor in _outputs(predictor)]
-    if not request.outputs:
-        return [(name, all_binary) for name in known]
-    answers = []
-    for output in request.outputs:
-        if output.name not in known:
-            raise UnfitInput(
-                f"unknown output {output.name!r}; model {predictor.name!r} has {', '.join(known)}"
-            )
-        answers.append((output.name, bool((output.parameters or {}).get("binary_data", all_binary))))
-    return answers
-
-
-async def _rows(plane: DataPlane, served: Served, tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """The model's input rows from exactly one of its inputs."""
-    predictor = served.predictor
-    accepted = {tensor.name: tensor for tensor in _inputs(predictor)}
-    unknown = sorted(set(tensors) - set(accepted))
-    if unknown:
-        raise UnfitInput(
-            f"unknown input {unknown[0]!r}; model {predictor.name!r} takes {' or '.join(accepted)}"
-        )
-    if len(tensors) != 1:
-        raise UnfitInput(f"model {predictor.name!r} takes one input: {' or '.join(accepted)}")
-    ((name, tensor),) = tensors.items()
-    expected = accepted[name]
-    if (datatype := _datatype(tensor)) != expected.datatype:
-        raise UnfitInput(f"input {name!r} must be {expected.datatype}; got {datatype}")
-    if expected.datatype == BYTES:
-        if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
-            raise UnfitInput(f"input {name!r} must have shape [n] (or [n, 1]); got {list(tensor.shape)}")
-        return await plane.decode_files(served, tensor.ravel().tolist())
-    return tensor
-
-
-def _datatype(array: np.ndarray) -> str:
-    return BYTES if array.dtype == object else datatype_of(array.dtype)
+    asked = request.outputs or []
+    names = v2_model.output_names(predictor, [output.name for output in asked])
+    if not asked:
+        return [(name, all_binary) for name in names]
+    return [(output.name, bool((output.parameters or {}).get("binary_data", all_binary))) for output in asked]

@@ -1,0 +1,167 @@
+"""TensorFlow Serving's gRPC API (`tensorflow.serving.PredictionService` Predict and
+GetModelMetadata, `ModelService.GetModelStatus`): the same models and answers as the TF Serving
+REST routes (both from service/protocols/tfserving_model.py), with tensors as TensorFlow's `TensorProto`.
+
+Tensors go by the SavedModel signature's names: the input `image` (DT_UINT8 [n, H, W, 3]; or
+DT_STRING [n], encoded image files, as REST's `{"b64": ...}` instances) or `features`
+(DT_FLOAT [n, N]); the output `probabilities` (DT_FLOAT [n, classes]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from google.protobuf import any_pb2, json_format
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from service.dataplane import DataPlane, Served
+from service.faults import CodecError, UnfitInput
+from service.predictor import Predictor
+from service.protocols import tfserving_model
+from service.protocols.tensors import numeric_array
+from service.protocols.third_party import tensorflow_serving_pb2 as pb
+from service.registry import UnknownModel
+
+WIRE_PACKAGE = "tensorflow.serving"
+PREDICTION_SERVICE = pb.DESCRIPTOR.services_by_name["PredictionService"]
+MODEL_SERVICE = pb.DESCRIPTOR.services_by_name["ModelService"]
+GUARDED = ("Predict",)  # as over REST, only inference needs the API key
+SIGNATURE_DEF = "signature_def"
+# The type URL TF Serving's clients unpack the metadata's Any by.
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+ERROR_CODES = {"OK": 0, "UNKNOWN": 2}  # tensorflow.error.Code, of the statuses REST reports
+
+# dtype → (numpy dtype, the TensorProto field holding its values when not in tensor_content)
+TENSORS: dict[int, tuple[np.dtype, str]] = {
+    types_pb2.DT_UINT8: (np.dtype(np.uint8), "int_val"),
+    types_pb2.DT_INT32: (np.dtype("<i4"), "int_val"),
+    types_pb2.DT_INT64: (np.dtype("<i8"), "int64_val"),
+    types_pb2.DT_FLOAT: (np.dtype("<f4"), "float_val"),
+    types_pb2.DT_DOUBLE: (np.dtype("<f8"), "double_val"),
+    types_pb2.DT_STRING: (np.dtype(object), "string_val"),
+}
+
+
+def to_array(tensor: tensor_pb2.TensorProto, name: str) -> np.ndarray:
+    """A TensorProto's values as an array, or CodecError: its values must fill its shape exactly."""
+    what = f"input {name!r}"
+    if tensor.dtype not in TENSORS:
+        names = ", ".join(types_pb2.DataType.Name(d) for d in TENSORS)
+        raise CodecError(f"{what}: dtype {types_pb2.DataType.Name(tensor.dtype)} is not one of {names}")
+    if tensor.tensor_shape.unknown_rank or any(d.size < 0 for d in tensor.tensor_shape.dim):
+        raise CodecError(f"{what}: the shape must be fully known")
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    count = math.prod(shape)
+    dtype, field = TENSORS[tensor.dtype]
+    if tensor.tensor_content and tensor.dtype != types_pb2.DT_STRING:
+        if len(tensor.tensor_content) != count * dtype.itemsize:
+            size = count * dtype.itemsize
+            raise CodecError(f"{what}: shape {shape} takes {size} bytes; got {len(tensor.tensor_content)}")
+        return np.frombuffer(tensor.tensor_content, dtype).reshape(shape)
+    values = getattr(tensor, field)
+    if len(values) != count:
+        raise CodecError(f"{what}: shape {shape} holds {count} values; got {len(values)}")
+    if tensor.dtype == types_pb2.DT_STRING:
+        array = np.empty(count, object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return numeric_array(np.asarray(values).tolist(), dtype, what).reshape(shape)
+
+
+def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """A float32 array as TF's own clients write it: its bytes in tensor_content."""
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]
+        ),
+        tensor_content=np.ascontiguousarray(array, "<f4").tobytes(),
+    )
+
+
+def requested_version(spec: pb.ModelSpec) -> int | None:
+    if spec.WhichOneof("version_choice") == "version_label":
+        raise UnknownModel(f"model {spec.name!r} has no version label {spec.version_label!r}; ask by number")
+    return spec.version.value if spec.HasField("version") else None
+
+
+def answered_spec(predictor: Predictor) -> pb.ModelSpec:
+    spec = pb.ModelSpec(name=predictor.name, signature_name=predictor.contract.signature)
+    spec.version.value = predictor.version
+    return spec
+
+
+class PredictionServicer:
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+
+    async def Predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        spec = request.model_spec
+        served = self.plane.live(spec.name, requested_version(spec))
+        predictor = served.predictor
+        with self.plane.expecting(served):
+            signature, output = predictor.contract.signature, predictor.output_name
+            if spec.signature_name not in ("", signature):
+                raise UnfitInput(f"no signature {spec.signature_name!r}; the export serves {signature!r}")
+            if unknown := [name for name in request.output_filter if name != output]:
+                raise UnfitInput(f"unknown output {unknown[0]!r}; the signature has one output, {output!r}")
+            if set(request.inputs) != {predictor.input_name}:
+                names = ", ".join(sorted(map(repr, request.inputs))) or "none"
+                raise UnfitInput(f"inputs {names}; the signature has one input, {predictor.input_name!r}")
+            tensor = to_array(request.inputs[predictor.input_name], predictor.input_name)
+            rows = await self._rows(served, tensor)
+        classified = await self.plane.classify(served, rows)
+        return pb.PredictResponse(
+            model_spec=answered_spec(predictor), outputs={output: to_tensor_proto(classified.probabilities)}
+        )
+
+    async def GetModelMetadata(self, request: pb.GetModelMetadataRequest) -> pb.GetModelMetadataResponse:
+        if list(request.metadata_field) != [SIGNATURE_DEF]:
+            raise UnfitInput(f'metadata_field must be ["{SIGNATURE_DEF}"], the only metadata served')
+        predictor = self.plane.live(request.model_spec.name, requested_version(request.model_spec)).predictor
+        # REST's metadata is this message's JSON form: one description, two encodings.
+        signatures = tfserving_model.metadata(predictor).metadata[SIGNATURE_DEF][SIGNATURE_DEF]
+        definitions = pb.SignatureDefMap(
+            signature_def={
+                name: json_format.ParseDict(signature, meta_graph_pb2.SignatureDef())
+                for name, signature in signatures.items()
+            }
+        )
+        metadata = any_pb2.Any(type_url=SIGNATURE_DEF_MAP_URL, value=definitions.SerializeToString())
+        return pb.GetModelMetadataResponse(
+            model_spec=answered_spec(predictor), metadata={SIGNATURE_DEF: metadata}
+        )
+
+    async def _rows(self, served: Served, tensor: np.ndarray) -> np.ndarray:
+        """Numbers as they are (the data plane checks them), or strings as encoded image files."""
+        if tensor.dtype != object:
+            return tensor
+        if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
+            raise UnfitInput(
+                f"input {served.predictor.input_name!r} of encoded images must have shape [n];"
+                f" got {list(tensor.shape)}"
+            )
+        return await self.plane.decode_files(served, tensor.ravel().tolist())
+
+
+class ModelServicer:
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
+
+    async def GetModelStatus(self, request: pb.GetModelStatusRequest) -> pb.GetModelStatusResponse:
+        spec = request.model_spec
+        status = tfserving_model.status(self.plane.state(spec.name), requested_version(spec))
+        return pb.GetModelStatusResponse(
+            model_version_status=[
+                pb.ModelVersionStatus(
+                    version=int(v.version),
+                    state=pb.ModelVersionStatus.State.Value(v.state),
+                    status=pb.StatusProto(
+                        error_code=ERROR_CODES[v.status.error_code], error_message=v.status.error_message
+                    ),
+                )
+                for v in status.model_version_status
+            ]
+        )
