@@ -8,8 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from model_repository import MetadataError, existing_versions, next_version, read_metadata
+from model_repository import (
+    MetadataError,
+    existing_versions,
+    load_metadata,
+    next_version,
+    read_metadata,
+    staging_dir,
+    write_metadata,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,16 +30,6 @@ def imported_after(statement: str) -> set[str]:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     return set(result.stdout.split())
-
-
-def test_the_service_reads_exports_without_the_training_code():
-    # TensorFlow itself loads Keras, so "no Keras" cannot be asked of the service; no
-    # `training` (and so none of its model code, data loaders or plotting) can.
-    assert "training" not in imported_after("import service.app")
-
-
-def test_the_contract_needs_neither_tensorflow_nor_keras():
-    assert not {"tensorflow", "keras", "training"} & imported_after("import model_repository")
 
 
 def test_versions_are_the_integer_folders_in_order(tmp_path):
@@ -57,3 +56,58 @@ def test_metadata_that_cannot_be_served_is_a_clear_error(tmp_path, exports):
         read_metadata(tmp_path)
     with pytest.raises(MetadataError, match="no assets.extra/metadata.json"):
         read_metadata(tmp_path / "absent")
+
+
+def test_an_export_is_staged_in_a_hidden_folder_named_by_version_and_process(tmp_path):
+    staging = staging_dir(tmp_path / "iris", 3, 4242)
+    assert staging == tmp_path / "iris" / ".staging-3-4242"
+    staging.mkdir(parents=True)
+    assert existing_versions(tmp_path / "iris") == []  # never served
+
+
+def test_metadata_is_written_as_indented_json_and_read_back_whole(tmp_path):
+    written = {"name": "m", "version": 7, "labels": ["a"], "extra": {"anything": [1, 2]}}
+    write_metadata(tmp_path, written)
+    write_metadata(tmp_path, written)  # again, over the first: assets.extra/ exists by then
+    text = (tmp_path / "assets.extra" / "metadata.json").read_text()
+    assert text == json.dumps(written, indent=2) + "\n"
+    assert load_metadata(tmp_path) == written and load_metadata(str(tmp_path)) == written
+
+
+def test_servable_metadata_takes_numbers_as_versions_keeps_extras_and_cannot_change(tmp_path):
+    tensor = {"name": "x", "shape": [None, 4], "dtype": "float32"}
+    write_metadata(
+        tmp_path,
+        {"name": "m", "version": 7, "labels": ["a", "b"], "input": {**tensor, "scale": 1},
+         "output": {**tensor, "name": "y"}, "signature": "serving_default", "metrics": {"accuracy": 0.9}},
+    )  # fmt: skip
+    metadata = read_metadata(str(tmp_path))
+    assert metadata.version == "7" and metadata.input.feature_names is None
+    assert metadata.metrics == {"accuracy": 0.9} and metadata.input.scale == 1  # extras kept
+    with pytest.raises(ValidationError, match="frozen"):
+        metadata.name = "other"
+    with pytest.raises(ValidationError, match="frozen"):
+        metadata.input.name = "other"
+
+
+def test_an_unservable_metadata_file_names_every_problem_and_where(tmp_path):
+    write_metadata(tmp_path, {"name": "m", "labels": "abc"})
+    with pytest.raises(MetadataError) as refused:
+        read_metadata(tmp_path)
+    message = str(refused.value)
+    assert message.startswith("assets.extra/metadata.json does not describe a servable model: ")
+    assert "version: Field required; labels: Input should be a valid array; input: Field required" in message
+    (tmp_path / "assets.extra" / "metadata.json").write_text("[1]")
+    with pytest.raises(MetadataError, match="servable model: file: Input should be an object"):
+        read_metadata(tmp_path)
+
+
+# Last: each starts an interpreter that imports TensorFlow (seconds), the rest take milliseconds.
+def test_the_service_reads_exports_without_the_training_code():
+    # TensorFlow itself loads Keras, so "no Keras" cannot be asked of the service; no
+    # `training` (and so none of its model code, data loaders or plotting) can.
+    assert "training" not in imported_after("import service.app")
+
+
+def test_the_contract_needs_neither_tensorflow_nor_keras():
+    assert not {"tensorflow", "keras", "training"} & imported_after("import model_repository")

@@ -182,9 +182,43 @@ def test_protocol_routes_conform_to_their_schema(protocol_operations, mode):
 
 
 def test_nothing_is_left_queued_after_bad_requests(client):
-    for body in ({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32"}]}, {"instances": 1}):
-        client.post("/v2/models/iris/infer", json=body)
-        client.post("/v1/models/iris:predict", json=body)
+    """Each refusal is the exact one its fault calls for, one row past the limit included, and
+    leaves no rows nor announced requests behind in the batcher; a full request still passes."""
+    row = [5.1, 3.5, 1.4, 0.2]
+
+    def v2(rows: int) -> dict:
+        return {"inputs": [{"name": "features", "shape": [rows, 4], "datatype": "FP32", "data": row * rows}]}
+
+    refusals = [
+        (
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32"}]},
+            "input 'features' has neither data nor binary_data_size",
+        ),
+        (
+            "/v1/models/iris:predict",
+            {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32"}]},
+            "input 'features': float32 data must be numbers",
+        ),
+        ("/v2/models/iris/infer", {"instances": 1}, "inputs: Field required"),
+        ("/v1/models/iris:predict", {"instances": 1}, '"instances" must be a list'),
+    ]
+    # The client fixture's max batch size is 16: one row more is too large a request (413).
+    too_many = [("/v2/models/iris/infer", v2(17)), ("/v1/models/iris:predict", {"instances": [row] * 17})]
+    for path, body, error in refusals:
+        response = client.post(path, json=body)
+        assert (response.status_code, response.json()) == (400, {"error": error}), path
+    for path, body in too_many:
+        response = client.post(path, json=body)
+        assert (response.status_code, response.json()) == (
+            413,
+            {"error": "more than 16 instances in one request"},
+        )
+    full_v2 = client.post("/v2/models/iris/infer", json=v2(16))
+    full_v1 = client.post("/v1/models/iris:predict", json={"instances": [row] * 16})
+    assert full_v2.status_code == full_v1.status_code == 200, (full_v2.text, full_v1.text)
+    assert full_v2.json()["outputs"][0]["shape"] == [16, 3]
+    assert len(full_v1.json()["predictions"]) == 16
     batcher = client.app.state.registry.models["iris"].batcher
     assert batcher.queued == 0 and batcher._expected == 0
     assert threading.active_count() < 100

@@ -1,7 +1,7 @@
 """The shipped models under models/ (or SERVICE_TEST_MODEL_DIR) through both protocols and the
 official clients, end to end on `python -m service`: the same labels and probabilities as the
 native routes, raw pixels as the SavedModel itself answers, all 150 Iris flowers. Skipped when
-the models are absent."""
+the models are absent, except in CI, where the shipped models must be there."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ from service.images import decode_image
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SERVICE_TEST_MODEL_DIR", ROOT / "models"))
 MAX_BATCH = 64
+
+pytestmark = pytest.mark.required_in_ci
 
 
 def newest(name: str) -> Path:

@@ -7,6 +7,7 @@ import gzip
 import json
 import re
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -239,9 +240,22 @@ def test_compressed_bodies_are_inflated_as_tritonclient_compresses_them(encoding
     assert decode_content(b"plain", None, 100) == b"plain"
 
 
-def test_a_compressed_body_may_not_inflate_past_the_limit():
-    with pytest.raises(BodyTooLarge, match="over 1000 bytes"):
-        decode_content(gzip.compress(bytes(10**6)), "gzip", 1000)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_may_not_inflate_past_the_limit(encoding):
+    """A 64 MiB bomb (a few dozen kB compressed) is refused with at most the limit inflated:
+    the peak of memory allocated while refusing it stays far below what inflating it takes."""
+    inflated = 64 * 2**20
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    bomb = compress(bytes(inflated))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BodyTooLarge, match="request body over 1000 bytes once inflated"):
+            decode_content(bomb, encoding, 1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20 < inflated  # without the bound: over 64 MiB
+    assert decode_content(compress(bytes(1000)), encoding, 1000) == bytes(1000)  # the limit itself passes
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 from payloads import encode, halves, photo, png_declaring
 from PIL import GifImagePlugin, Image, ImageFile, TiffImagePlugin, WebPImagePlugin
 
+from service.errors import status_of
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage, decode_image
 
 SIZE = (32, 32)
@@ -61,10 +62,13 @@ def test_empty_file_is_undecodable():
 
 
 @pytest.mark.parametrize("format", ["PNG", "JPEG", "GIF", "WEBP", "TIFF"])
-def test_truncated_files_are_undecodable(format):
+def test_truncated_files_are_undecodable_a_400(format):
     data = encode(photo(size=(256, 256)), format)
-    with pytest.raises((UndecodableImage, UnsupportedImage)):
+    with pytest.raises(
+        UndecodableImage, match=f"^cannot (decode the {format} image|read the image): "
+    ) as refusal:
         decode(data[: len(data) // 2])
+    assert status_of(refusal.value) == 400  # the client's bytes are broken, not of a wrong type (415)
 
 
 def test_corrupt_data_after_a_valid_header_is_undecodable():

@@ -53,9 +53,24 @@ def test_several_files_are_answered_in_order(client, exports):
     assert np.allclose(got, offline(exports["cifar10"], pixels), atol=1e-5)
 
 
-def test_image_model_can_be_named_in_the_path(client):
-    response = client.post("/predict/image/cifar10", files={"file": png(images(1)[0])})
-    assert response.status_code == 200 and response.json()["model"] == "cifar10"
+def test_image_model_can_be_named_in_the_path(tmp_path, exports):
+    """Two image models: each named one answers, with its own classes and weights, and the
+    unnamed route keeps to the first by name."""
+    root = tmp_path / "models"
+    install(exports["cifar10"], root)
+    install(exports["wide"], root)
+    pixels = images(1)
+    upload = {"file": png(pixels[0])}
+    with serving(root) as client:
+        wide = client.post("/predict/image/wide", files=upload).json()
+        cifar10 = client.post("/predict/image/cifar10", files=upload).json()
+        unnamed = client.post("/predict/image", files=upload).json()
+    assert (wide["model"], list(wide["probabilities"])) == ("wide", ["left", "right"])
+    wide_input = np.asarray(Image.fromarray(pixels[0]).resize((24, 16), Image.LANCZOS))
+    assert np.allclose(probabilities(wide), offline(exports["wide"], wide_input[None])[0], atol=1e-5)
+    assert (cifar10["model"], list(cifar10["probabilities"])) == ("cifar10", CIFAR10_LABELS)
+    assert np.allclose(probabilities(cifar10), offline(exports["cifar10"], pixels)[0], atol=1e-5)
+    assert unnamed == cifar10
 
 
 def test_uploads_of_any_size_are_resized_to_the_model_input(client, exports):

@@ -21,11 +21,73 @@ def clean_environment(monkeypatch):
 
 
 def test_defaults_are_safe():
-    settings = Settings()
-    assert settings.model_dir == Path("models")
-    assert settings.api_key is None and settings.cors_origins == []  # both off unless asked for
-    assert settings.max_upload_bytes == 10 * 1024 * 1024
-    assert settings.host == "127.0.0.1"
+    """The defaults as documented, written out here rather than read from the code."""
+    settings = Settings(workers=1, intra_op_threads=1, inter_op_threads=1)  # the machine's: below
+    assert settings.model_dump() == {
+        "model_dir": Path("models"),
+        "model_versions": {},
+        "poll_interval_s": 10.0,
+        "device": "auto",
+        "workers": 1,
+        "intra_op_threads": 1,
+        "inter_op_threads": 1,
+        "max_batch_size": 128,
+        "max_batch_wait_ms": 2.0,
+        "max_queue_size": 2048,
+        "decode_threads": 2,
+        "undo_enlargements": True,
+        "max_upload_bytes": 10_485_760,  # 10 MiB
+        "body_timeout_s": 30.0,
+        "max_image_pixels": 50_000_000,
+        "decode_budget_mb": 192,
+        "decode_wait_s": 2.0,
+        "max_request_pixels": 64_000_000,
+        "api_key": None,  # off unless asked for
+        "cors_origins": [],  # off unless asked for
+        "host": "127.0.0.1",  # not reachable from other machines unless asked for
+        "port": 8000,
+        "log_level": "info",
+        "access_log": True,
+        "timeout_keep_alive_s": 5,
+        "shutdown_timeout_s": 30,
+        "drain_delay_s": 0.0,
+    }
+
+
+def test_settings_cannot_change_once_read():
+    with pytest.raises(ValidationError, match="frozen"):
+        Settings().port = 1
+
+
+# Each bounded knob: its lowest allowed value, and one just below it.
+LOWEST = {
+    "poll_interval_s": (0, -0.5),
+    "workers": (1, 0),
+    "intra_op_threads": (0, -1),
+    "inter_op_threads": (0, -1),
+    "max_batch_size": (1, 0),
+    "max_batch_wait_ms": (0, -0.5),
+    "max_queue_size": (1, 0),
+    "decode_threads": (1, 0),
+    "max_upload_bytes": (1, 0),
+    "body_timeout_s": (0.5, 0),  # must be positive: zero would refuse every body
+    "max_image_pixels": (1, 0),
+    "decode_budget_mb": (1, 0),
+    "decode_wait_s": (0, -0.5),
+    "max_request_pixels": (1, 0),
+    "timeout_keep_alive_s": (1, 0),
+    "shutdown_timeout_s": (1, 0),
+    "drain_delay_s": (0, -0.5),
+}
+
+
+@pytest.mark.parametrize("field", LOWEST)
+def test_each_limit_takes_its_lowest_value_and_refuses_below_it(field):
+    lowest, below = LOWEST[field]
+    fits = {"max_batch_size": 1} if field == "max_queue_size" else {}  # the queue holds a batch
+    assert getattr(Settings(**fits, **{field: lowest}), field) == lowest
+    with pytest.raises(ValidationError, match=field):
+        Settings(**fits, **{field: below})
 
 
 def test_environment_variables_in_capitals(monkeypatch):
