@@ -42,6 +42,7 @@ def figures(kind: str, path: str | None, where: str) -> str:
         "settings": settings,
         "hostile": hostile,
         "hostile-malloc": hostile_malloc,
+        "mutation": mutation,
     }
     if kind not in makers or (path is None) != (kind in ("models", "settings")):
         raise ValueError(f"{where}: no such figures request: {kind} {path or ''}")
@@ -189,6 +190,16 @@ def hostile(path: Path) -> str:
         f"{report['victim_errors'] or 'none'}."
     )
     return f"{summary}\n\n" + "\n".join(phases_table(report)) + "\n\n" + line(hostile_run(path, report))
+
+
+def mutation(path: Path) -> str:
+    """The mutation score per guard module, as `scripts/mutation` wrote it (its links to the
+    per-module pages, which the site does not carry, as plain names)."""
+    summary = path / "README.md"
+    lines = summary.read_text().splitlines()
+    kept = [re.sub(r"\[(`[^`]+`)\]\([^)]+\)", r"\1", row) for row in lines if row.startswith("|")]
+    total = next(row for row in lines if row.startswith("**Total"))
+    return "\n".join(kept) + f"\n\n{total}\n\n" + line(f"{source(summary)}, written by `scripts/mutation`")
 
 
 def hostile_malloc(*paths: Path) -> str:

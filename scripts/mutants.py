@@ -222,7 +222,7 @@ def summary_page(outcomes: list[dict], not_run: list[str]) -> str:
     page = [
         "# Mutation score of the guard modules",
         "",
-        "Written by `scripts/mutation` (docs/mutation.md); one page per module beside this one,",
+        "Written by `scripts/mutation` (docs/developing/mutation.md); one page per module beside this one,",
         "each naming the commit it ran on. Score: killed / (mutants - equivalent ones); raw:",
         "killed / mutants.",
         "",

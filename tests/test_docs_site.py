@@ -79,3 +79,12 @@ def test_the_security_page_shows_the_hostile_benchmarks_figures_from_its_results
         assert f"benchmarks/results/{name}.json" in page  # in the stamp
     assert "MALLOC_MMAP_THRESHOLD_=33554432" in page
     assert "(the service&#39;s defaults)" in page or "(the service's defaults)" in page
+
+
+def test_the_mutation_page_shows_each_modules_score_from_its_report(site):
+    page = (site / "developing" / "mutation.html").read_text()
+    for report in (ROOT / "reports" / "mutation").glob("*.json"):
+        module = json.loads(report.read_text())
+        assert f"<code>{module['path']}</code>" in page
+        assert f"<td>{module['killed']}</td>" in page and f"<td>{module['mutants']}</td>" in page
+    assert "reports/mutation/README.md" in page  # in the stamp
