@@ -43,6 +43,7 @@ def figures(kind: str, path: str | None, where: str) -> str:
         "hostile": hostile,
         "hostile-malloc": hostile_malloc,
         "mutation": mutation,
+        "generators": generators,
     }
     if kind not in makers or (path is None) != (kind in ("models", "settings")):
         raise ValueError(f"{where}: no such figures request: {kind} {path or ''}")
@@ -140,6 +141,31 @@ def peers(path: Path) -> str:
         f"at start), Python {c['python']}"
     )
     return f"{leads}\n\n{servers}\n\n{line(measured)}"
+
+
+def generators(path: Path) -> str:
+    """One server reached by several generators (say its REST and its gRPC) side by side: per
+    payload and client count, each generator's req/s, p50 and server CPU per 1,000 requests."""
+    results = json.loads(path.read_text())
+    c, cells = results["conditions"], results["cells"]
+    names = list(dict.fromkeys(cell["generator"] for cell in cells))
+    rows = []
+    for payload, clients in dict.fromkeys((cell["payload"], cell["clients"]) for cell in cells):
+        row = [payload, str(clients)]
+        for name in names:
+            cell = next(
+                x for x in cells if (x["payload"], x["clients"], x["generator"]) == (payload, clients, name)
+            )
+            row.append(
+                f"{cell['requests_per_s']:.0f}, {cell['p50_ms']:.0f}, {cell['server_cpu_s_per_1000']:.2f}"
+            )
+        rows.append(row)
+    headers = ["payload", "clients", *(f"{name}: req/s, p50 ms, CPU-s / 1,000" for name in names)]
+    measured = (
+        f"{source(path)}: `{c['command']}`, measured {c['date'][:16].replace('T', ' ')} UTC on "
+        f"{results['model']}, {c['cpus']} CPUs (load average {c['load_average_1m']} at start)"
+    )
+    return f"{table(headers, rows)}\n\n{line(measured)}"
 
 
 def recipe_ceiling(path: Path) -> str:

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
+from served import free_port
 from shipped_service import ROOT, newest_versions, shipped_service
 
 # README.md and every page of the site; the model cards' pages are made from the exports at build time.
@@ -130,13 +131,20 @@ def shown_versions(value) -> list[tuple[str, str]]:
     return own + [pair for item in value.values() for pair in shown_versions(item)]
 
 
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+
+
 @pytest.fixture(scope="module")
-def port(tmp_path_factory):
-    with shipped_service(tmp_path_factory.mktemp("docs") / "service.log") as (_, port):
-        yield port
+def ports(tmp_path_factory):
+    grpc = free_port()
+    with shipped_service(tmp_path_factory.mktemp("docs") / "service.log", GRPC_PORT=str(grpc)) as (_, http):
+        yield Ports(http, grpc)
 
 
-def run(step: Step, port: int) -> tuple[int | None, str]:
+def run(step: Step, ports: Ports) -> tuple[int | None, str]:
     """Run a step as the page's reader would; (HTTP status when the page names one, stdout)."""
     status = STATUS.fullmatch(step.expected or "")
     # Quiet curl, failing on HTTP errors; or, where the page shows an error, printing its status.
@@ -144,8 +152,9 @@ def run(step: Step, port: int) -> tuple[int | None, str]:
     script = (
         "set -euo pipefail\n"
         f'curl() {{ command curl --silent --show-error {options} "$@"; }}\n'
-        + step.commands.replace("localhost:8000", f"localhost:{port}")
-        .replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        + step.commands.replace("localhost:8000", f"localhost:{ports.http}")
+        .replace("127.0.0.1:8000", f"127.0.0.1:{ports.http}")
+        .replace("localhost:8081", f"localhost:{ports.grpc}")
         # The reader's .venv, set up as the page says, is the environment running these tests.
         .replace(".venv/bin/python", shlex.quote(sys.executable))
     )
@@ -182,10 +191,10 @@ def test_the_readme_and_the_docs_have_examples_that_talk_to_the_service():
 
 
 @pytest.mark.parametrize("block", RUN, ids=[f"{block.page}:{block.line}" for block in RUN])
-def test_docs_block_runs_as_written(block, port):
+def test_docs_block_runs_as_written(block, ports):
     newest = {name: str(version) for name, version in newest_versions().items()}
     for step in steps(block):
-        status, output = run(step, port)
+        status, output = run(step, ports)
         if step.expected is None:
             continue
         expected_text = step.expected

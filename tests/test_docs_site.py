@@ -88,3 +88,15 @@ def test_the_mutation_page_shows_each_modules_score_from_its_report(site):
         assert f"<code>{module['path']}</code>" in page
         assert f"<td>{module['killed']}</td>" in page and f"<td>{module['mutants']}</td>" in page
     assert "reports/mutation/README.md" in page  # in the stamp
+
+
+def test_the_grpc_page_shows_its_benchmarks_from_their_results(site):
+    page = (site / "api" / "grpc.html").read_text()
+    results = ROOT / "benchmarks" / "results"
+    rest_and_grpc = json.loads((results / "peers_grpc_rest_20261206.json").read_text())
+    for cell in rest_and_grpc["cells"]:
+        assert f"{cell['requests_per_s']:.0f}, {cell['p50_ms']:.0f}, {cell['server_cpu_s_per_1000']:.2f}" in page
+    against_triton = json.loads((results / "peers_grpc_triton_20261206.json").read_text())
+    service = [cell for cell in against_triton["cells"] if cell["server"].startswith("this service")]
+    assert service and all(f"<td>{cell['clients']}</td>" in page for cell in service)
+    assert "peers_grpc_triton_20261206.json" in page and "peers_grpc_rest_20261206.json" in page

@@ -22,6 +22,20 @@ from tritonclient.utils import InferenceServerException
 from benchmarks.peers.closed_loop import closed_loop
 
 OUTPUT = "probabilities"
+# tritonclient's own channel options, and a subchannel pool per channel: gRPC otherwise shares
+# one connection among all the channels a process opens to one address, so every simulated
+# client would ride one HTTP/2 connection (to one of the service's workers), which separate
+# users never do (measured: 360 against 507 req/s, 32 px, 64 clients).
+KEEPALIVE = triton.KeepAliveOptions()
+CHANNEL = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_send_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", triton.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", KEEPALIVE.http2_max_pings_without_data),
+]
 
 
 def inputs(name: str, shape: list[int], files: list[bytes]) -> list[list[triton.InferInput]]:
@@ -35,7 +49,7 @@ def inputs(name: str, shape: list[int], files: list[bytes]) -> list[list[triton.
 
 
 async def drive(target: str, model: str, requests: list, concurrency: int, seconds: float) -> dict:
-    clients = [triton.InferenceServerClient(target) for _ in range(concurrency)]
+    clients = [triton.InferenceServerClient(target, channel_args=CHANNEL) for _ in range(concurrency)]
     outputs = [triton.InferRequestedOutput(OUTPUT)]
 
     async def infer(client: triton.InferenceServerClient, request: list) -> str | None:
