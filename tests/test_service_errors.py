@@ -68,6 +68,16 @@ def test_too_many_parts(client):
     assert_error(client.post("/predict/image", files=files), 413, "more than 16 instances in one request")
 
 
+def test_parts_that_are_not_files_count_against_the_parts_limit(client):
+    """Every part costs parsing, kept or not: 16 parts (one file, 15 other fields) are read, a
+    17th is refused before the rest of the body is, even though only one of them is an image."""
+    fields = {"note": (None, b"x")}
+    answered = client.post("/predict/image", files=[("file", GOOD_IMAGE)] + [*fields.items()] * 15)
+    assert answered.status_code == 200 and answered.json()["label"]
+    many = [("file", GOOD_IMAGE)] + [*fields.items()] * 16
+    assert_error(client.post("/predict/image", files=many), 413, "more than 16 instances in one request")
+
+
 @pytest.mark.parametrize(
     "body",
     [

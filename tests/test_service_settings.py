@@ -46,6 +46,7 @@ def test_defaults_are_safe():
         "cors_origins": [],  # off unless asked for
         "host": "127.0.0.1",  # not reachable from other machines unless asked for
         "port": 8000,
+        "grpc_port": 8081,  # KServe's and MLServer's
         "log_level": "info",
         "access_log": True,
         "timeout_keep_alive_s": 5,
