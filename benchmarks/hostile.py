@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--settle-seconds", type=float, default=20)
     parser.add_argument("--report", default="hostile", help="report name under benchmarks/results")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]  # what else the machine was doing, before the service
     phases = [
         ("images", image_corpus()),
         ("json", json_corpus()),
@@ -340,7 +341,7 @@ def main() -> None:
         clients=CLIENTS,
         phase_seconds=args.phase_seconds,
         date=datetime.now(UTC).isoformat(timespec="seconds"),
-        machine="2 shared cores (other engineers' jobs ran at the same time), CPU only",
+        machine=f"{os.cpu_count()} cores, CPU only, load average {load_at_start:.1f} before it started",
         # What the service's workers ran with: unset here, python -m service sets its own.
         malloc={name: os.environ.get(name, "service default") for name in MALLOC},
     )
