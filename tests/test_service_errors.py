@@ -259,6 +259,26 @@ def test_body_over_the_cap_while_streaming(small_body_client):
     )
 
 
+def flower_of_size(size: int) -> bytes:
+    """A valid /predict/iris body of exactly `size` bytes (JSON padded with spaces)."""
+    body = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
+    return body + b" " * (size - len(body))
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+def test_a_body_of_exactly_the_cap_is_taken_and_one_byte_more_is_not(small_body_client, streamed):
+    def post(body: bytes):
+        content = iter([body[:50_000], body[50_000:]]) if streamed else body
+        response = small_body_client.post(
+            "/predict/iris", content=content, headers={"content-type": "application/json"}
+        )
+        assert ("content-length" in response.request.headers) != streamed
+        return response
+
+    assert post(flower_of_size(100_000)).json()["model"] == "iris"
+    assert_error(post(flower_of_size(100_001)), 413, "request body over 100000 bytes")
+
+
 def test_body_under_the_cap_is_fine(small_body_client):
     assert small_body_client.post("/predict/image", files={"file": GOOD_IMAGE}).status_code == 200
 
