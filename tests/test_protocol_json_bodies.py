@@ -10,8 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from starlette.requests import Request
 
 from service import jsonbody
+from service.faults import BodyTooLarge, CodecError
 from service.protocols import tfserving_routes, v2_routes
 
 V2_IRIS = "/v2/models/iris/infer"
@@ -119,3 +121,46 @@ def test_bodies_are_parsed_off_the_event_loop(client, monkeypatch, module, parse
     monkeypatch.setattr(module, parser, watched)
     assert client.post(path, json=body).status_code == 200
     assert on_the_loop == [False]
+
+
+# --- the cap and the reader, unit by unit -----------------------------------------------------
+
+
+def test_the_cap_is_the_largest_legitimate_request_plus_its_envelope():
+    """Worked out by hand: 6 characters per uint8 value ("255, "), 28 per float32 (a full repr
+    and its separator), 14 per integer, 64 KiB for the names, shape and parameters."""
+    images = SimpleNamespace(input_shape=(32, 32, 3), input_dtype=np.dtype("uint8"))
+    flowers = SimpleNamespace(input_shape=(4,), input_dtype=np.dtype("float32"))
+    counts = SimpleNamespace(input_shape=(10,), input_dtype=np.dtype("int64"))
+    assert jsonbody.json_cap(images, 128) == 128 * 3072 * 6 + 65_536 == 2_424_832
+    assert jsonbody.json_cap(flowers, 128) == 128 * 4 * 28 + 65_536 == 79_872
+    assert jsonbody.json_cap(counts, 2) == 2 * 10 * 14 + 65_536
+    unusual = SimpleNamespace(input_shape=(2,), input_dtype=np.dtype("complex64"))
+    assert jsonbody.json_cap(unusual, 1) == 2 * 28 + 65_536  # a float's share for any other kind
+
+
+def request_with(body: bytes, declared: bool) -> Request:
+    chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
+
+    async def receive():
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    headers = [(b"content-length", str(len(body)).encode())] if declared else []
+    return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_body_of_exactly_the_cap_is_read_and_one_byte_more_is_refused(declared):
+    assert asyncio.run(jsonbody.read_capped(request_with(b"x" * 1000, declared), 1000)) == b"x" * 1000
+    with pytest.raises(BodyTooLarge, match="JSON body over 1000 bytes"):
+        asyncio.run(jsonbody.read_capped(request_with(b"x" * 1001, declared), 1000))
+
+
+def test_a_parsers_failure_is_the_clients_with_its_message_cut_at_200_characters():
+    def parse():
+        raise ValueError("v" * 500)
+
+    with pytest.raises(CodecError) as refused:
+        asyncio.run(jsonbody.parse_off_the_loop(parse))
+    assert str(refused.value) == "malformed request: ValueError: " + "v" * 200
