@@ -235,3 +235,23 @@ def test_a_request_over_its_pixels_is_a_413_even_when_the_budget_is_busy(small_b
     with budget.holding(budget.capacity - 1):  # every file of it would have to wait
         response = upload(small_budget, *[bomb("L", "PNG", 2500)] * 3)
     assert_error(response, 413, "MAX_REQUEST_PIXELS")
+
+
+def test_a_file_over_the_budget_is_refused_naming_both_sizes_in_mib():
+    budget = DecodeBudget(64 * 1_048_576, wait_s=0, max_request_pixels=MAX_PIXELS)
+    with pytest.raises(BudgetExceeded) as refused, budget.holding(100 * 1_048_576):
+        pass
+    assert str(refused.value) == (
+        "decoding it takes about 100 MiB, more than the decode budget of 64 MiB per worker (DECODE_BUDGET_MB)"
+    )
+    with budget.holding(64 * 1_048_576):  # exactly the budget fits
+        assert budget.taken == 67_108_864
+
+
+def test_a_request_may_decode_exactly_its_pixels_and_not_one_more():
+    budget = DecodeBudget(64 * 1_048_576, wait_s=0, max_request_pixels=1000)
+    request = budget.for_request()
+    with request.holding(600, 1), request.holding(400, 1):  # 1000 in all: exactly the cap
+        pass
+    with pytest.raises(BudgetExceeded, match="more than the 1,000 pixels"), request.holding(1, 1):
+        pass
