@@ -239,10 +239,10 @@ def test_a_request_over_its_pixels_is_a_413_even_when_the_budget_is_busy(small_b
 
 def test_a_file_over_the_budget_is_refused_naming_both_sizes_in_mib():
     budget = DecodeBudget(64 * 1_048_576, wait_s=0, max_request_pixels=MAX_PIXELS)
-    with pytest.raises(BudgetExceeded) as refused, budget.holding(100 * 1_048_576):
+    with pytest.raises(BudgetExceeded) as refused, budget.holding(1000 * 1_048_576):
         pass
     assert str(refused.value) == (
-        "decoding it takes about 100 MiB, more than the decode budget of 64 MiB per worker (DECODE_BUDGET_MB)"
+        "decoding it takes about 1000 MiB, more than the decode budget of 64 MiB per worker (DECODE_BUDGET_MB)"
     )
     with budget.holding(64 * 1_048_576):  # exactly the budget fits
         assert budget.taken == 67_108_864
