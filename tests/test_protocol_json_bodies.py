@@ -128,13 +128,15 @@ def test_bodies_are_parsed_off_the_event_loop(client, monkeypatch, module, parse
 
 def test_the_cap_is_the_largest_legitimate_request_plus_its_envelope():
     """Worked out by hand: 6 characters per uint8 value ("255, "), 28 per float32 (a full repr
-    and its separator), 14 per integer, 64 KiB for the names, shape and parameters."""
+    and its separator), 14 per integer, 7 per boolean, 64 KiB for the names, shape and parameters."""
     images = SimpleNamespace(input_shape=(32, 32, 3), input_dtype=np.dtype("uint8"))
     flowers = SimpleNamespace(input_shape=(4,), input_dtype=np.dtype("float32"))
     counts = SimpleNamespace(input_shape=(10,), input_dtype=np.dtype("int64"))
     assert jsonbody.json_cap(images, 128) == 128 * 3072 * 6 + 65_536 == 2_424_832
     assert jsonbody.json_cap(flowers, 128) == 128 * 4 * 28 + 65_536 == 79_872
     assert jsonbody.json_cap(counts, 2) == 2 * 10 * 14 + 65_536
+    switches = SimpleNamespace(input_shape=(3,), input_dtype=np.dtype("bool"))
+    assert jsonbody.json_cap(switches, 1) == 3 * 7 + 65_536  # "false, "
     unusual = SimpleNamespace(input_shape=(2,), input_dtype=np.dtype("complex64"))
     assert jsonbody.json_cap(unusual, 1) == 2 * 28 + 65_536  # a float's share for any other kind
 

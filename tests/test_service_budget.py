@@ -242,7 +242,8 @@ def test_a_file_over_the_budget_is_refused_naming_both_sizes_in_mib():
     with pytest.raises(BudgetExceeded) as refused, budget.holding(1000 * 1_048_576):
         pass
     assert str(refused.value) == (
-        "decoding it takes about 1000 MiB, more than the decode budget of 64 MiB per worker (DECODE_BUDGET_MB)"
+        "decoding it takes about 1000 MiB, more than the decode budget of 64 MiB per worker"
+        " (DECODE_BUDGET_MB)"
     )
     with budget.holding(64 * 1_048_576):  # exactly the budget fits
         assert budget.taken == 67_108_864
