@@ -28,6 +28,11 @@ def error(loc: tuple, kind: str = "float_type", msg: str = "Input should be a va
             "features[0]: Input should be a valid number",
         ),
         (
+            ("body", "OneInstance", "features"),
+            ("OneInstance",),
+            "features: Input should be a valid number",
+        ),
+        (
             ("body", "OneInstance"),
             ("OneInstance",),
             "OneInstance: Input should be a valid number",
