@@ -87,23 +87,28 @@ def docker_works() -> bool:
     return info.returncode == 0 and compose.returncode == 0
 
 
-def test_replicas_answer_every_request_while_one_restarts_and_a_version_is_published(tmp_path):
+def drill(script: str, report_dir: Path, timeout: int) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run scripts/`script` against Compose (skipped without Docker); its result and summary.json."""
     if not docker_works():
         pytest.skip(
             "no working Docker with the compose plugin (on these machines: ../shared/tools/docker-here)"
         )
-    env = {**os.environ, "REPORT_DIR": str(tmp_path), "PYTHON": sys.executable}
+    env = {**os.environ, "REPORT_DIR": str(report_dir), "PYTHON": sys.executable}
     result = subprocess.run(
-        [str(REPO / "scripts" / "fault-drill")],
+        [str(REPO / "scripts" / script)],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         check=False,
     )
     print(result.stdout[-6000:], result.stderr[-3000:])
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    return result, json.loads((report_dir / "summary.json").read_text())
+
+
+def test_replicas_answer_every_request_while_one_restarts_and_a_version_is_published(tmp_path):
+    result, summary = drill("fault-drill", tmp_path, timeout=900)
     assert summary["passed"] == {
         "workers_follow_the_cpu_limit": True,
         "no_failed_request": True,
@@ -130,22 +135,7 @@ def test_prometheus_scrapes_every_replica_by_the_services_name_and_loads_the_cha
 
 
 def test_the_hpa_would_add_replicas_under_load_and_return_to_the_minimum_when_idle(tmp_path):
-    if not docker_works():
-        pytest.skip(
-            "no working Docker with the compose plugin (on these machines: ../shared/tools/docker-here)"
-        )
-    env = {**os.environ, "REPORT_DIR": str(tmp_path), "PYTHON": sys.executable}
-    result = subprocess.run(
-        [str(REPO / "scripts" / "autoscale-drill")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    print(result.stdout[-6000:], result.stderr[-3000:])
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    result, summary = drill("autoscale-drill", tmp_path, timeout=1200)
     assert summary["passed"] == {"rises_under_load": True, "back_to_min_when_idle": True}, summary
     assert summary["high"]["desired_replicas"] > summary["min"] == summary["idle"]["desired_replicas"]
     assert result.returncode == 0
