@@ -218,6 +218,25 @@ def test_stray_entries_are_skipped_and_logged_and_every_model_serves(model_dir, 
         assert repr(entry) in skipped
 
 
+def test_a_model_folder_unreadable_this_scan_is_logged_without_host_paths_and_others_serve(
+    model_dir, monkeypatch, caplog
+):
+    read = registry_module.existing_versions
+
+    def unreadable_cifar10(path):
+        if path.name == "cifar10":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read(path)
+
+    monkeypatch.setattr(registry_module, "existing_versions", unreadable_cifar10)
+    with serving(model_dir) as client:
+        assert set(models_by_name(client)) == {"iris"}
+        assert client.post("/predict/iris", json=FEATURES).status_code == 200
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "skipping cifar10/ this scan: Permission denied" in errors
+    assert not any(str(model_dir) in message for message in errors)
+
+
 def test_rejected_versions_are_named_without_host_paths(model_dir):
     shutil.copytree(model_dir / "iris" / "1", model_dir / "iris" / "2")
     break_saved_model(model_dir / "iris" / "2")
