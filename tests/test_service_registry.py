@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
+import re
 import shutil
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
@@ -302,6 +305,41 @@ def test_hot_reload_swaps_versions_under_load_without_failures(model_dir, export
         assert np.allclose(
             list(body["probabilities"].values()), offline(exports["cifar10-v2"], pixels)[0], atol=1e-5
         )
+
+
+def test_each_version_is_loaded_once_however_many_scans_see_it(model_dir, monkeypatch):
+    shutil.copytree(model_dir / "iris" / "1", model_dir / "iris" / "2")
+    break_saved_model(model_dir / "iris" / "2")
+    loads, scans = [], []
+    load, scan = registry_module.load_predictor, registry_module.ModelRegistry._scan
+
+    def counted_load(path, *args):
+        loads.append(path.relative_to(model_dir).as_posix())
+        return load(path, *args)
+
+    monkeypatch.setattr(registry_module, "load_predictor", counted_load)
+    monkeypatch.setattr(registry_module.ModelRegistry, "_scan", lambda self: scans.append(1) or scan(self))
+    with serving(model_dir, model_versions="cifar10=1", poll_interval_s=0.05) as client:
+        seen = len(scans)
+        wait_for(lambda: len(scans) >= seen + 5)
+        assert models_by_name(client)["iris"]["live_version"] == "1"
+    # The rejected iris/2 is not retried, nor the live, pinned cifar10/1 reloaded.
+    assert sorted(loads) == ["cifar10/1", "iris/1", "iris/2"]
+
+
+def test_the_log_says_how_long_a_version_took_to_load(model_dir, caplog):
+    caplog.set_level(logging.INFO, logger=registry_module.__name__)
+    started = time.perf_counter()
+    with serving(model_dir):
+        elapsed = time.perf_counter() - started
+    took = [
+        float(match.group(1))
+        for r in caplog.records
+        if (
+            match := re.search(r"^serving \w+ version 1 .* loaded and warmed up in ([\d.]+)s", r.getMessage())
+        )
+    ]
+    assert len(took) == 2 and all(0 <= seconds <= elapsed for seconds in took)
 
 
 @pytest.mark.parametrize("damage", [break_saved_model, break_metadata_labels, remove_metadata])
