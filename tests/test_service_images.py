@@ -7,10 +7,18 @@ import io
 import numpy as np
 import pytest
 from payloads import encode, halves, photo, png_declaring
-from PIL import GifImagePlugin, Image, ImageFile, TiffImagePlugin, WebPImagePlugin
+from PIL import GifImagePlugin, Image, ImageFile, JpegImagePlugin, TiffImagePlugin, WebPImagePlugin
 
 from service.errors import status_of
-from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage, decode_image
+from service.images import (
+    ImageTooLarge,
+    UndecodableImage,
+    UnsupportedImage,
+    decode_image,
+    decoding_cost,
+    reduction,
+)
+from service.resizing import MAX_ENLARGEMENT, REDUCING_GAP
 
 SIZE = (32, 32)
 MAX_PIXELS = 50_000_000
@@ -97,6 +105,50 @@ def test_16_bit_images_are_scaled_not_clipped(mode, format):
     pixels = decode(encode(image, format), size=(4, 4))
     assert pixels[0, :, 0].tolist() == [0, 1, 128, 255]
     assert np.array_equal(pixels[..., 0], pixels[..., 2])  # gray stays gray
+
+
+@pytest.mark.parametrize("size", [(2000, 1500), (3000, 150), (150, 3000), (100, 270)])
+def test_a_large_image_is_reduced_as_pillow_resizes_it(size):
+    image = photo(size=size)
+    pixels = decode(encode(image, "PNG")).astype(int)
+    resized = np.asarray(image.resize(SIZE, Image.LANCZOS, reducing_gap=REDUCING_GAP)).astype(int)
+    difference = np.abs(pixels - resized)
+    assert difference.max() <= 8 and difference.mean() <= 1
+
+
+@pytest.mark.parametrize("size", [(3000, 150), (150, 3000), (100, 270), (4100, 1000), (257, 257)])
+def test_a_large_image_is_box_reduced_as_far_as_the_reducing_gap_allows_and_no_further(size):
+    factor = reduction(size, SIZE)
+    kept = [side // f for side, f in zip(size, factor, strict=True)]
+    enough = REDUCING_GAP * max(SIZE)
+    assert all(k >= min(side, enough) for k, side in zip(kept, size, strict=True))  # never below the gap
+    assert all(side // (f + 1) < enough for side, f in zip(size, factor, strict=True))  # as far as it allows
+
+
+@pytest.mark.parametrize("side, drafted", [(MAX_ENLARGEMENT * 32, False), (MAX_ENLARGEMENT * 32 + 1, True)])
+def test_a_jpeg_is_decoded_whole_while_it_may_be_an_enlargement(monkeypatch, side, drafted):
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile, "draft", lambda self, *a: drafts.append(a) or draft(self, *a)
+    )
+    decode(encode(photo(size=(side, side)), "JPEG"))
+    assert bool(drafts) == drafted
+
+
+def test_the_decoding_cost_counts_a_frame_in_the_bytes_pillow_stores_it_in():
+    size = (1000, 1000)
+    frames = {mode: Image.new(mode, size) for mode in ("I", "I;16")}  # same strips, same result
+    cost = {mode: decoding_cost(frame, size, (1, 1)) for mode, frame in frames.items()}
+    stored = {mode: len(frame.tobytes()) for mode, frame in frames.items()}  # 4 and 2 bytes a pixel
+    assert cost["I"] - cost["I;16"] == stored["I"] - stored["I;16"]
+
+
+def test_every_16_bit_level_becomes_the_nearest_8_bit_one():
+    levels = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    pixels = decode(encode(Image.fromarray(levels), "PNG"), size=(256, 256))
+    nearest = np.round(levels / (65535 / 255))  # no level is halfway: 65535 / 255 = 257
+    assert np.array_equal(pixels[..., 1], nearest)
 
 
 def test_transparency_is_composited_on_white():
