@@ -154,13 +154,18 @@ def metadata_features(exports):
     ]
 
 
-def test_missing_model_dir_serves_health_but_is_not_ready(tmp_path):
+def test_missing_model_dir_serves_health_but_is_not_ready_and_is_logged_once(tmp_path, caplog):
+    scans = []
     with serving(tmp_path / "absent", ready=False) as client:
         assert client.get("/healthz").status_code == 200
         body = wait_for(lambda: (r := client.get("/readyz").json())["detail"] != "starting" and r)
         assert body["ready"] is False and "no models in" in body["detail"]
         assert client.post("/predict/iris", json=FEATURES).status_code == 404
         assert client.post("/predict/image", files={"file": IMAGE}).status_code == 404
+        registry = client.app.state.registry
+        wait_for(lambda: scans.append(registry._scan()) or len(scans) >= 3)
+    missing = [r for r in caplog.records if "is not a folder: no models to serve" in r.getMessage()]
+    assert len(missing) == 1 and missing[0].levelname == "ERROR"
 
 
 @pytest.mark.parametrize(
@@ -193,7 +198,7 @@ def test_a_broken_model_is_named_and_the_others_still_serve(model_dir, damage, r
         assert any("rejected iris version 1" in r.getMessage() for r in caplog.records)
 
 
-def test_hidden_folders_are_not_versions(model_dir):
+def test_hidden_folders_are_not_versions(model_dir, caplog):
     staging = model_dir / "cifar10" / ".staging-2-1234"
     staging.mkdir()
     (staging / "saved_model.pb").write_bytes(b"half written")
@@ -201,6 +206,25 @@ def test_hidden_folders_are_not_versions(model_dir):
     with serving(model_dir) as client:
         assert set(models_by_name(client)) == {"cifar10", "iris"}
         assert models_by_name(client)["cifar10"]["versions"] == ["1"]
+    assert not [r for r in caplog.records if "skipping" in r.getMessage()]  # hidden: not even logged
+
+
+def test_the_default_image_model_is_the_first_image_model_by_name(tmp_path, exports):
+    root = tmp_path / "models"
+    install(exports["iris"], root, "aaa-flowers")  # a vector model sorts first
+    install(exports["cifar10"], root, "cifar10")
+    install(exports["wide"], root, "zzz-wide")
+    with serving(root) as client:
+        assert client.post("/predict/image", files={"file": IMAGE}).json()["model"] == "cifar10"
+
+
+def test_closing_finishes_every_batcher_and_reports_no_failure(model_dir, caplog):
+    with serving(model_dir) as client:
+        assert client.post("/predict/iris", json=FEATURES).status_code == 200
+        batchers = [m.batcher for m in client.app.state.registry.models.values()]
+    assert len(batchers) == 2
+    assert all(b.task.done() and not b.task.cancelled() and b.task.exception() is None for b in batchers)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 def test_stray_entries_are_skipped_and_logged_and_every_model_serves(model_dir, caplog):
