@@ -4,6 +4,7 @@ only (scripts/mutation.toml), and reports/mutation/ gets a page per module and a
     scripts/mutation                          # every module in scripts/mutation.toml
     scripts/mutation service/deps.py          # the modules named
     scripts/mutation --changed origin/main    # the modules changed since a git ref
+    scripts/mutation --survivors service/deps.py   # only the last run's survivors, after new tests
     scripts/mutation --known                  # the hand-written mutants, each against its test
 
 Each module is mutated in its own copy of the checkout (build/mutation/<module>/) by cosmic-ray,
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -85,16 +87,30 @@ def copy_checkout(target: Path) -> None:
             shutil.copy2(source, target / name.decode())
 
 
-def mutate_module(module: dict, excluded: list[str], python: str) -> float:
-    """Run every mutant of the module in a fresh copy; the seconds it took."""
+def mutate_module(module: dict, excluded: list[str], python: str, survivors_only: bool = False) -> float:
+    """Run every mutant of the module in a fresh copy (or, with `survivors_only`, the last run's
+    survivors again, against the tests as they are now); the seconds it took."""
     path, tests = module["path"], module["tests"]
     work = BUILD / slug(path)
+    session = work / "session.sqlite"
+    earlier = None
+    if survivors_only:
+        # The killed mutants stay killed only if the module is the one they were made from.
+        if not session.exists() or (work / path).read_bytes() != (ROOT / path).read_bytes():
+            raise SystemExit(f"{path}: changed since its last run (or never run): run it whole")
+        earlier = (session.read_bytes(), (work / "commit").read_text().strip())
     copy_checkout(work)
     head = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(head, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
     status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"]
     dirty = subprocess.run(status, cwd=ROOT, capture_output=True).stdout.strip()
-    (work / "commit").write_text(commit + (" with uncommitted changes" if dirty else "") + "\n")
+    commit += " with uncommitted changes" if dirty else ""
+    if earlier is not None:
+        session.write_bytes(earlier[0])
+        commit = f"{earlier[1]}; its survivors run again on {commit}"
+        with sqlite3.connect(session) as db:
+            db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    (work / "commit").write_text(commit + "\n")
     socket = str(work / "warm.sock")
     env = {**os.environ, "PYTHONPATH": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
     server = subprocess.Popen(
@@ -128,13 +144,13 @@ def mutate_module(module: dict, excluded: list[str], python: str) -> float:
             f"exclude-operators = {json.dumps(excluded)}\n"
         )
         bin_dir = Path(python).parent
-        session = work / "session.sqlite"
-        for command in (
+        commands = [
             ["cosmic-ray", "init", config.name, session.name],
             ["cr-filter-operators", session.name, config.name],
             ["cr-filter-pragma", session.name],
-            ["cosmic-ray", "exec", config.name, session.name],
-        ):
+            ["cosmic-ray", "exec", config.name, session.name],  # runs the mutants with no result
+        ]
+        for command in commands[-1:] if survivors_only else commands:
             subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=work, env=env, check=True)
     finally:
         if server.poll() is None:
@@ -312,6 +328,11 @@ def main() -> int:
         help="only the hand-written mutants of scripts/mutation.toml, each against its test",
     )
     parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run only the last run's survivors again (after adding tests; the module itself unchanged)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rewrite the reports from the last run (after editing the equivalents), running nothing",
@@ -341,7 +362,9 @@ def main() -> int:
             seconds = json.loads(page.read_text())["seconds"] if page.exists() else 0.0
         else:
             print(f"== {module['path']} against {' '.join(module['tests'])}", flush=True)
-            seconds = mutate_module(module, config["exclude-operators"], python)
+            seconds = mutate_module(module, config["exclude-operators"], python, args.survivors)
+            if args.survivors and page.exists():
+                seconds += json.loads(page.read_text())["seconds"]
         outcome = read_session(module, python, seconds)
         explain(outcome, config.get("equivalent", []), config.get("accepted", []))
         (REPORTS / f"{slug(outcome.path)}.md").write_text(module_page(outcome))
