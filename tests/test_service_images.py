@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 import pytest
 from payloads import encode, halves, photo, png_declaring
-from PIL import GifImagePlugin, Image, ImageFile, JpegImagePlugin, TiffImagePlugin, WebPImagePlugin
+from PIL import (
+    ExifTags,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 from service.errors import status_of
 from service.images import (
@@ -18,7 +28,7 @@ from service.images import (
     decoding_cost,
     reduction,
 )
-from service.resizing import MAX_ENLARGEMENT, REDUCING_GAP
+from service.resizing import MAX_ENLARGEMENT, REDUCING_GAP, NotBuiltYet
 
 SIZE = (32, 32)
 MAX_PIXELS = 50_000_000
@@ -205,6 +215,28 @@ def test_exif_orientation_is_applied(orientation, top):
     else:
         first, second = (red, blue) if top == "red" else (blue, red)
         assert near(pixels[:12], first) and near(pixels[-12:], second)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_comes_upright_as_pillow_turns_it(orientation):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    data = encode(photo(seed=orientation), "PNG", exif=exif)  # lossless: compared bit for bit
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert np.array_equal(decode(data), np.asarray(upright.convert("RGB")))
+
+
+@pytest.mark.parametrize("size, inline", [((512, 512), True), ((513, 512), False)])
+def test_a_file_of_up_to_512x512_pixels_may_be_decoded_on_the_event_loop(size, inline):
+    data = encode(photo(size=size), "PNG")
+    built = decode_image(data, SIZE, MAX_PIXELS, undo_enlargements=False)  # its matrices built
+    options = {"undo_enlargements": False, "build": False}
+    on_the_loop = functools.partial(decode_image, data, SIZE, MAX_PIXELS, **options)
+    if inline:
+        assert np.array_equal(on_the_loop(), built)
+    else:
+        with pytest.raises(NotBuiltYet, match=r"^513x512 is decoded off the event loop$"):
+            on_the_loop()
 
 
 # --- hostile files --------------------------------------------------------------------------
