@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -15,12 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tensorflow as tf
-from deployments import install, offline, publish, serving, wait_for
+from deployments import install, offline, publish, service_settings, serving, wait_for
 from payloads import png
 from payloads import random_images as images
 
 from service import registry as registry_module
+from service.metrics import Metrics
 from service.predictor import Predictor
+from service.registry import ModelRegistry
 from training.data import CIFAR10_LABELS
 
 IMAGE = png(images(1, seed=3)[0])
@@ -225,6 +228,33 @@ def test_closing_finishes_every_batcher_and_reports_no_failure(model_dir, caplog
     assert len(batchers) == 2
     assert all(b.task.done() and not b.task.cancelled() and b.task.exception() is None for b in batchers)
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_closing_stops_watching_the_model_folder(model_dir):
+    async def start_then_close():
+        registry = ModelRegistry(service_settings(model_dir, poll_interval_s=0.05), "/CPU:0", Metrics())
+        registry.start()
+        await registry.first_scan()
+        await registry.close()
+        await asyncio.sleep(0.2)  # several poll intervals
+        return registry._watcher is not None and registry._watcher.cancelled()  # before run() ends
+
+    assert asyncio.run(start_then_close())
+
+
+def test_a_failing_scan_is_logged_and_the_next_one_serves(model_dir, monkeypatch, caplog):
+    scan, failed = registry_module.ModelRegistry._scan, []
+
+    def fails_once(self):
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("a race with a deployment")
+        return scan(self)
+
+    monkeypatch.setattr(registry_module.ModelRegistry, "_scan", fails_once)
+    with serving(model_dir, poll_interval_s=0.05) as client:
+        assert client.post("/predict/iris", json=FEATURES).status_code == 200
+    assert any(r.getMessage().startswith("scanning ") and r.exc_info for r in caplog.records)
 
 
 def test_stray_entries_are_skipped_and_logged_and_every_model_serves(model_dir, caplog):
