@@ -28,7 +28,7 @@ from service.images import (
     decoding_cost,
     reduction,
 )
-from service.resizing import MAX_ENLARGEMENT, REDUCING_GAP, NotBuiltYet
+from service.resizing import MAX_ENLARGEMENT, REDUCING_GAP, NotBuiltYet, to_model_size
 
 SIZE = (32, 32)
 MAX_PIXELS = 50_000_000
@@ -152,6 +152,27 @@ def test_the_decoding_cost_counts_a_frame_in_the_bytes_pillow_stores_it_in():
     cost = {mode: decoding_cost(frame, size, (1, 1)) for mode, frame in frames.items()}
     stored = {mode: len(frame.tobytes()) for mode, frame in frames.items()}  # 4 and 2 bytes a pixel
     assert cost["I"] - cost["I;16"] == stored["I"] - stored["I;16"]
+
+
+@pytest.mark.parametrize(
+    "mode, size",
+    # Several strips, blocks that are not square (31x15, ...), and one image reduced by (1, 2).
+    [
+        ("L", (3000, 1500)),
+        ("P", (1500, 3000)),
+        ("RGBA", (2500, 1700)),
+        ("RGB", (1700, 2500)),
+        ("RGB", (100, 270)),
+    ],
+)
+def test_converting_a_strip_at_a_time_gives_what_converting_the_whole_image_would(mode, size):
+    image = photo(size=size).convert(mode)
+    factor = reduction(size, SIZE)
+    whole = image.convert("RGBA" if mode == "RGBA" else "RGB")
+    if mode == "RGBA":
+        whole = Image.alpha_composite(Image.new("RGBA", size, "white"), whole).convert("RGB")
+    expected = to_model_size(whole.reduce(factor), SIZE)
+    assert np.array_equal(decode(encode(image, "PNG")), expected)
 
 
 def test_every_16_bit_level_becomes_the_nearest_8_bit_one():
