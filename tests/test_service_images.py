@@ -156,13 +156,15 @@ def test_the_decoding_cost_counts_a_frame_in_the_bytes_pillow_stores_it_in():
 
 @pytest.mark.parametrize(
     "mode, size",
-    # Several strips, blocks that are not square (31x15, ...), and one image reduced by (1, 2).
+    # Several strips, blocks that are not square (31x15, ...), an image reduced by (1, 2), and a
+    # panorama wider than a strip (a strip of one row).
     [
         ("L", (3000, 1500)),
         ("P", (1500, 3000)),
         ("RGBA", (2500, 1700)),
         ("RGB", (1700, 2500)),
         ("RGB", (100, 270)),
+        ("L", (1_100_000, 2)),
     ],
 )
 def test_converting_a_strip_at_a_time_gives_what_converting_the_whole_image_would(mode, size):
