@@ -126,7 +126,7 @@ def test_a_large_image_is_reduced_as_pillow_resizes_it(size):
     assert difference.max() <= 8 and difference.mean() <= 1
 
 
-@pytest.mark.parametrize("size", [(3000, 150), (150, 3000), (100, 270), (4100, 1000), (257, 257)])
+@pytest.mark.parametrize("size", [(3000, 150), (150, 3000), (100, 270), (4100, 1000), (257, 257), (3000, 50)])
 def test_a_large_image_is_box_reduced_as_far_as_the_reducing_gap_allows_and_no_further(size):
     factor = reduction(size, SIZE)
     kept = [side // f for side, f in zip(size, factor, strict=True)]
@@ -156,7 +156,7 @@ def test_the_decoding_cost_counts_a_frame_in_the_bytes_pillow_stores_it_in():
 
 @pytest.mark.parametrize(
     "mode, size",
-    # Several strips, blocks that are not square (31x15, ...), an image reduced by (1, 2), and a
+    # Several strips, blocks that are not square (31x15, ...), images reduced by (1, 2) and (2, 1), and a
     # panorama wider than a strip (a strip of one row).
     [
         ("L", (3000, 1500)),
@@ -164,6 +164,7 @@ def test_the_decoding_cost_counts_a_frame_in_the_bytes_pillow_stores_it_in():
         ("RGBA", (2500, 1700)),
         ("RGB", (1700, 2500)),
         ("RGB", (100, 270)),
+        ("RGB", (270, 100)),
         ("L", (1_100_000, 2)),
     ],
 )
