@@ -85,6 +85,8 @@ def test_not_ready_until_every_model_is_loaded_and_warmed_up(model_dir, monkeypa
         refused = client.post("/predict/iris", json=FEATURES)
         assert refused.status_code == 503 and "loading" in refused.json()["detail"]
         assert refused.headers["retry-after"] == "1"
+        refused = client.post("/predict/image", files={"file": IMAGE})  # the default image model
+        assert refused.status_code == 503 and refused.json()["detail"] == "no image model is ready"
         assert warmed == []
         gate.set()
         wait_for(lambda: client.get("/readyz").status_code == 200)
@@ -155,6 +157,14 @@ def metadata_features(exports):
     return json.loads((exports["iris"] / "assets.extra" / "metadata.json").read_text())["input"][
         "feature_names"
     ]
+
+
+def test_each_model_is_batched_as_the_settings_say(model_dir):
+    settings = {"max_batch_size": 12, "max_batch_wait_ms": 40, "max_queue_size": 96}
+    with serving(model_dir, **settings) as client:
+        for served in client.app.state.registry.models.values():
+            batcher = served.batcher
+            assert (batcher.max_batch_size, batcher.max_wait_s, batcher.max_queue_size) == (12, 0.04, 96)
 
 
 def test_missing_model_dir_serves_health_but_is_not_ready_and_is_logged_once(tmp_path, caplog):
