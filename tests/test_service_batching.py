@@ -13,7 +13,7 @@ from deployments import serving
 from payloads import png
 from payloads import random_images as images
 
-from service.batching import Closed, MicroBatcher, QueueFull
+from service.batching import Closed, Crashed, MicroBatcher, QueueFull
 
 
 class FakePredictor:
@@ -75,12 +75,123 @@ def test_an_idle_model_waits_only_for_announced_requests():
         late = asyncio.create_task(announced_late())
         await asyncio.sleep(0)
         await asyncio.gather(batcher.predict(np.array([[3.0]]), predictor), late)
+        started = time.perf_counter()
+        await batcher.predict(np.array([[4.0]]), predictor)
+        alone_again = time.perf_counter() - started
         await batcher.close()
-        return alone, predictor.batches
+        return alone, alone_again, predictor.batches
 
-    alone, batches = run(scenario())
+    alone, alone_again, batches = run(scenario())
     assert alone < 1.0  # nobody was announced: no waiting for max_wait_s
-    assert batches == [1, 2]  # the second call waited for the announced request
+    assert batches == [1, 2, 1]  # the second call waited for the announced request
+    assert alone_again < 1.0  # the announcement ended with its request
+
+
+def test_an_idle_model_waits_for_an_announced_request_for_max_wait_s_and_no_longer():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0.4, max_queue_size=100)
+        with batcher.expecting():  # an upload that never finishes while this runs
+            started = time.perf_counter()
+            await batcher.predict(np.array([[1.0]]), predictor)
+            waited = time.perf_counter() - started
+        await batcher.close()
+        return waited
+
+    assert 0.35 <= run(scenario()) < 0.6
+
+
+def test_requests_queued_behind_a_busy_model_wait_for_company_from_the_oldest_ones_arrival():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0.4, max_queue_size=100)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        await asyncio.sleep(0.05)
+        with batcher.expecting():  # an upload that never finishes while this runs
+            started = time.perf_counter()
+            oldest = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor))
+            await asyncio.sleep(0.3)
+            newer = asyncio.create_task(batcher.predict(np.array([[2.0]]), predictor))
+            await asyncio.sleep(0.05)
+            predictor.gate.set()  # the model is free: the queued two may wait for the announced one
+            await asyncio.gather(busy, oldest, newer)
+            waited = time.perf_counter() - started
+        await batcher.close()
+        return waited, predictor.batches
+
+    waited, batches = run(scenario())
+    assert batches == [1, 2]
+    assert 0.35 <= waited < 0.6  # until the oldest request's 0.4 s, not the newer one's 0.7 s
+
+
+def test_a_batch_never_holds_more_than_max_batch_size_rows_and_keeps_request_order():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", max_batch_size=4, max_wait_s=0, max_queue_size=100)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        await asyncio.sleep(0.05)
+        queued = [
+            asyncio.create_task(batcher.predict(np.full((rows, 1), float(rows)), predictor))
+            for rows in (2, 3, 1)
+        ]
+        await asyncio.sleep(0.05)
+        predictor.gate.set()
+        results = await asyncio.gather(busy, *queued)
+        await batcher.close()
+        return predictor.batches, results
+
+    batches, results = run(scenario())
+    assert batches == [1, 2, 4]  # 2 + 3 rows would be 5
+    assert [r.tolist() for r in results[1:]] == [[[4.0]] * 2, [[6.0]] * 3, [[2.0]]]
+
+
+def test_the_batch_metrics_get_each_calls_rows_and_seconds():
+    async def scenario():
+        batches: list[tuple[int, float]] = []
+        batcher = MicroBatcher(
+            "fake", 8, 0, 100, on_batch=lambda rows, seconds: batches.append((rows, seconds))
+        )
+        started = time.perf_counter()
+        await batcher.predict(np.array([[1.0], [2.0], [3.0]]), FakePredictor())
+        elapsed = time.perf_counter() - started
+        await batcher.close()
+        return batches, elapsed
+
+    batches, elapsed = run(scenario())
+    assert len(batches) == 1 and batches[0][0] == 3 and 0 <= batches[0][1] <= elapsed
+
+
+def test_a_crashed_batcher_fails_every_request_it_holds_reports_nothing_held_and_refuses_more():
+    async def scenario():
+        predictor, loads = FakePredictor(), []
+        batcher = MicroBatcher(
+            "fake", 8, 0, 100, on_load=lambda queued, computing: loads.append((queued, computing))
+        )
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(batcher.predict(np.array([[2.0], [3.0]]), predictor))
+        await asyncio.sleep(0)
+
+        def a_bug():
+            raise RuntimeError("a bug in the batcher")
+
+        batcher._take_batch = a_bug  # the next batch is never taken
+        predictor.gate.set()
+        first = await busy
+        with pytest.raises(Crashed, match="stopped unexpectedly; retry"):
+            await asyncio.wait_for(queued, 5)
+        await asyncio.wait([batcher.task])
+        with pytest.raises(Crashed):
+            await batcher.predict(np.array([[4.0]]), predictor)
+        return first, loads, batcher
+
+    first, loads, batcher = run(scenario())
+    assert first.tolist() == [[2.0]]
+    assert loads[-1] == (0, 0)
+    assert isinstance(batcher.crashed, RuntimeError) and batcher.task.exception() is batcher.crashed
 
 
 def test_requests_for_different_versions_never_share_a_call():
