@@ -93,12 +93,43 @@ def test_an_idle_model_waits_for_an_announced_request_for_max_wait_s_and_no_long
         batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0.5, max_queue_size=100)
         with batcher.expecting():  # an upload that never finishes while this runs
             started = time.perf_counter()
-            await batcher.predict(np.array([[1.0]]), predictor)
+            await asyncio.wait_for(batcher.predict(np.array([[1.0]]), predictor), 5)
             waited = time.perf_counter() - started
         await batcher.close()
         return waited
 
     assert 0.45 <= run(scenario()) < 0.8
+
+
+def test_a_full_batch_does_not_wait_for_announced_requests():
+    async def scenario():
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=5.0, max_queue_size=100)
+        with batcher.expecting():
+            started = time.perf_counter()
+            await asyncio.wait_for(batcher.predict(np.ones((8, 1)), FakePredictor()), 10)
+            waited = time.perf_counter() - started
+        await batcher.close()
+        return waited
+
+    assert run(scenario()) < 2.5  # not the 5 s an announced request may be waited for
+
+
+def test_a_batcher_cancelled_during_a_model_call_fails_its_requests_at_once():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        predictor.gate.clear()  # the model call outlasts the batcher (up to FakePredictor's 5 s)
+        held = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor))
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        batcher.task.cancel()
+        with pytest.raises(Crashed):
+            await held
+        failed_after = time.perf_counter() - started
+        predictor.gate.set()
+        return failed_after
+
+    assert run(scenario()) < 2.5  # without waiting for the model thread
 
 
 def test_requests_queued_behind_a_busy_model_wait_for_company_from_the_oldest_ones_arrival():
