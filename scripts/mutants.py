@@ -81,10 +81,13 @@ def copy_checkout(target: Path) -> None:
         capture_output=True,
     ).stdout.split(b"\0")
     for name in filter(None, listed):
-        source = ROOT / name.decode()
-        if source.is_file():
-            (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name.decode())
+        source, copy = ROOT / name.decode(), target / name.decode()
+        if source.is_symlink():  # samples/, a link git keeps as a link
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.symlink_to(os.readlink(source))
+        elif source.is_file():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy)
 
 
 def mutate_module(module: dict, excluded: list[str], python: str, survivors_only: bool = False) -> float:

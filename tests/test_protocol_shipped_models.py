@@ -55,6 +55,7 @@ def client(base):
 def photos() -> list[bytes]:
     """The samples, and the same photos as other clients send them: large JPEG, PNG with alpha."""
     files = [path.read_bytes() for path in sorted((ROOT / "samples").glob("*.jpg"))]
+    assert files, "samples/ (a link to service/static/samples/) holds the sample photos"
     for data, (size, mode, fmt) in zip(
         files, [((480, 480), "RGB", "JPEG"), ((96, 64), "RGBA", "PNG")], strict=False
     ):
