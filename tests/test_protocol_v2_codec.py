@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import math
 import re
 import struct
 import tracemalloc
@@ -14,13 +15,14 @@ import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from service.faults import BodyTooLarge, CodecError
+from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput
 from service.protocols.v2_codec import (
     Output,
     datatype_of,
     decode_content,
     deserialize_bytes,
     encode_response,
+    from_json,
     parse_request,
     serialize_bytes,
 )
@@ -151,8 +153,13 @@ def test_a_number_too_large_for_its_datatype_decodes_as_infinity_for_the_data_pl
         ),
         (
             [{"shape": [1], "datatype": "UINT8", "parameters": {"binary_data_size": 1}}],
-            [b"\0\0"],
-            "belong to no input",
+            [b"\0" * 6],
+            "5 bytes of binary data belong to no input",
+        ),
+        (
+            [{"shape": [1], "datatype": "UINT8", "parameters": {"binary_data_size": -1}}],
+            [b"\0"],
+            "binary_data_size must be a non-negative integer",
         ),
         (
             [{"shape": [1], "datatype": "UINT8", "parameters": {"binary_data_size": "1"}}],
@@ -180,6 +187,42 @@ def test_binary_tensors_that_do_not_match_their_declaration_are_refused(inputs, 
 def test_malformed_bodies_are_refused(body, length, message):
     with pytest.raises(CodecError, match=re.escape(message)):
         parse_request(body, length)
+
+
+def test_a_header_length_of_the_whole_body_means_no_binary_part():
+    body = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}'
+    assert parse_request(body, len(body))[1]["x"].tolist() == [1.0]
+
+
+def test_an_empty_tensor_may_be_sent_as_zero_bytes_of_binary_data():
+    body, length = binary_body(
+        [{"name": "x", "shape": [0, 4], "datatype": "FP32", "parameters": {"binary_data_size": 0}}], []
+    )
+    assert parse_request(body, length)[1]["x"].shape == (0, 4)
+
+
+def declaring(shape: list[int]) -> bytes:
+    tensor = {"name": "x", "shape": shape, "datatype": "UINT8", "data": [0] * math.prod(shape)}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def test_at_most_32_dimensions_are_read():
+    assert parse_request(declaring([1] * 32), None)[1]["x"].ndim == 32
+    with pytest.raises(CodecError, match=re.escape("input 'x': 33 dimensions; at most 32")):
+        parse_request(declaring([1] * 33), None)
+
+
+def test_rows_and_values_are_refused_from_the_declared_shape_past_their_limits_only():
+    assert parse_request(declaring([4, 1]), None, max_rows=4, max_elements=4)[1]["x"].shape == (4, 1)
+    with pytest.raises(TooManyRows):
+        parse_request(declaring([5, 1]), None, max_rows=4)
+    with pytest.raises(UnfitInput, match=re.escape("declares 5 values; at most 4 fit")):
+        parse_request(declaring([1, 5]), None, max_rows=4, max_elements=4)
+
+
+def test_bytes_in_json_are_taken_as_text_unless_declared_base64():
+    assert from_json(["aGk="], "BYTES", [1]).tolist() == [b"aGk="]
+    assert from_json(["aGk="], "BYTES", [1], base64_strings=True).tolist() == [b"hi"]
 
 
 def test_an_input_given_twice_is_refused():
@@ -262,6 +305,7 @@ def test_a_compressed_body_may_not_inflate_past_the_limit(encoding):
     ("body", "encoding", "message"),
     [
         (b"not gzip", "gzip", "not valid gzip"),
+        (zlib.compress(b"x" * 100), "gzip", "not valid gzip"),  # deflate's zlib stream, called gzip
         (gzip.compress(b"x" * 100)[:-12], "gzip", "truncated"),
         (b"x", "br", "unsupported Content-Encoding"),
     ],
