@@ -225,6 +225,13 @@ def test_bytes_in_json_are_taken_as_text_unless_declared_base64():
     assert from_json(["aGk="], "BYTES", [1], base64_strings=True).tolist() == [b"hi"]
 
 
+def test_bool_tensors_are_bytes_of_0_or_1():
+    body, length = binary_body(
+        [{"name": "x", "shape": [3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}}], [b"\1\0\1"]
+    )
+    assert parse_request(body, length)[1]["x"].tolist() == [True, False, True]
+
+
 def test_an_input_given_twice_is_refused():
     tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}
     with pytest.raises(CodecError, match="twice"):
