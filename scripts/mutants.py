@@ -180,7 +180,8 @@ def read_session(module: dict, python: str, seconds: float) -> Outcome:
     lines = (work / path).read_text().splitlines()
     for entry in filter(None, dump.splitlines()):
         item, result = json.loads(entry)
-        if result is None or result["worker_outcome"] == "skipped":
+        # Skipped by the operator filter, or incompetent: a mutant cosmic-ray could not run at all.
+        if result is None or result["worker_outcome"] == "skipped" or result["test_outcome"] == "incompetent":
             continue
         outcome.mutants += 1
         mutation = item["mutations"][0]
