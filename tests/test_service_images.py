@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from service.budget import DecodeBudget
 from service.errors import status_of
 from service.images import (
     ImageTooLarge,
@@ -126,7 +128,9 @@ def test_a_large_image_is_reduced_as_pillow_resizes_it(size):
     assert difference.max() <= 8 and difference.mean() <= 1
 
 
-@pytest.mark.parametrize("size", [(3000, 150), (150, 3000), (100, 270), (4100, 1000), (257, 257), (3000, 50)])
+@pytest.mark.parametrize(
+    "size", [(3000, 150), (150, 3000), (100, 270), (4100, 1000), (257, 257), (3000, 50), (50, 3000)]
+)
 def test_a_large_image_is_box_reduced_as_far_as_the_reducing_gap_allows_and_no_further(size):
     factor = reduction(size, SIZE)
     kept = [side // f for side, f in zip(size, factor, strict=True)]
@@ -275,6 +279,27 @@ def test_huge_declared_canvas_is_refused_from_the_header(monkeypatch):
         decode(png_declaring(50_000, 50_000))
     with pytest.raises(ImageTooLarge, match="5000x5000"):  # within it, beyond the configured cap
         decode(png_declaring(5_000, 5_000), max_pixels=1_000_000)
+
+
+def test_an_image_over_the_pixel_cap_is_refused_naming_its_size_its_pixels_and_the_cap():
+    message = "^4000x2000 image: 8,000,000 pixels, more than the 7,999,999 allowed$"
+    with pytest.raises(ImageTooLarge, match=message):
+        decode(png_declaring(4_000, 2_000), max_pixels=7_999_999)
+    assert decode(encode(photo(size=(100, 20)), "PNG"), max_pixels=2_000).shape == (
+        32,
+        32,
+        3,
+    )  # the cap itself
+
+
+def test_a_small_file_decoded_on_the_event_loop_never_waits_for_the_budget():
+    budget = DecodeBudget(16 * 2**20, wait_s=5, max_request_pixels=MAX_PIXELS)
+    data = encode(photo(), "PNG")
+    decode_image(data, SIZE, MAX_PIXELS)  # its matrices built
+    with budget.holding(budget.capacity):  # other uploads hold all of it
+        started = time.monotonic()
+        pixels = decode_image(data, SIZE, MAX_PIXELS, budget.for_request(), build=False)
+        assert time.monotonic() - started < 2.5 and pixels.shape == (32, 32, 3)
 
 
 def test_pixel_cap_is_the_configured_one():
