@@ -260,6 +260,11 @@ def test_responses_put_binary_outputs_after_the_json_header():
     assert np.frombuffer(body[length:], "<f4").tolist() == [0.25, 0.75]
 
 
+def test_a_response_never_holds_nan_which_json_cannot():
+    with pytest.raises(ValueError):
+        encode_response("m", "1", None, [Output("p", "FP32", np.array([np.nan], np.float32))])
+
+
 def test_json_only_responses_have_no_binary_part():
     body, length = encode_response("m", "1", None, [Output("label", "BYTES", np.array([b"a", b"b"], object))])
     assert length is None
@@ -288,6 +293,9 @@ def test_numpy_dtypes_have_their_protocol_names():
 def test_compressed_bodies_are_inflated_as_tritonclient_compresses_them(encoding, compress):
     assert decode_content(compress(b'{"inputs": []}'), encoding, 100) == b'{"inputs": []}'
     assert decode_content(b"plain", None, 100) == b"plain"
+    # Repeats 20,000 bytes back: the compressor's whole 32 KiB window is needed to inflate it.
+    repeated = np.random.default_rng(0).bytes(20_000) * 2
+    assert decode_content(compress(repeated), encoding, 50_000) == repeated
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
