@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,13 @@ def test_the_mutation_page_shows_each_modules_score_from_its_report(site):
         assert f"<code>{module['path']}</code>" in page
         assert f">{module['killed']}</td>" in page and f">{module['mutants']}</td>" in page
     assert "reports/mutation/README.md" in page  # in the stamp
+
+
+def test_the_readme_states_the_mutation_score_of_the_last_report():
+    report = (ROOT / "reports" / "mutation" / "README.md").read_text()
+    total = re.search(r"^\*\*Total: .*: ([\d.]+%) \(", report, re.MULTILINE)
+    stated = re.search(r"\*\*([\d.]+%) of the mutants killed\*\*", (ROOT / "README.md").read_text())
+    assert total and stated and stated.group(1) == total.group(1)
 
 
 def test_the_grpc_page_shows_its_benchmarks_from_their_results(site):
