@@ -17,6 +17,7 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput
 from service.protocols.v2_codec import (
+    DTYPES,
     Output,
     datatype_of,
     decode_content,
@@ -230,6 +231,13 @@ def test_bool_tensors_are_bytes_of_0_or_1():
         [{"name": "x", "shape": [3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}}], [b"\1\0\1"]
     )
     assert parse_request(body, length)[1]["x"].tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "INT32", "FP32", "BOOL"])
+def test_an_empty_tensor_may_be_sent_as_json_of_any_datatype(datatype):
+    body = json.dumps({"inputs": [{"name": "x", "shape": [0, 4], "datatype": datatype, "data": []}]})
+    tensor = parse_request(body.encode(), None)[1]["x"]
+    assert tensor.shape == (0, 4) and tensor.dtype == DTYPES[datatype]
 
 
 def test_an_input_given_twice_is_refused():
