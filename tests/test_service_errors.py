@@ -12,7 +12,10 @@ from deployments import install, serving, wait_for
 from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error, encode, photo, png_declaring
 
 from service.batching import Crashed
+from service.budget import BudgetExceeded
 from service.errors import status_of
+from service.faults import BodyTooLarge, TooManyRows
+from service.images import ImageTooLarge
 from service.registry import UnknownModel
 
 
@@ -356,6 +359,22 @@ def test_a_subclass_of_a_domain_error_has_its_parents_status():
 
     assert status_of(NoSuchVersion("x")) == 404
     assert status_of(Crashed("x")) == 503
+
+
+def test_every_size_limit_is_a_413():
+    for error in (BodyTooLarge("x"), ImageTooLarge("x"), BudgetExceeded("x"), TooManyRows(16)):
+        assert status_of(error) == 413, error
+
+
+def test_a_features_body_that_fits_no_form_is_told_the_forms_and_the_models_feature_names(client):
+    response = client.post("/predict/iris", json={"features": "x"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        'features: Input should be a valid list; expected {"features": [...]}, {"instances": [[...], ...]}'
+        " or an object of features by name (sepal_length, sepal_width, petal_length, petal_width)"
+    )
+    not_json = client.post("/predict/iris", content=b"{", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422 and "expected" not in not_json.json()["detail"]  # no forms to name
 
 
 def test_uploads_never_touch_the_disk(client, monkeypatch):
