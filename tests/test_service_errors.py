@@ -11,12 +11,12 @@ import pytest
 from deployments import install, serving, wait_for
 from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error, encode, photo, png_declaring
 
-from service.batching import Crashed
-from service.budget import BudgetExceeded
-from service.errors import status_of
+from service.batching import Closed, Crashed, QueueFull
+from service.budget import BudgetExceeded, DecoderBusy
+from service.errors import headers_of, status_of
 from service.faults import BodyTooLarge, TooManyRows
 from service.images import ImageTooLarge
-from service.registry import UnknownModel
+from service.registry import ModelNotReady, UnknownModel
 
 
 @pytest.fixture(autouse=True)
@@ -364,6 +364,12 @@ def test_a_subclass_of_a_domain_error_has_its_parents_status():
 def test_every_size_limit_is_a_413():
     for error in (BodyTooLarge("x"), ImageTooLarge("x"), BudgetExceeded("x"), TooManyRows(16)):
         assert status_of(error) == 413, error
+
+
+def test_every_busy_or_not_ready_state_is_a_503_that_says_when_to_retry():
+    for error in (ModelNotReady("x"), QueueFull("x"), Closed("x"), Crashed("x"), DecoderBusy("x")):
+        assert status_of(error) == 503, error
+    assert headers_of(503) == {"Retry-After": "1"} and headers_of(429) is None
 
 
 def test_a_features_body_that_fits_no_form_is_told_the_forms_and_the_models_feature_names(client):
