@@ -36,23 +36,28 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-def test_concurrent_requests_share_a_call_and_get_their_own_rows():
+def behind_a_busy_model(max_batch_size: int, requests: list[np.ndarray]) -> tuple[list[int], list]:
+    """The rows of each model call, and each answer, when `requests` queue while the model
+    computes a first one-row request (whose answer comes first)."""
+
     async def scenario():
         predictor = FakePredictor()
-        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0, max_queue_size=100)
-        predictor.gate.clear()  # the first request occupies the model while the others queue
-        first = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        batcher = MicroBatcher("fake", max_batch_size=max_batch_size, max_wait_s=0, max_queue_size=100)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
         await asyncio.sleep(0.05)
-        rest = [
-            asyncio.create_task(batcher.predict(np.array([[i], [i + 0.5]]), predictor)) for i in range(1, 10)
-        ]
+        queued = [asyncio.create_task(batcher.predict(rows, predictor)) for rows in requests]
         await asyncio.sleep(0.05)
         predictor.gate.set()
-        results = await asyncio.gather(first, *rest)
+        results = await asyncio.gather(busy, *queued)
         await batcher.close()
         return predictor.batches, results
 
-    batches, results = run(scenario())
+    return run(scenario())
+
+
+def test_concurrent_requests_share_a_call_and_get_their_own_rows():
+    batches, results = behind_a_busy_model(8, [np.array([[i], [i + 0.5]]) for i in range(1, 10)])
     assert batches == [1, 8, 8, 2]  # nine 2-row requests after the first, at most 8 rows a call
     assert results[0].tolist() == [[0.0]]
     for i, result in enumerate(results[1:], 1):
@@ -157,23 +162,7 @@ def test_requests_queued_behind_a_busy_model_wait_for_company_from_the_oldest_on
 
 
 def test_a_batch_never_holds_more_than_max_batch_size_rows_and_keeps_request_order():
-    async def scenario():
-        predictor = FakePredictor()
-        batcher = MicroBatcher("fake", max_batch_size=4, max_wait_s=0, max_queue_size=100)
-        predictor.gate.clear()
-        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
-        await asyncio.sleep(0.05)
-        queued = [
-            asyncio.create_task(batcher.predict(np.full((rows, 1), float(rows)), predictor))
-            for rows in (2, 3, 1)
-        ]
-        await asyncio.sleep(0.05)
-        predictor.gate.set()
-        results = await asyncio.gather(busy, *queued)
-        await batcher.close()
-        return predictor.batches, results
-
-    batches, results = run(scenario())
+    batches, results = behind_a_busy_model(4, [np.full((rows, 1), float(rows)) for rows in (2, 3, 1)])
     assert batches == [1, 2, 4]  # 2 + 3 rows would be 5
     assert [r.tolist() for r in results[1:]] == [[[4.0]] * 2, [[6.0]] * 3, [[2.0]]]
 
