@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import time
 
 import numpy as np
@@ -180,6 +181,36 @@ def test_converting_a_strip_at_a_time_gives_what_converting_the_whole_image_woul
         whole = Image.alpha_composite(Image.new("RGBA", size, "white"), whole).convert("RGB")
     expected = to_model_size(whole.reduce(factor), SIZE)
     assert np.array_equal(decode(encode(image, "PNG")), expected)
+
+
+def test_the_decoding_cost_counts_an_8_bit_frame_in_the_one_byte_a_pixel_pillow_stores_it_in():
+    size = (1000, 1000)
+    frames = {mode: Image.new(mode, size) for mode in ("L", "RGBA")}  # same strips, same result
+    cost = {mode: decoding_cost(frame, size, (1, 1)) for mode, frame in frames.items()}
+    stored = {mode: len(frame.tobytes()) for mode, frame in frames.items()}  # 1 and 4 bytes a pixel
+    assert cost["RGBA"] - cost["L"] == stored["RGBA"] - stored["L"]
+
+
+def test_the_decoding_cost_counts_the_reduced_result_at_its_size():
+    size = (3000, 1500)
+    frame = Image.new("L", size)
+    # Factors alike in their rows, so the strips are alike: only the reduced result differs.
+    finer, coarser = (31, 15), (62, 15)
+    pixels = {f: math.prod(frame.reduce(f).size) for f in (finer, coarser)}
+    rgb_bytes = 4  # Pillow holds an RGB image in 4 bytes a pixel
+    difference = decoding_cost(frame, size, finer) - decoding_cost(frame, size, coarser)
+    assert difference == rgb_bytes * (pixels[finer] - pixels[coarser])
+
+
+def test_only_a_progressive_jpeg_is_costed_its_coefficients():
+    def cost(data):
+        image = Image.open(io.BytesIO(data))
+        return decoding_cost(image, image.size, (1, 1))
+
+    image = photo(size=(1000, 800))
+    baseline, progressive = encode(image, "JPEG"), encode(image, "JPEG", progressive=True)
+    coefficients = 1000 * 800 * 2 * 3 // 2  # 2 bytes each; 4:2:0 subsampling: 1 + 1/4 + 1/4
+    assert cost(progressive) - cost(baseline) == coefficients
 
 
 def test_every_16_bit_level_becomes_the_nearest_8_bit_one():
