@@ -383,6 +383,23 @@ def test_a_features_body_that_fits_no_form_is_told_the_forms_and_the_models_feat
     assert not_json.status_code == 422 and "expected" not in not_json.json()["detail"]  # no forms to name
 
 
+@pytest.mark.parametrize("gone", [UnknownModel("removed"), ModelNotReady("reloading")])
+def test_a_model_gone_while_its_bad_features_body_is_answered_still_gets_the_forms(client, monkeypatch, gone):
+    get = client.app.state.registry.get
+    calls = []
+
+    def gone_after_the_first_look(name):  # the route found it; the error handler does not
+        calls.append(name)
+        if len(calls) > 1:
+            raise gone
+        return get(name)
+
+    monkeypatch.setattr(client.app.state.registry, "get", gone_after_the_first_look)
+    response = client.post("/predict/iris", json={"features": "x"})
+    forms = 'expected {"features": [...]}, {"instances": [[...], ...]} or an object of features by name'
+    assert response.status_code == 422 and response.json()["detail"].endswith(forms)
+
+
 def test_uploads_never_touch_the_disk(client, monkeypatch):
     def no_disk(*args, **kwargs):
         raise AssertionError("an upload was written to a temporary file")
