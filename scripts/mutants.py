@@ -426,9 +426,8 @@ def main() -> int:
             f"{missing} survivors unexplained, {outcome.seconds:.0f} s",
             flush=True,
         )
-    # Pages written before accepted survivors existed: every explained survivor was equivalent.
     outcomes = [
-        {"equivalent": o["survivors"] - o["unexplained"], "accepted": 0, **o}
+        o
         for o in (json.loads(page.read_text()) for page in sorted(REPORTS.glob("*.json")))
         if o["path"] in known
     ]
