@@ -20,6 +20,8 @@ from served import running_service
 from service.faults import CodecError
 from service.images import decode_image
 from service.protocols.tfserving_codec import COLUMNAR, ROW, binary_value, encode_predict, parse_predict
+from service.protocols.tfserving_model import status
+from service.registry import ModelState
 
 SAMPLES = sorted(Path(__file__).resolve().parents[1].glob("samples/*.jpg"))
 assert len(SAMPLES) >= 3, "samples/ (a link to service/static/samples/) holds the sample photos"
@@ -103,6 +105,19 @@ def test_model_status_lists_the_live_version_as_available(base):
     }
     assert httpx.get(f"{base}/v1/models/cifar10/versions/1").json()["ready"] is True
     assert httpx.get(f"{base}/v1/models/cifar10/versions/2").status_code == 404
+
+
+def test_model_status_lists_rejected_versions_newest_first_with_why():
+    rejected = {2: "no saved_model.pb", 3: "bad metadata"}
+    state = ModelState("m", None, [1, 2, 3], None, rejected, "none loaded")
+    answer = status(state, None)
+    assert answer.ready is False
+    assert [
+        (v.version, v.state, v.status.error_code, v.status.error_message) for v in answer.model_version_status
+    ] == [
+        ("3", "END", "UNKNOWN", "bad metadata"),
+        ("2", "END", "UNKNOWN", "no saved_model.pb"),
+    ]
 
 
 def test_metadata_is_the_exports_serving_signature(base):
