@@ -78,7 +78,11 @@ def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         error = cast(HTTPException, error)
-        return answer(request, error.status_code, str(error.detail), error.headers)
+        message = str(error.detail)
+        if error.status_code == 405:  # Starlette's bare "Method Not Allowed": say what is
+            allowed = (error.headers or {}).get("Allow") or "no other method"
+            message = f"method not allowed: {request.url.path} takes {allowed} (see /docs)"
+        return answer(request, error.status_code, message, error.headers)
 
     async def invalid_request(request: Request, error: Exception) -> JSONResponse:
         # FastAPI's default echoes the input back, which fails to serialize for NaN or ±Infinity

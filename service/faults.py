@@ -29,7 +29,7 @@ class TooManyRows(ValueError):
     """More instances in one request than one model call takes (413)."""
 
     def __init__(self, max_rows: int):
-        super().__init__(f"more than {max_rows} instances in one request")
+        super().__init__(f"more than {max_rows} instances in one request (MAX_BATCH_SIZE)")
 
 
 class NonFiniteOutput(UnfitInput):

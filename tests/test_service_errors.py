@@ -216,9 +216,9 @@ def test_bad_top_k(client, query):
         ("post", "/predict/%2E%2E", 404, "no model named '..'"),
         ("post", "/predict/cifar10", 404, "takes images"),
         ("post", "/predict/image/iris", 404, "takes features"),
-        ("get", "/predict/iris", 405, "method not allowed"),
-        ("delete", "/models", 405, "method not allowed"),
-        ("put", "/predict/image", 405, "method not allowed"),
+        ("get", "/predict/iris", 405, "method not allowed: /predict/iris takes POST"),
+        ("delete", "/models", 405, "method not allowed: /models takes GET"),
+        ("put", "/predict/image", 405, "method not allowed: /predict/image takes POST"),
     ],
 )
 def test_routing_errors(client, method, path, status, detail):
