@@ -68,9 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # Resizing's small matrix products (service/resizing.py) run on numpy's BLAS, whose own
     # thread pool spun against the decoder threads and cost ten times the CPU of one BLAS
-    # thread per caller (py-spy profile under load, README "Against the alternatives",
-    # 2026-12-01). Here, not in the lifespan: OpenBLAS ignores a limit set outside the main
-    # thread, and the app is built in the main thread. TensorFlow does not use this BLAS.
+    # thread per caller (a py-spy profile under load). Here, not in the lifespan: OpenBLAS
+    # ignores a limit set outside the main thread, and the app is built in the main thread.
+    # TensorFlow does not use this BLAS.
     threadpool_limits(1, user_api="blas")
     metrics = Metrics()
     drain = Drain(settings.drain_delay_s)

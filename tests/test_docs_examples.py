@@ -192,6 +192,7 @@ def test_the_readme_and_the_docs_have_examples_that_talk_to_the_service():
     assert any(step.expected for block in RUN for step in steps(block))
 
 
+@pytest.mark.server
 @pytest.mark.required_in_ci
 @pytest.mark.parametrize("block", RUN, ids=[f"{block.page}:{block.line}" for block in RUN])
 def test_docs_block_runs_as_written(block, ports):

@@ -26,6 +26,8 @@ from served import ANSWERING, STARTED, serve
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.third_party import tensorflow_serving_pb2 as tfs
 
+pytestmark = pytest.mark.server  # starts `python -m service`
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SERVICE_TEST_MODEL_DIR", ROOT / "models"))
 CLIENTS = {  # checks module → the library it drives

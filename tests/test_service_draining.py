@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from deployments import wait_for
 from payloads import GOOD_FEATURES
 from served import serve
+
+pytestmark = pytest.mark.server  # starts `python -m service`
 
 ROOT = Path(__file__).resolve().parents[1]
 

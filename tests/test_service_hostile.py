@@ -9,8 +9,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from PIL import Image
 from served import serve
+
+pytestmark = pytest.mark.server  # starts `python -m service`
 
 WORKERS, BUDGET_MB = 2, 64
 MARGIN_MB = 48  # request bodies, sockets, Python objects of the requests in flight
