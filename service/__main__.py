@@ -1,7 +1,9 @@
 """`python -m service`: serve with uvicorn on HOST:PORT, everything else from the environment.
 
-On SIGTERM or Ctrl-C uvicorn stops accepting connections and lets in-flight requests finish
-(for up to SHUTDOWN_TIMEOUT_S), then the app drains its batchers and the process exits 0.
+On SIGTERM or Ctrl-C uvicorn stops accepting connections and the gRPC server stops taking
+calls, at once; the requests and calls in flight get SHUTDOWN_TIMEOUT_S together to finish, then
+the app drains its batchers and the process exits 0. A port that cannot be bound (HTTP's or
+gRPC's) stops it at start-up with the reason and a non-zero status.
 """
 
 import contextlib
@@ -50,7 +52,10 @@ def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         if settings.workers > 1:
             share_between_workers()
-            Supervisor(config, sockets=[config.bind_socket()]).run()
+            supervisor = Supervisor(config, sockets=[config.bind_socket()])
+            supervisor.run()
+            if supervisor.failed_to_start:  # its reason is in the log, just above
+                sys.exit(STARTUP_FAILURE)
             return
         server = uvicorn.Server(config)  # one process: its own registry is the whole truth
         server.run()

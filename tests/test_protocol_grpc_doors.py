@@ -1,6 +1,6 @@
 """gRPC is one more front door: each fault of tests/test_front_doors.py, sent through the
 Open Inference Protocol's ModelInfer (raw and typed tensors) and TF Serving's Predict, gets the
-message REST gives it and the status code the one table (`grpc_server.CODES`) maps its HTTP
+message REST gives it and the status code the one table (`service.errors.GRPC_CODES`) maps its HTTP
 status to: the codes a gRPC client branches on, written out here as the specification."""
 
 from __future__ import annotations
