@@ -14,6 +14,7 @@ import socket
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE
 
 from service.device import quiet_tensorflow
@@ -24,7 +25,7 @@ from service.supervisor import Supervisor
 
 
 def main() -> None:
-    settings = Settings()
+    settings = read_settings()
     if importlib.util.find_spec("tensorflow") is None:
         # TensorFlow comes in an extra, one build or the other (pyproject.toml says why).
         sys.exit('TensorFlow is not installed: pip install -e ".[cpu]" (or ".[gpu]" on an NVIDIA GPU host)')
@@ -61,6 +62,18 @@ def main() -> None:
         server.run()
         if not server.started:
             sys.exit(STARTUP_FAILURE)
+
+
+def read_settings() -> Settings:
+    """The settings from the environment; a wrong one stops the service with what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = (
+            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        sys.exit("invalid settings: " + "; ".join(problems))
 
 
 # glibc malloc, read by each worker process as it starts (uvicorn starts workers afresh):
