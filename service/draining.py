@@ -52,7 +52,7 @@ class Drain:
 
         def delay_then_stop(signum, frame):
             if self.started.is_set():  # a second SIGTERM: stop now
-                server_handler(signum, frame)
+                stop(signum, frame)
                 return
             self.started.set()
             for listener in self._listeners:

@@ -80,8 +80,10 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8081, ge=0, le=65535)
     # Seconds a gRPC connection lives before the server ends it (GOAWAY) and the client
     # reconnects: a connection's calls all reach one worker, so this is how one client
-    # channel's calls spread over every worker (docs/api/grpc.md); 0 keeps connections forever.
-    grpc_max_connection_age_s: float = Field(0.5, ge=0)
+    # channel's calls spread over every worker (docs/api/grpc.md). Each reconnection costs a
+    # client a connection set-up (about a millisecond nearby): raise it for clients far away,
+    # or with one worker; 0 keeps connections forever.
+    grpc_max_connection_age_s: float = Field(0.25, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
     # Idle keep-alive connections close after this. On SIGTERM (after drain_delay_s) both

@@ -327,3 +327,32 @@ def http_refused(url: str) -> bool:
     except httpx.ConnectError:
         return True
     return False
+
+
+# --- one channel, every worker --------------------------------------------------------------
+
+
+def served_by(channel: grpc.Channel) -> str:
+    """Which worker answered one call on `channel` (its `x-served-by` trailing metadata)."""
+    rpc = channel.unary_unary(
+        INFER,
+        request_serializer=oip.ModelInferRequest.SerializeToString,
+        response_deserializer=oip.ModelInferResponse.FromString,
+    )
+    _, done = rpc.with_call(iris_request(), timeout=30)
+    return dict(done.trailing_metadata())["x-served-by"]
+
+
+@pytest.mark.parametrize("age_s", ["0", "0.2"])
+def test_one_channels_calls_reach_every_worker_only_when_connections_age(tmp_path, shared_models, age_s):
+    settings = {**SETTINGS, "WORKERS": "2", "GRPC_MAX_CONNECTION_AGE_S": age_s}
+    with (
+        serve(shared_models, tmp_path / "server.log", **settings) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        workers = set()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers.add(served_by(channel))
+            time.sleep(0.02)
+    assert len(workers) == (1 if age_s == "0" else 2), workers

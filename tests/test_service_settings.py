@@ -47,7 +47,7 @@ def test_defaults_are_safe():
         "host": "127.0.0.1",  # not reachable from other machines unless asked for
         "port": 8000,
         "grpc_port": 8081,  # KServe's and MLServer's
-        "grpc_max_connection_age_s": 0.5,  # one channel's calls reach every worker
+        "grpc_max_connection_age_s": 0.25,  # one channel's calls reach every worker
         "log_level": "info",
         "access_log": True,
         "timeout_keep_alive_s": 5,

@@ -9,7 +9,8 @@ client channel's calls spread over every worker too (a connection's calls all go
 that accepted it). The servicers are codecs (service/protocols/v2_grpc.py, tfserving_grpc.py);
 what every RPC shares is one interceptor, `Door`: the API key (`x-api-key` or `authorization:
 Bearer` metadata, as HTTP's headers), errors as the status codes of the one error table
-(service/errors.py) with the REST messages, and the request metrics (`protocol="grpc"`).
+(service/errors.py) with the REST messages, the request metrics (`protocol="grpc"`), and
+which worker answered (`x-served-by` trailing metadata, as HTTP's header).
 Messages are held to the HTTP body limit; health says NOT_SERVING from SIGTERM on, and the
 server stops taking calls when the HTTP server stops taking connections.
 """
@@ -33,6 +34,7 @@ from grpc_health.v1.health import aio as health_aio
 from service import apikey
 from service.dataplane import DataPlane
 from service.errors import grpc_code_of, headers_of, status_of, status_of_grpc_code
+from service.identity import HEADER, replica_identity
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -51,6 +53,8 @@ class Door(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.guarded = guarded  # wire paths, "/package.Service/Method"
         self.expected_key = expected_key
+        # Which worker answered, as HTTP's X-Served-By header says (service/identity.py).
+        self.served_by = ((HEADER.lower(), replica_identity()),)
 
     async def intercept_service(
         self,
@@ -69,6 +73,7 @@ class Door(grpc.aio.ServerInterceptor):
 
         async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, status = time.perf_counter(), 500
+            context.set_trailing_metadata(self.served_by)
             try:
                 if guarded:
                     metadata = dict(context.invocation_metadata() or ())
@@ -97,7 +102,7 @@ class Door(grpc.aio.ServerInterceptor):
             await context.abort(grpc_code_of(500), "internal error")
         trailers = headers_of(status) or {}
         if "Retry-After" in trailers:
-            context.set_trailing_metadata((("retry-after", trailers["Retry-After"]),))
+            context.set_trailing_metadata((*self.served_by, ("retry-after", trailers["Retry-After"])))
         await context.abort(grpc_code_of(status), str(error))
 
 
