@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
+from uvicorn.config import STARTUP_FAILURE
 
 from service.dataplane import DataPlane
 from service.deps import require_api_key
@@ -23,12 +25,14 @@ from service.limits import BodyLimits
 from service.loading import WaitForModels
 from service.metrics import Metrics, RequestMetrics
 from service.protocols import tfserving_grpc, tfserving_routes, v2_grpc, v2_routes
-from service.protocols.grpc_server import GrpcServer
+from service.protocols.grpc_server import GrpcPortTaken, GrpcServer
 from service.registry import ModelRegistry
 from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 from service.startup import announce_when_ready
+
+log = logging.getLogger(__name__)
 
 DECODER_NICENESS = 10
 
@@ -60,7 +64,11 @@ async def open_when_loaded(
     the port opens only now: with several workers no call meets one still loading."""
     await registry.first_scan()
     if grpc_server is not None:
-        await grpc_server.start()
+        try:
+            await grpc_server.start()
+        except GrpcPortTaken as error:  # taken since start-up checked it: stop as that would have
+            log.critical("%s", error)
+            os._exit(STARTUP_FAILURE)  # the supervisor then stops the service (service/supervisor.py)
     await announce_when_ready(app, registry, settings)
 
 
@@ -83,10 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu
         )
         app.state.dataplane = plane = DataPlane(registry, settings, decoders, metrics)
-        registry.start()  # with several workers, requests wait for it: service/loading.py
         grpc_server = grpc_server_for(plane, settings, metrics) if settings.grpc_port else None
         if grpc_server is not None:
+            grpc_server.check_port()  # fails the start-up, and the service, with the reason
             drain.on_start(grpc_server.draining)
+            drain.on_stop(grpc_server.closing)
+        registry.start()  # with several workers, requests wait for it: service/loading.py
         background = [
             asyncio.create_task(open_when_loaded(app, registry, settings, grpc_server)),
             asyncio.create_task(metrics.keep_recording_memory()),
@@ -99,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             if grpc_server is not None:  # before the batchers close: its RPCs in flight need them
-                await grpc_server.stop(settings.shutdown_timeout_s)
+                await grpc_server.stop(settings.shutdown_timeout_s)  # under way since SIGTERM's drain
             await registry.close()
             decoders.shutdown()
             metrics.close()

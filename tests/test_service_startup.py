@@ -84,6 +84,14 @@ def test_device_gpu_without_a_gpu_fails_loudly(tmp_path):
     assert "DEVICE=gpu but TensorFlow sees no GPU" in log.read_text()
 
 
+@cpu_only
+def test_a_worker_that_fails_to_start_stops_the_service_with_a_failure_status(tmp_path):
+    log = tmp_path / "service.log"  # two workers: the supervisor's exit, not uvicorn's own
+    with shipped_service(log, ready=False, DEVICE="gpu", WORKERS="2") as (process, _):
+        assert process.wait(120) != 0
+    assert "DEVICE=gpu but TensorFlow sees no GPU" in log.read_text()
+
+
 def test_tensorflow_logging_is_left_alone_where_its_errors_could_be_real(monkeypatch):
     monkeypatch.setattr(device, "_looks_for_cuda", lambda: True)
     monkeypatch.setattr(device, "nvidia_driver_present", lambda: False)
