@@ -170,6 +170,7 @@ def test_sixty_five_dimensions_get_rests_message_and_invalid_argument(doors):
     )
 
 
+@pytest.mark.server
 def test_a_shape_claiming_millions_of_rows_gets_rests_413_before_its_data_is_read(doors):
     """The issue's 2.6 M empty BYTES elements (10.4 MB): refused from the declared shape, as
     REST does, before a single element is read."""

@@ -84,6 +84,7 @@ def test_device_gpu_without_a_gpu_fails_loudly(tmp_path):
     assert "DEVICE=gpu but TensorFlow sees no GPU" in log.read_text()
 
 
+@pytest.mark.server
 @cpu_only
 def test_a_worker_that_fails_to_start_stops_the_service_with_a_failure_status(tmp_path):
     log = tmp_path / "service.log"  # two workers: the supervisor's exit, not uvicorn's own
