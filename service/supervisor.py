@@ -1,6 +1,6 @@
 """The server process of `python -m service` with several workers: uvicorn's own supervisor,
-which restarts a worker that dies, plus two duties of ours: one when it does, one when the
-service stops.
+which restarts a worker that dies, plus duties of ours when one dies, when one fails to start,
+and when the service stops.
 
 Workers write their gauges to files in the shared metrics folder (service/metrics.py). A worker
 that stops normally takes its live gauges out of the sums itself; one that is killed (out of
