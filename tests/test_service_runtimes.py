@@ -4,13 +4,15 @@ one set of interpreters per thread, and no reallocation once a batch size has be
 
 from __future__ import annotations
 
+import io
 import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from deployments import JPEG, fast_export, offline
-from payloads import photo, random_images
+from deployments import JPEG, fast_export, install, offline, serving
+from payloads import photo, png, random_images
+from PIL import Image
 
 from model_repository import read_metadata
 from service import runtimes
@@ -134,3 +136,44 @@ def test_flip_tta_averages_each_image_with_its_mirror(fast, runtime):
     expected = (plain.predict(images) + plain.predict(images[:, :, ::-1])) / 2
     np.testing.assert_allclose(flipped.predict(images), expected, atol=1e-6)
     assert flipped.tta == "flip" and not np.allclose(flipped.predict(images), plain.predict(images))
+
+
+def pngs(count: int) -> list[bytes]:
+    return [png(np.asarray(photo(700 + i))) for i in range(count)]
+
+
+def v2_pixels(client, pixels: np.ndarray) -> np.ndarray:
+    shape, data = list(pixels.shape), pixels.ravel().tolist()
+    body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": shape, "data": data}]}
+    response = client.post("/v2/models/cifar10/infer", json=body)
+    assert response.status_code == 200, response.text
+    (probabilities,) = [o for o in response.json()["outputs"] if o["name"] == "probabilities"]
+    return np.array(probabilities["data"], np.float32).reshape(probabilities["shape"])
+
+
+@pytest.mark.parametrize(("setting", "answering"), [("auto", "tflite-int8"), ("savedmodel", "savedmodel")])
+def test_every_door_says_and_answers_from_the_same_runtime(fast, tmp_path, setting, answering):
+    install(fast, tmp_path / "models")
+    files = pngs(6)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(f))) for f in files])
+    with serving(tmp_path / "models", model_runtime=setting) as client:
+        (info,) = client.get("/models").json()["models"]
+        assert info["runtime"] == answering
+        platform = client.get("/v2/models/cifar10").json()["platform"]
+        assert platform == ("tflite" if answering != "savedmodel" else "tensorflow_savedmodel")
+        assert client.get("/v1/models/cifar10/metadata").json()["metadata"]["runtime"] == answering
+
+        native = client.post("/predict/image", files=[("file", f) for f in files]).json()["predictions"]
+        native = np.array([list(p["probabilities"].values()) for p in native], np.float32)
+        v2 = v2_pixels(client, pixels)
+        np.testing.assert_allclose(v2, native, rtol=1e-5, atol=1e-7)
+        tf_serving = client.post("/v1/models/cifar10:predict", json={"instances": pixels.tolist()})
+        np.testing.assert_allclose(tf_serving.json()["predictions"], native, rtol=1e-5, atol=1e-7)
+
+        contract = read_metadata(fast)
+        if answering == "savedmodel":
+            np.testing.assert_allclose(v2, offline(fast, pixels), rtol=1e-4, atol=1e-6)
+        else:
+            own = TFLiteRuntime(answering, fast, contract.runtimes[answering], contract).run(pixels)
+            np.testing.assert_allclose(v2, own["probabilities"], rtol=1e-5, atol=1e-7)
+            assert not np.allclose(v2, offline(fast, pixels), rtol=1e-4, atol=1e-6)
