@@ -15,6 +15,9 @@ graph's, so the pixels it sees are bit-identical (tests/test_service_runtimes.py
 from __future__ import annotations
 
 import io
+import os
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +93,7 @@ class TFLiteRuntime:
         self._local = threading.local()
         self._lock = threading.Lock()  # for the counter only
         self.allocations = 0
+        _announce_xnnpack_quietly(self._model)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self._run(batch, self._thread_interpreters())
@@ -134,6 +138,33 @@ class TFLiteRuntime:
         with self._lock:
             self.allocations += 1
         return interpreter, input_index, output_indices
+
+
+_XNNPACK_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_announced = threading.Lock()
+
+
+def _announce_xnnpack_quietly(model: bytes) -> None:
+    """LiteRT prints its XNNPACK notice to stderr once per process, at the first interpreter: make
+    that one here, at load time, with the notice left out of the log and every other line kept,
+    as service.device does for TensorFlow's import notices."""
+    if not _announced.acquire(blocking=False):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            Interpreter(model_content=model, num_threads=1).allocate_tensors()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            sys.stderr.write("".join(f"{line}\n" for line in lines if line != _XNNPACK_NOTICE))
+            sys.stderr.flush()
 
 
 def chunks(total: int, sizes: tuple[int, ...]) -> Iterator[tuple[int, int]]:
