@@ -3,6 +3,7 @@
     python -m benchmarks.fastpath inprocess   # both runtimes in this process, interleaved (~2 min)
     python -m benchmarks.fastpath load        # locust, 32 users, 32 px PNGs: savedmodel, auto, savedmodel
     python -m benchmarks.fastpath accuracy    # every held-out photo over HTTP, both runtimes
+    python -m benchmarks.fastpath tta         # what flip test-time augmentation buys, in process
 
 `inprocess`: examples per second of each runtime at batch sizes 1-128, as the service's model
 thread calls it (the fast form with its JPEG round trip in Pillow), in rounds that alternate the
@@ -12,7 +13,8 @@ by the repository's locustfile with held-out photos as 32 px PNGs, three phases 
 `accuracy`: every photo of the held-out split (the validation split the model was trained without;
 the data's official test split is not available) as a PNG through `/predict/image` and through v2
 `infer` (`image_bytes`), with the defaults and with MODEL_RUNTIME=savedmodel: accuracy, ECE, top-1
-agreement, and the largest difference between v2 and the native route.
+agreement, and the largest difference between v2 and the native route. `tta`: accuracy, ECE and
+NLL on every held-out photo of each runtime with and without flip TTA (TTA=flip), in process.
 
 Each writes `fastpath_<command>.json` and `.md` to `--out` (default `benchmarks/results/`).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import statistics
 import tempfile
 import time
@@ -45,7 +48,7 @@ SERVICE_SETTINGS = {"INTRA_OP_THREADS": "1"}  # the CPU layout's (service/layout
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fastpath", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["inprocess", "load", "accuracy"])
+    parser.add_argument("command", choices=["inprocess", "load", "accuracy", "tta"])
     parser.add_argument("--model-dir", default="models")
     parser.add_argument("--data", default=DATA, help=f"the training data (default {DATA})")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "load":
         results = load(version_dir, args.data, args.seconds or 60, args.users, out)
         markdown = load_markdown(results)
+    elif args.command == "tta":
+        results = tta(version_dir, args.data, fast)
+        markdown = tta_markdown(results)
     else:
         results = accuracy(version_dir, args.data, args.images)
         markdown = accuracy_markdown(results)
@@ -255,6 +261,12 @@ def model_runtime(url: str) -> str:
     return cifar10["runtime"]
 
 
+def per_cpu_second(run: dict) -> float:
+    """Requests answered per CPU-second the server used: what the CPU buys, whatever share of
+    the shared machine the server got."""
+    return run["requests"] / run["server_cpu_s"] if run["server_cpu_s"] else math.nan
+
+
 def load_markdown(r: dict) -> str:
     rows = [
         [
@@ -265,28 +277,22 @@ def load_markdown(r: dict) -> str:
             p["p99_ms"],
             p["failures"],
             p["server_cpu_s"],
+            f"{per_cpu_second(p):.0f}",
             p["locust_cpu_s"],
         ]
         for p in r["runs"]
     ]
+    headers = ["phase", "MODEL_RUNTIME (answering)", "req/s", "p50 ms", "p99 ms", "failures"]
+    headers += ["server CPU s", "req per server CPU-s", "locust CPU s"]
+    a_runs = [p for p in r["runs"] if p["model_runtime"] == "savedmodel"]
+    per_cpu = per_cpu_second(r["runs"][1]) / statistics.mean(per_cpu_second(p) for p in a_runs)
     return (
         f"locust (the repository's locustfile, `--tags image`), {r['users']} users, held-out photos as "
         f"32×32 PNGs, {r['seconds_per_phase']:g} s per phase, the three phases in one run; the service "
         "with its defaults but MODEL_RUNTIME:\n\n"
-        + report.markdown_table(
-            [
-                "phase",
-                "MODEL_RUNTIME (answering)",
-                "req/s",
-                "p50 ms",
-                "p99 ms",
-                "failures",
-                "server CPU s",
-                "locust CPU s",
-            ],
-            rows,
-        )
-        + f"\n\nB ÷ mean of the A phases: **{r['speedup']}×**."
+        + report.markdown_table(headers, rows)
+        + f"\n\nB ÷ mean of the A phases: **{r['speedup']}×** in requests/s, {per_cpu:.2f}× in requests "
+        "per server CPU-second."
     )
 
 
@@ -381,10 +387,39 @@ def accuracy_markdown(r: dict) -> str:
         "(`/predict/image`, 64 per request; and v2 `infer` with `image_bytes`), the service with its "
         "defaults (the fast form answers) and with MODEL_RUNTIME=savedmodel:\n\n"
         + report.markdown_table(
-            ["answering", "accuracy", "ECE", "NLL", "max |row sum − 1|", "max |v2 − native|"], rows
+            ["answering", "accuracy", "ECE", "NLL", "max \\|row sum − 1\\|", "max \\|v2 − native\\|"], rows
         )
         + f"\n\nTop-1 agreement between the two: **{r['top1_agreement']:.2%}**; largest probability "
         f"difference {r['max_abs_probability_difference']}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Flip test-time augmentation
+# ---------------------------------------------------------------------------------------------
+
+
+def tta(version_dir: Path, data_path: str, fast: str) -> dict:
+    split = data.load_cifar10(data_path, seed=0).validation
+    scores = {}
+    for runtime in ("savedmodel", fast):
+        for augmentation in ("none", "flip"):
+            predictor = Predictor(version_dir, "/CPU:0", runtime, 1, augmentation)
+            batches = (split.x[i : i + 256] for i in range(0, len(split.x), 256))
+            probabilities = np.concatenate([predictor.predict(batch) for batch in batches])
+            m = calibration.calibration_metrics(probabilities, split.y)
+            scores[f"{runtime}, TTA={augmentation}"] = {k: m[k] for k in ("accuracy", "ece", "nll")}
+            print(runtime, augmentation, scores[f"{runtime}, TTA={augmentation}"], flush=True)
+    return {"split": "validation", "examples": len(split.y), "scores": scores}
+
+
+def tta_markdown(r: dict) -> str:
+    rows = [[name, f"{s['accuracy']:.2%}", s["ece"], s["nll"]] for name, s in r["scores"].items()]
+    return (
+        f"Every photo of the held-out {r['split']} split ({r['examples']:,}), in process, each runtime "
+        "without and with flip test-time augmentation (the probabilities of the image and its mirror "
+        "averaged, after calibration):\n\n"
+        + report.markdown_table(["runtime", "accuracy", "ECE", "NLL"], rows)
     )
 
 

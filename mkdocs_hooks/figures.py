@@ -205,11 +205,20 @@ def fastpath(path: Path) -> str:
                 f"{r['p50_ms']:.0f}",
                 f"{r['p99_ms']:.0f}",
                 str(r["failures"]),
+                f"{r['server_cpu_s']:.0f}",
+                f"{r['requests'] / r['server_cpu_s']:.0f}",
             ]
             for r in results["runs"]
         ]
-        made = table(["phase", "MODEL_RUNTIME (answering)", "req/s", "p50 ms", "p99 ms", "failures"], rows)
-        made += f"\n\nB ÷ mean of the A phases: **{results['speedup']}×** ({results['users']} users)."
+        headers = ["phase", "MODEL_RUNTIME (answering)", "req/s", "p50 ms", "p99 ms", "failures"]
+        made = table([*headers, "server CPU-s", "req per server CPU-s"], rows)
+        made += f"\n\nB ÷ mean of the A phases: **{results['speedup']}×** in req/s, {results['users']} users."
+    elif "v2_against_native_max_abs" not in results:  # `tta`
+        rows = [
+            [name, percent(s["accuracy"]), f"{s['ece']:.4f}", f"{s['nll']:.4f}"]
+            for name, s in results["scores"].items()
+        ]
+        made = table(["runtime", "accuracy", "ECE", "NLL"], rows)
     else:
         rows = [
             [
