@@ -71,11 +71,13 @@ class TFLiteRuntime:
 
     An interpreter is not thread-safe, so each thread that runs the model gets its own (the
     batcher runs each model on one thread of its own: in practice one set per model). Resizing an
-    interpreter's input and reallocating its tensors costs 0.05-1.4 ms at batch 1-128, and XNNPACK
-    sets its kernels up again on the next call; running a row costs about the same at any batch
-    size (~0.7 ms here). So no batch is ever padded or resized: it runs as chunks of 32, 16, 8, 4,
-    2 and 1 rows (37 rows: 32 + 4 + 1), each on an interpreter allocated once at that size and
-    kept. `allocations` counts tensor allocations, for the tests to see they stop.
+    interpreter's input and reallocating its tensors costs 0.1-0.2 ms at batch 1-64, and XNNPACK
+    sets its kernels up again on the next call, while a row costs about the same at any batch size
+    (benchmarks/results/fastpath_inprocess.md), and a row's answer does not depend on the rows
+    beside it (activations are quantized per row). So no batch is ever padded or resized: it runs
+    as chunks of 32, 16, 8, 4, 2 and 1 rows (37 rows: 32 + 4 + 1), each on an interpreter
+    allocated once at that size and kept (about 10 ms to build, once per size and thread).
+    `allocations` counts tensor allocations, for the tests to see they stop.
     """
 
     CHUNKS = (32, 16, 8, 4, 2, 1)
@@ -101,7 +103,7 @@ class TFLiteRuntime:
     def warm_up(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run `batch` on interpreters of its own, dropped afterwards: warm-up runs on a loading
         thread, and an interpreter must never pass from one thread to another. The model's thread
-        sets its own up at its first batch of each chunk size (a few ms each, once)."""
+        sets its own up at its first batch of each chunk size (about 10 ms each, once)."""
         return self._run(batch, {})
 
     def _run(self, batch: np.ndarray, interpreters: dict) -> dict[str, np.ndarray]:
