@@ -177,3 +177,13 @@ def test_every_door_says_and_answers_from_the_same_runtime(fast, tmp_path, setti
             own = TFLiteRuntime(answering, fast, contract.runtimes[answering], contract).run(pixels)
             np.testing.assert_allclose(v2, own["probabilities"], rtol=1e-5, atol=1e-7)
             assert not np.allclose(v2, offline(fast, pixels), rtol=1e-4, atol=1e-6)
+
+
+def test_a_rows_answer_does_not_depend_on_the_rows_batched_with_it(fast):
+    """Activations are quantized per row, so chunking a batch (or batching requests) changes nothing."""
+    contract = read_metadata(fast)
+    runtime = TFLiteRuntime("tflite-int8", fast, contract.runtimes["tflite-int8"], contract)
+    images = np.concatenate([photos(20, first=300), random_images(17, seed=4)])  # 37: 32 + 4 + 1
+    together = runtime.run(images)["probabilities"]
+    alone = np.concatenate([runtime.run(images[i : i + 1])["probabilities"] for i in range(len(images))])
+    np.testing.assert_array_equal(together, alone)
