@@ -8,6 +8,9 @@ Web UI (open http://127.0.0.1:8089):
 
     locust -f locustfile.py --host http://127.0.0.1:8000
 
+IMAGE_FILES=<folder> makes the image tasks send the files of that folder instead (e.g. held-out
+photos as 32 px PNGs: `python -m benchmarks.fastpath load`).
+
 One endpoint at a time: `--tags image`, `--tags iris`, or `--tags v2` (the same images through
 Open Inference Protocol v2 `infer` as `image_bytes`, with the binary tensor data extension, as
 tritonclient sends them). When the service requires a key, export
@@ -23,6 +26,7 @@ import os
 import random
 import struct
 import uuid
+from pathlib import Path
 
 import numpy as np
 from locust import FastHttpUser, constant, events, tag, task
@@ -64,6 +68,9 @@ def multipart(field: str, filename: str, content: bytes, content_type: str) -> t
 
 
 def image_requests(seed: int = 0) -> list[tuple[bytes, str]]:
+    if folder := os.environ.get("IMAGE_FILES"):
+        files = sorted(Path(folder).iterdir())
+        return [multipart("file", f.name, f.read_bytes(), "application/octet-stream") for f in files]
     rng = np.random.default_rng(seed)
     requests = []
     for width, height, mode, fmt in IMAGE_SHAPES:

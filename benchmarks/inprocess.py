@@ -1,10 +1,13 @@
 """The model's own speed, with no HTTP in the way: examples per second through the exported
 `serving_default` signature, called directly in this process at a few batch sizes. The
-largest batch gives "the ceiling" that a server on this machine can approach but not pass."""
+largest batch gives "the ceiling" that a server on this machine can approach but not pass.
+`runtime_throughput` measures any runtime the service can serve it with (service/runtimes.py):
+`python -m benchmarks.fastpath inprocess` gives both, the SavedModel and its fast form."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,23 @@ def signature_throughput(version_dir: Path, batch_sizes: list[int], seconds: flo
         while (elapsed := time.perf_counter() - started) < seconds:
             # .numpy() because a server must have the result in host memory to answer.
             signature(**{spec["name"]: x})["probabilities"].numpy()
+            calls += 1
+        rates[batch] = calls * batch / elapsed
+    return rates
+
+
+def runtime_throughput(
+    predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_sizes: list[int], seconds: float
+) -> dict[int, float]:
+    """Examples per second of `predict` (a runtime as the service's model thread calls it, e.g.
+    `Predictor.predict`) at each batch size, on real `images`, after one unmeasured call."""
+    rates = {}
+    for batch in batch_sizes:
+        x = images[:batch]
+        predict(x)
+        calls, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            predict(x)
             calls += 1
         rates[batch] = calls * batch / elapsed
     return rates

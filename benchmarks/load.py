@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -63,9 +64,11 @@ def run_locust(
     server_pid: int | None = None,
     every: float = 5,
     on_tick: Callable[[float], None] | None = None,
+    image_files: Path | None = None,
 ) -> LoadRun:
     """Run `users` closed-loop users for `seconds` against `url`; locust's JSON, CSV, HTML and
-    log go to `prefix`*. `on_tick(elapsed_s)` is called about every `every` seconds meanwhile."""
+    log go to `prefix`*. `on_tick(elapsed_s)` is called about every `every` seconds meanwhile.
+    `image_files`: a folder whose files the image tasks send instead of the locustfile's own."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -98,7 +101,8 @@ def run_locust(
     client_cpu_before = _children_cpu_seconds()
     started = time.monotonic()
     with open(f"{prefix}.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, "IMAGE_FILES": str(image_files)} if image_files else None
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         # locust stops itself after -t; the deadline guards against it hanging, and the
         # `finally` against leaving it running when `on_tick` fails (say, the server died).
         deadline = started + seconds + 60

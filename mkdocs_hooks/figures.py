@@ -9,6 +9,8 @@ Markdown is read without this hook:
     <!-- figures: settings -->               the service's settings, from service/settings.py
     <!-- figures: hostile PATH -->           hostile clients against the service, from a results JSON
     <!-- figures: hostile-malloc PATH,PATH -->  the same runs side by side, one row per malloc setting
+    <!-- figures: fastpath PATH -->          cifar10's fast form against its SavedModel, from a
+                                             `python -m benchmarks.fastpath` results JSON
 
 Each table is stamped with where its figures come from (file and commit), when and on what they
 were measured, and the commit the page was built from. An unknown request fails the build.
@@ -59,6 +61,7 @@ def figures(kind: str, path: str | None, where: str) -> str:
         "hostile-malloc": hostile_malloc,
         "mutation": mutation,
         "generators": generators,
+        "fastpath": fastpath,
     }
     if kind not in makers or (path is None) != (kind in ("models", "settings")):
         raise ValueError(f"{where}: no such figures request: {kind} {path or ''}")
@@ -108,6 +111,11 @@ def models() -> str:
             f"{training.get('accelerator', '?')}, {training.get('precision', 'float32')}, "
             f"{training.get('date', '?')[:10]}"
         )
+        fast = [
+            f"`{form_name}`: {percent(e[form_name]['accuracy'])}, ECE {e[form_name]['ece']:.3f}, "
+            f"agrees {percent(e['top1_agreement'])}"
+            for form_name, e in sorted((n, f["evaluation"]) for n, f in meta.get("runtimes", {}).items())
+        ]
         rows.append(
             [
                 f"`{name}/{version}`" + (" (served)" if served else ""),
@@ -115,9 +123,10 @@ def models() -> str:
                 "; ".join(accuracy),
                 calibrated,
                 trained + (" (the source version's fit)" if meta.get("lineage") else ""),
+                "; ".join(fast) or "—",
             ]
         )
-    headers = ["model", "made by", "accuracy", "calibration", "fit took"]
+    headers = ["model", "made by", "accuracy", "calibration", "fit took", "CPU fast form (validation)"]
     sources = ", ".join(source(p) for p in metadata)
     return table(headers, rows) + "\n\n" + line(f"each version's `metadata.json`: {sources}")
 
@@ -181,6 +190,72 @@ def generators(path: Path) -> str:
         f"{results['model']}, {c['cpus']} CPUs (load average {c['load_average_1m']} at start)"
     )
     return f"{table(headers, rows)}\n\n{line(measured)}"
+
+
+def fastpath(path: Path) -> str:
+    """One `python -m benchmarks.fastpath` run: in-process speed, locust A-B-A, or accuracy over HTTP."""
+    results = json.loads(path.read_text())
+    c, model = results["conditions"], results["model"]
+    if "examples_per_second" in results:
+        sizes, rates = results["batch_sizes"], results["examples_per_second"]
+        base = rates["savedmodel"]
+        rows = [
+            [label, *(f"{by[str(s)]:,.0f} ({by[str(s)] / base[str(s)]:.2f}×)" for s in sizes)]
+            for label, by in rates.items()
+        ]
+        made = table(["runtime", *(f"batch {s}: examples/s" for s in sizes)], rows)
+        resize = [
+            [n, *(f"{r[key]:.2f}" for key in ("call_ms", "resize_allocate_ms", "resize_allocate_call_ms"))]
+            for n, r in results["resize_ms"].items()
+        ]
+        made += "\n\n" + table(
+            ["batch n", "call at n, ms", "resize + allocate, ms", "resize + allocate + call, ms"], resize
+        )
+    elif "runs" in results:
+        rows = [
+            [
+                r["phase"],
+                f"`{r['model_runtime']}` ({r['answering']})",
+                f"{r['requests_per_s']:.0f}",
+                f"{r['p50_ms']:.0f}",
+                f"{r['p99_ms']:.0f}",
+                str(r["failures"]),
+                f"{r['server_cpu_s']:.0f}",
+                f"{r['requests'] / r['server_cpu_s']:.0f}",
+            ]
+            for r in results["runs"]
+        ]
+        headers = ["phase", "MODEL_RUNTIME (answering)", "req/s", "p50 ms", "p99 ms", "failures"]
+        made = table([*headers, "server CPU-s", "req per server CPU-s"], rows)
+        made += f"\n\nB ÷ mean of the A phases: **{results['speedup']}×** in req/s, {results['users']} users."
+    elif "v2_against_native_max_abs" not in results:  # `tta`
+        rows = [
+            [name, percent(s["accuracy"]), f"{s['ece']:.4f}", f"{s['nll']:.4f}"]
+            for name, s in results["scores"].items()
+        ]
+        made = table(["runtime", "accuracy", "ECE", "NLL"], rows)
+    else:
+        rows = [
+            [
+                name,
+                percent(s["accuracy"]),
+                f"{s['ece']:.4f}",
+                f"{s['nll']:.4f}",
+                f"{results['v2_against_native_max_abs'][name]:.1e}",
+            ]
+            for name, s in results["scores"].items()
+        ]
+        made = table(["answering", "accuracy", "ECE", "NLL", "max \\|v2 − native\\|"], rows)
+        made += (
+            f"\n\n{results['examples']:,} held-out photos ({results['split']} split); top-1 agreement "
+            f"**{percent(results['top1_agreement'])}**, largest probability difference "
+            f"{results['max_abs_probability_difference']}."
+        )
+    measured = (
+        f"{source(path)}: `{c['command']}`, measured {c['date'][:16].replace('T', ' ')} UTC on cifar10 "
+        f"v{model['version']}, {c['cpus']} CPUs (load average {c['load_average_1m']} at start)"
+    )
+    return f"{made}\n\n{line(measured)}"
 
 
 def recipe_ceiling(path: Path) -> str:

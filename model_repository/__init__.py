@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -55,6 +55,23 @@ class Calibration(BaseModel):
     after: Scores | None = None
 
 
+class FastRuntime(BaseModel):
+    """A second, faster form of the same model beside the SavedModel (`training.fastpath`): a file
+    of the version folder that a runtime other than TensorFlow runs, with what it was measured to
+    give. Its graph may leave out steps the SavedModel's holds (`includes_jpeg_round_trip`): whoever
+    runs it does those outside, exactly as declared in `input`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    format: Literal["tflite"]
+    path: str  # inside the version folder
+    device: Literal["cpu"] = "cpu"  # where it is meant to run (the SavedModel serves GPUs)
+    input: str  # the one input, as the SavedModel's signature names it
+    outputs: list[str]  # every output of the SavedModel's signature, same names
+    includes_jpeg_round_trip: bool = False
+    evaluation: dict[str, Any] | None = None  # how it compares with the SavedModel on held-out data
+
+
 class Metadata(BaseModel):
     """`assets.extra/metadata.json`: what serving relies on, and what the service reports
     (metrics, calibration, model card). Exports carry more (how they were trained, ...), kept
@@ -71,6 +88,8 @@ class Metadata(BaseModel):
     metrics: dict[str, Any] | None = None
     calibration: Calibration | None = None
     card: str | None = None  # the model card's path inside the version folder
+    # Faster forms of the same model, by name (e.g. "tflite-int8"); the service picks one on CPUs.
+    runtimes: dict[str, FastRuntime] = {}
 
 
 def existing_versions(model_dir: Path) -> list[int]:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-import tensorflow as tf
 
 from model_repository import METADATA, Metadata, MetadataError, read_metadata
+from service.runtimes import AUTO, SavedModelRuntime, TFLiteRuntime, load_runtime
 
 
 class ModelError(Exception):
@@ -24,7 +24,9 @@ class Predictor:
     """A model version ready to call on whole batches of raw inputs (uint8 RGB pixels or
     float32 features); normalization is inside the exported graph."""
 
-    def __init__(self, version_dir: Path, device: str):
+    def __init__(
+        self, version_dir: Path, device: str, runtime: str = AUTO, threads: int = 1, tta: str = "none"
+    ):
         self.name = version_dir.parent.name
         self.version = int(version_dir.name)  # the folder is authoritative, as in TF Serving
         self.device = device
@@ -46,13 +48,19 @@ class Predictor:
             raise ModelError(f"{len(self.feature_names)} feature names for {self.input_shape[0]} features")
         self.output_name: str = checked.output.name
         self.output_dtype = np.dtype(checked.output.dtype)
-        with tf.device(device):
-            self._loaded = tf.saved_model.load(str(version_dir))
-        # The concrete signature function: no Keras predict() loop and no retracing at any batch
-        # size. Batches are not padded to a few fixed sizes: a first call at a new size costs a
-        # little more once (measured on the CIFAR-10 CNN), where padding would cost up to
-        # twice the compute on every call.
-        self._signature = self._loaded.signatures[checked.signature]
+        # The SavedModel, or a faster form of it the export declares (MODEL_RUNTIME: service/runtimes.py).
+        self.runtime: SavedModelRuntime | TFLiteRuntime = load_runtime(
+            version_dir, checked, device, runtime, threads
+        )
+        # Flip test-time augmentation (TTA=flip): each image and its mirror, probabilities averaged.
+        if tta not in ("none", "flip"):
+            raise ModelError(f"unknown test-time augmentation {tta!r}")
+        self.tta = tta if self.kind == "image" else "none"
+
+    @property
+    def runtime_name(self) -> str:
+        """Which runtime answers: "savedmodel", or the name of the export's fast form."""
+        return self.runtime.name
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -62,25 +70,41 @@ class Predictor:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities, [len(batch), len(labels)] float32, in label order."""
-        with tf.device(self.device):
-            outputs = self._signature(**{self.input_name: tf.constant(batch, self.input_dtype)})
-        return outputs[self.output_name].numpy()
+        return self.outputs(batch)[self.output_name]
+
+    def outputs(self, batch: np.ndarray, warming_up: bool = False) -> dict[str, np.ndarray]:
+        """Every output of the serving signature, by name, from whichever runtime serves.
+        `warming_up`: off the model's thread, where a fast runtime uses interpreters it then drops
+        (one never passes from one thread to another: service/runtimes.py)."""
+        run = getattr(self.runtime, "warm_up", self.runtime.run) if warming_up else self.runtime.run
+        if self.tta == "none":
+            return run(batch)
+        both = run(np.concatenate([batch, batch[:, :, ::-1]]))
+        return {name: (values[: len(batch)] + values[len(batch) :]) / 2 for name, values in both.items()}
 
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run dummy batches so the first requests do not pay for graph and kernel set-up, and
         check the outputs are what the metadata promises."""
         for size in batch_sizes:
-            probabilities = self.predict(np.zeros((size, *self.input_shape), self.input_dtype))
+            batch = np.zeros((size, *self.input_shape), self.input_dtype)
+            probabilities = self.outputs(batch, warming_up=True)[self.output_name]
             if probabilities.shape != (size, len(self.labels)):
                 raise ModelError(f"output shape {probabilities.shape}, expected ({size}, {len(self.labels)})")
             if not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3):
                 raise ModelError("outputs are not probabilities (rows do not sum to 1)")
 
 
-def load_predictor(version_dir: Path, device: str, warm_up_sizes: list[int]) -> Predictor:
+def load_predictor(
+    version_dir: Path,
+    device: str,
+    warm_up_sizes: list[int],
+    runtime: str = AUTO,
+    threads: int = 1,
+    tta: str = "none",
+) -> Predictor:
     """Load and warm up one version, or raise ModelError saying why it cannot be served."""
     try:
-        predictor = Predictor(version_dir, device)
+        predictor = Predictor(version_dir, device, runtime, threads, tta)
         predictor.warm_up(warm_up_sizes)
     except ModelError:
         raise

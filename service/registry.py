@@ -247,7 +247,10 @@ class ModelRegistry:
         live = served.predictor
         started = time.perf_counter()
         try:
-            predictor = await asyncio.to_thread(load_predictor, path, self.device, self.warm_up_sizes)
+            s = self.settings  # a fast runtime computes on one thread, the model's own
+            predictor = await asyncio.to_thread(
+                load_predictor, path, self.device, self.warm_up_sizes, s.model_runtime, 1, s.tta
+            )
         except ModelError as error:
             # Without the host's paths: /models and /readyz show this to any client.
             where = f"{served.name}/{version}"
@@ -261,10 +264,11 @@ class ModelRegistry:
         served.predictor = predictor  # the swap: requests from now on get the new version
         self.metrics.live_version.labels(served.name).set(version)
         log.info(
-            "serving %s version %d (%s) on %s, loaded and warmed up in %.1fs%s",
+            "serving %s version %d (%s, %s) on %s, loaded and warmed up in %.1fs%s",
             served.name,
             version,
             predictor.kind,
+            predictor.runtime_name,
             self.device,
             time.perf_counter() - started,
             f", replacing version {live.version}" if live else "",

@@ -100,6 +100,12 @@ class ModelInfo(BaseModel):
     rejected_versions: dict[str, str] = Field(description="versions that failed to load, and why")
     kind: Literal["image", "vector"] | None
     device: str | None
+    runtime: str | None = Field(
+        description='what computes the live version\'s answers: "savedmodel", or the name of a faster '
+        "form its export declares (MODEL_RUNTIME)",
+        examples=["tflite-int8"],
+    )
+    tta: Literal["none", "flip"] | None = Field(description="test-time augmentation of the answers (TTA)")
     labels: list[str] | None
     input: dict[str, Any] | None
     output: dict[str, Any] | None

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     # Seconds between scans of model_dir for new versions; 0 turns hot reload off.
     poll_interval_s: float = Field(10.0, ge=0)
 
+    # What computes each model's outputs (service/runtimes.py): auto (an export's declared fast
+    # form on the CPU, e.g. its TFLite int8 model; the SavedModel on a GPU or where none is
+    # declared), savedmodel (always), or a fast form's name (that form where a model declares it).
+    model_runtime: str = Field("auto", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    # Test-time augmentation of image models: flip averages each image's probabilities with its
+    # mirror's, at twice the model's compute (docs/models/fastpath.md gives what it buys).
+    tta: Literal["none", "flip"] = "none"
+
     # Where models run: auto (a GPU when one is visible), cpu, or gpu (start-up fails without one).
     device: Literal["auto", "cpu", "gpu"] = "auto"
     # Server processes, each with its own event loop, copy of the models and batcher, and

@@ -161,3 +161,48 @@ def held_feature_model(root: Path, gate: Path) -> Path:
 def open_gate(gate: Path) -> None:
     """Let every held call through, now and later."""
     gate.touch()
+
+
+JPEG = {"quality": 75, "chroma_subsampled": True}  # the training images' compression, as in data.py
+
+
+def jpeg_image_model(root: Path, seed: int) -> Path:
+    """A tiny image model with the real CNN's in-graph JPEG round trip, exported. Its convolution
+    is wide enough for the converter to make its weights int8 (1,024 of them at least), and its
+    last layer sharpened so that answers have margins like a trained network's."""
+    from training import cifar10
+    from training.data import CIFAR10_LABELS
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(48, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(10, activation="softmax")
+    model = keras.Model(inputs, dense(x))
+    dense.set_weights([w * 40 for w in dense.get_weights()])
+
+    def predict(x):
+        return model(cifar10.jpeg_round_trip(x, JPEG["quality"], JPEG["chroma_subsampled"]), training=False)
+
+    return export(model, root, "cifar10", {**IMAGE_SPEC, "jpeg_round_trip": JPEG}, CIFAR10_LABELS, predict)
+
+
+def self_labelled_photos(version_dir: Path, count: int = 200):
+    """A dataset of `count` photo-like images labelled by the export itself (its accuracy: 1)."""
+    from payloads import photo
+
+    from training.data import CIFAR10_LABELS, Dataset, Split
+
+    images = np.stack([np.asarray(photo(i)) for i in range(count)])
+    split = Split(images, offline(version_dir, images).argmax(1))
+    return Dataset(CIFAR10_LABELS, split, split, None, "photos", JPEG)
+
+
+def fast_export(root: Path, seed: int = 6) -> Path:
+    """`jpeg_image_model` with its TFLite int8 form added by `training.fastpath`."""
+    from training import fastpath
+
+    path = jpeg_image_model(root, seed)
+    fastpath.add_fast_form(path, self_labelled_photos(path), "pytest tests/deployments.py")
+    return path

@@ -141,7 +141,7 @@ def test_command_line_subsets_and_refuses_unknown_names():
         [1, 8],
         3,
     )
-    assert parse_args([]).peers == ["triton", "litserve", "bentoml", "ray"]
+    assert parse_args([]).peers == ["triton", "litserve", "litserve-int8", "bentoml", "ray"]
     with pytest.raises(SystemExit):
         parse_args(["--peers", "torchserve"])
     with pytest.raises(SystemExit):

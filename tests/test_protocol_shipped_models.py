@@ -22,7 +22,9 @@ from PIL import Image
 from served import running_service
 from sklearn.datasets import load_iris
 
+from model_repository import read_metadata
 from service.images import decode_image
+from service.runtimes import choose_runtime, load_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SERVICE_TEST_MODEL_DIR", ROOT / "models"))
@@ -81,19 +83,46 @@ def test_tritonclient_binary_images_get_the_labels_of_predict_image(base, client
     np.testing.assert_array_equal(result.as_numpy("probabilities"), want)
 
 
-def test_raw_pixels_get_the_savedmodels_own_output(client):
-    version_dir = newest("cifar10")
+def raw_pixels(version_dir: Path) -> tuple[dict, np.ndarray]:
+    """The export's metadata and the photos decoded to its input size, as the service decodes them."""
     metadata = json.loads((version_dir / "assets.extra" / "metadata.json").read_text())
     height, width = metadata["input"]["shape"][1:3]
-    pixels = np.stack([decode_image(f, (width, height), 10**8) for f in photos()])
+    return metadata, np.stack([decode_image(f, (width, height), 10**8) for f in photos()])
+
+
+def v2_probabilities(client, metadata: dict, pixels: np.ndarray) -> np.ndarray:
     tensor = triton.InferInput(metadata["input"]["name"], list(pixels.shape), "UINT8").set_data_from_numpy(
         pixels
     )
     result = client.infer("cifar10", [tensor], outputs=[triton.InferRequestedOutput("probabilities")])
+    return result.as_numpy("probabilities")
+
+
+def test_raw_pixels_get_the_serving_runtimes_own_output(base, client):
+    """With the defaults, the runtime /models names (the fast form on this CPU) answers v2."""
+    version_dir = newest("cifar10")
+    metadata, pixels = raw_pixels(version_dir)
+    (served,) = [m for m in httpx.get(f"{base}/models").json()["models"] if m["name"] == "cifar10"]
+    contract = read_metadata(version_dir)
+    assert served["runtime"] == choose_runtime("auto", contract, "/CPU:0")
+    own = load_runtime(version_dir, contract, "/CPU:0", served["runtime"]).run(pixels)["probabilities"]
+    np.testing.assert_allclose(v2_probabilities(client, metadata, pixels), own, rtol=1e-5, atol=1e-6)
+
+
+def test_with_model_runtime_savedmodel_the_protocol_doors_answer_the_savedmodels_own_output(tmp_path):
+    version_dir = newest("cifar10")
+    metadata, pixels = raw_pixels(version_dir)
     signature = tf.saved_model.load(str(version_dir)).signatures[metadata["signature"]]
     own = signature(**{metadata["input"]["name"]: tf.constant(pixels)})[metadata["output"]["name"]].numpy()
-    np.testing.assert_allclose(result.as_numpy("probabilities"), own, rtol=1e-4, atol=1e-6)
-    assert (result.as_numpy("probabilities").argmax(1) == own.argmax(1)).all()
+    log = tmp_path / "savedmodel-server.log"
+    with running_service(MODELS, log, MAX_BATCH_SIZE=str(MAX_BATCH), MODEL_RUNTIME="savedmodel") as url:
+        assert {m["runtime"] for m in httpx.get(f"{url}/models").json()["models"]} == {"savedmodel"}
+        with triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120) as client:
+            np.testing.assert_allclose(v2_probabilities(client, metadata, pixels), own, rtol=1e-4, atol=1e-6)
+        tf_serving = httpx.post(
+            f"{url}/v1/models/cifar10:predict", json={"instances": pixels.tolist()}, timeout=120
+        )
+        np.testing.assert_allclose(tf_serving.json()["predictions"], own, rtol=1e-4, atol=1e-6)
 
 
 def test_tf_serving_b64_images_get_the_answers_of_predict_image(base):

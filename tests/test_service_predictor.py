@@ -88,7 +88,11 @@ def test_warming_up_checks_one_row_of_probabilities_per_input_row_and_label(expo
 )
 def test_warming_up_checks_the_outputs_are_probabilities(exports, monkeypatch, row_sum, accepted):
     predictor = Predictor(exports["iris"], "/CPU:0")
-    monkeypatch.setattr(predictor, "predict", lambda batch: np.full((len(batch), 3), row_sum / 3))
+
+    def answers(batch, warming_up):
+        return {"probabilities": np.full((len(batch), 3), row_sum / 3)}
+
+    monkeypatch.setattr(predictor, "outputs", answers)
     if accepted:
         predictor.warm_up([1, 2])
     else:

@@ -18,7 +18,8 @@ import pytest
 from deployments import offline, serving
 from PIL import Image
 
-from model_repository import existing_versions, load_metadata
+from model_repository import existing_versions, load_metadata, read_metadata
+from service.runtimes import load_runtime
 
 pytestmark = pytest.mark.required_in_ci
 
@@ -92,7 +93,10 @@ def test_cifar10_over_http_matches_offline_at_32x32(real_client, cifar10_sample)
     version = newest("cifar10")
     files, pixels, truth = cifar10_sample
     labels = load_metadata(version)["labels"]
-    offline_labels = [labels[i] for i in offline(version, pixels).argmax(1)]
+    # offline: the runtime that serves (on this CPU, the export's fast form where it declares one)
+    (served,) = [m for m in real_client.get("/models").json()["models"] if m["name"] == "cifar10"]
+    runtime = load_runtime(version, read_metadata(version), "/CPU:0", served["runtime"])
+    offline_labels = [labels[i] for i in runtime.run(pixels)["probabilities"].argmax(1)]
     http_labels = predict_labels(real_client, files, "cifar10")
     assert abs(accuracy(http_labels, truth) - accuracy(offline_labels, truth)) <= 0.005
     assert http_labels == offline_labels  # the same pixels reach the model

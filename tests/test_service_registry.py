@@ -142,6 +142,8 @@ def test_models_describes_what_is_live(client, exports):
         "rejected_versions": {},
         "kind": "image",
         "device": "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0",  # DEVICE=auto
+        "runtime": "savedmodel",  # the fixture's exports declare no fast form
+        "tta": "none",
         "labels": CIFAR10_LABELS,
         "input": metadata["input"],
         "output": metadata["output"],
@@ -436,7 +438,7 @@ def test_loaded_models_are_left_out_of_full_collections_and_a_replaced_version_i
         served = client.app.state.registry.models["cifar10"]
         first = served.predictor
         collected = {id(o) for o in gc.get_objects()}  # the objects a full collection walks
-        assert id(first) not in collected and id(first._loaded) not in collected
+        assert id(first) not in collected and id(first.runtime._loaded) not in collected
         first.itself = first  # a reference cycle, as loaded TensorFlow objects can have
         replaced = weakref.ref(first)
         del first

@@ -27,6 +27,8 @@ def test_defaults_are_safe():
         "model_dir": Path("models"),
         "model_versions": {},
         "poll_interval_s": 10.0,
+        "model_runtime": "auto",  # the export's fast form on CPUs, the SavedModel on GPUs
+        "tta": "none",
         "device": "auto",
         "workers": 1,
         "intra_op_threads": 1,

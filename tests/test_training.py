@@ -11,11 +11,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from deployments import jpeg_image_model, self_labelled_photos
 from payloads import jpeg, png
 from payloads import random_images as _images
 from PIL import Image
 
-from training import cifar10, data, export, iris
+from training import cifar10, data, export, fastpath, iris
 from training.cli import main as train_main
 
 CLASSES = ["cat", "dog", "frog"]
@@ -279,3 +280,53 @@ def test_iris_cli_reports_test_and_cross_validated_accuracy(tmp_path):
     assert meta["input"]["feature_names"] == data.IRIS_FEATURES
     assert meta["metrics"]["test"]["examples"] == 15
     assert len(meta["metrics"]["cross_validation"]["fold_accuracies"]) == 10
+
+
+# --- the fast form (training.fastpath) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fast", "refused"),
+    [
+        ({"accuracy": 0.899, "ece": 0.015}, None),  # 0.1 point lower, ECE 0.005 higher: the limits
+        ({"accuracy": 0.8989, "ece": 0.010}, "accuracy 0.8989 against the SavedModel's 0.9000"),
+        ({"accuracy": 0.905, "ece": 0.0151}, "ECE 0.0151 against the SavedModel's 0.0100"),
+    ],
+)
+def test_the_fast_form_is_refused_when_it_loses_accuracy_or_calibration(fast, refused):
+    figures = {"savedmodel": {"accuracy": 0.9, "ece": 0.01}, fastpath.NAME: fast}
+    why = fastpath.verdict(figures)
+    assert why == refused if refused is None else why.startswith(refused)
+
+
+def test_a_fast_form_that_answers_otherwise_is_not_declared_and_nothing_is_written(tmp_path, monkeypatch):
+    path = jpeg_image_model(tmp_path, seed=6)
+    before = (path / "assets.extra" / "metadata.json").read_text()
+    other = jpeg_image_model(tmp_path / "other", seed=7)  # another network: a broken conversion
+    convert = fastpath.convert
+    monkeypatch.setattr(fastpath, "convert", lambda version_dir, signature: convert(other, signature))
+    with pytest.raises(fastpath.Refused, match=r"^accuracy 0\.\d+ against the SavedModel's 1\.0000"):
+        fastpath.add_fast_form(path, self_labelled_photos(path), "pytest")
+    assert not (path / "tflite-int8").exists()
+    assert (path / "assets.extra" / "metadata.json").read_text() == before
+
+
+def test_the_fast_form_is_the_graph_after_its_jpeg_round_trip_with_every_output(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = jpeg_image_model(tmp_path, seed=6)
+    entry = fastpath.add_fast_form(path, self_labelled_photos(path), "pytest")
+    assert entry["outputs"] == ["probabilities"] and entry["includes_jpeg_round_trip"] is False
+    assert entry["evaluation"]["examples"] == 200 and entry["command"] == "pytest"
+    assert export.load_metadata(path)["runtimes"]["tflite-int8"] == entry
+    runner = Interpreter(str(path / entry["path"])).get_signature_runner()
+    assert runner.get_input_details()["image"]["dtype"] == np.uint8
+
+    noise = _images(8)  # what a JPEG round trip changes most
+    saved = tf.saved_model.load(str(path)).signatures["serving_default"](image=tf.constant(noise))
+    saved = saved["probabilities"].numpy()
+    round_tripped = cifar10.jpeg_round_trip(tf.constant(noise), 75, True).numpy()
+    after = runner(image=round_tripped)["probabilities"]  # fed what the graph's network sees
+    without = runner(image=noise)["probabilities"]
+    np.testing.assert_allclose(after.sum(1), 1, atol=1e-5)
+    assert np.abs(after - saved).max() < np.abs(without - saved).max() / 2

@@ -4,6 +4,8 @@ its temperature on held-out data, export the next version with its reports and m
     python -m training cifar10 --data ../shared/datasets/cifar10-train.tar.gz
     python -m training iris
     python -m training calibrate models/cifar10/3    # same weights, calibrated: the next version
+    python -m training fastpath models/cifar10/4 --data ../shared/datasets/cifar10-train.tar.gz
+                                                     # adds its TFLite int8 form (training.fastpath)
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import calibration, cifar10, data, export, iris, model_card, reports
+from training import calibration, cifar10, data, export, fastpath, iris, model_card, reports
 from training.robustness import predict_probabilities
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "training", *(sys.argv[1:] if argv is None else argv)])
+    if args.model == "fastpath":
+        add_fast_form(Path(args.source), command, args.data)
+        return
     if args.model == "calibrate":
         try:
             version_dir = calibrate_export(Path(args.source), command, args.data)
@@ -92,7 +97,31 @@ def parse_args(argv):
     calibrate.add_argument(
         "--data", default=None, help="the training data, if not where the export's metadata says"
     )
+    faster = sub.add_parser(
+        "fastpath",
+        help="add a TFLite dynamic-range int8 form of an existing export to its version folder, "
+        "declared in its metadata only if it keeps the accuracy and calibration (training.fastpath)",
+    )
+    faster.add_argument("source", help="an export's version folder, e.g. models/cifar10/4")
+    faster.add_argument(
+        "--data", default=None, help="the training data, if not where the export's metadata says"
+    )
     return parser.parse_args(argv)
+
+
+def add_fast_form(source: Path, command: str, data_path: str | None) -> None:
+    """`fastpath`: convert, measure against the SavedModel, declare (or refuse), update the card."""
+    if not (source / export.METADATA).is_file():
+        raise SystemExit(f"fastpath: {source}: not an export (no {export.METADATA}); nothing written")
+    metadata = export.load_metadata(source)
+    try:
+        entry = fastpath.add_fast_form(source, _training_data(metadata, data_path), command)
+    except fastpath.Refused as error:
+        raise SystemExit(f"fastpath: refused: {error}; nothing written") from None
+    metadata = export.load_metadata(source)
+    if metadata.get("card"):
+        model_card.update_runtimes_section(source / metadata["card"], metadata)
+    print(f"declared {fastpath.NAME} in {source / export.METADATA}: {json.dumps(entry['evaluation'])}")
 
 
 def distribution_strategy(precision: str = "auto") -> tf.distribute.Strategy:
@@ -273,7 +302,8 @@ class NotCalibratable(ValueError):
 
 
 # Metadata keys that export_run and export_model write afresh; every other key is carried over.
-REWRITTEN = {"name", "version", "labels", "metrics", "training", "signature", "input", "output"}
+# "runtimes": a fast form is made from (and measured against) the new version's own graph.
+REWRITTEN = {"name", "version", "labels", "metrics", "training", "signature", "input", "output", "runtimes"}
 
 
 def calibrate_export(source: Path, command: str, data_path: str | None = None) -> Path:
@@ -405,6 +435,11 @@ def export_run(run: Run) -> Path:
             "history": {k: [float(v) for v in vs] for k, vs in (run.history or {}).items()},
         }
         reports.write_reports(folder, report, run.history, run.name)
+        if run.input_spec["name"] == "image":  # the CPU's fast form; the iris MLP is cheap as it is
+            try:
+                fastpath.add_fast_form(folder.parent, run.dataset, run.command)
+            except fastpath.Refused as error:
+                print(f"fast form not declared: {error}", flush=True)
         model_card.write_model_card(folder, json.loads((folder / export.METADATA.name).read_text()), evidence)
 
     return export.export_model(

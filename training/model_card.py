@@ -193,6 +193,7 @@ def _markdown(meta: dict, ev: Evidence) -> str:
             "",
         ]
     lines += [
+        *runtimes_section(meta),
         "## Inputs of no class",
         "",
         f"The model always answers one of its {len(ev.labels)} classes, whatever it is given. How "
@@ -215,6 +216,64 @@ def _markdown(meta: dict, ev: Evidence) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+RUNTIMES_HEADING = "## Runtimes"
+
+
+def runtimes_section(meta: dict) -> list[str]:
+    """The card's lines on the faster forms of the export (`training.fastpath`), if any: what each
+    gives against the SavedModel on held-out data, and the command that made it."""
+    runtimes = meta.get("runtimes") or {}
+    if not runtimes:
+        return []
+    lines = [
+        RUNTIMES_HEADING,
+        "",
+        "The service answers from the SavedModel on GPUs and from the fast form below on CPUs "
+        "(MODEL_RUNTIME). Both measured as the service runs them, on the same held-out images:",
+        "",
+        "| runtime | accuracy | ECE | NLL | top-1 agreement | max \\|Δp\\| |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, form in sorted(runtimes.items()):
+        ev = form["evaluation"]
+        if not any(line.startswith("| savedmodel |") for line in lines):
+            sm = ev["savedmodel"]
+            lines.append(f"| savedmodel | {sm['accuracy']:.4f} | {sm['ece']:.4f} | {sm['nll']:.4f} | — | — |")
+        m = ev[name]
+        lines.append(
+            f"| {name} | {m['accuracy']:.4f} | {m['ece']:.4f} | {m['nll']:.4f} | {ev['top1_agreement']:.2%} "
+            f"| {ev['max_abs_probability_difference']:.4f} |"
+        )
+    for name, form in sorted(runtimes.items()):
+        ev = form["evaluation"]
+        round_trip = (
+            ""
+            if form.get("includes_jpeg_round_trip")
+            else "; the JPEG round trip is done before it, in Pillow"
+        )
+        lines += [
+            "",
+            f"- `{name}`: `{form['path']}` ({form['size_bytes'] / 1e6:.1f} MB), {form['quantization']}"
+            f"{round_trip}. Measured on the {ev['split']} split ({ev['examples']:,} examples). "
+            f"Made by `{form['command']}`.",
+        ]
+    return [*lines, ""]
+
+
+def update_runtimes_section(card: Path, meta: dict) -> None:
+    """Rewrite the runtimes section of an existing card (added before "Inputs of no class")."""
+    text = card.read_text()
+    section = "\n".join(runtimes_section(meta)) + "\n"
+    if RUNTIMES_HEADING in text:
+        start = text.index(RUNTIMES_HEADING)
+        end = text.index("\n## ", start + 1) + 1
+        text = text[:start] + section + text[end:]
+    else:
+        anchor = text.index("## Inputs of no class")
+        text = text[:anchor] + section + text[anchor:]
+    card.write_text(text)
 
 
 def _limits(meta: dict, ev: Evidence) -> list[str]:

@@ -17,6 +17,15 @@ from pathlib import Path
 # The project's TensorFlow, so every server runs the same kernels on the same SavedModel.
 TENSORFLOW = "tensorflow==2.21.0"
 PILLOW = "pillow>=12.3"
+# ai-edge-litert and pydantic: the fast form's runtime and the metadata it reads (litserve-int8).
+LITSERVE = (
+    "litserve==0.2.19",
+    TENSORFLOW,
+    PILLOW,
+    "python-multipart",
+    "ai-edge-litert>=2.3,<2.4",
+    "pydantic>=2.7,<3",
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,10 @@ PEERS = {
         ("nvidia-pytriton==0.7.0", "numpy<2", TENSORFLOW, PILLOW, "starlette", "uvicorn", "python-multipart"),
         python="/usr/bin/python3.11",
     ),
-    "litserve": Peer("litserve", "0.2.19", ("litserve==0.2.19", TENSORFLOW, PILLOW, "python-multipart")),
+    "litserve": Peer("litserve", "0.2.19", LITSERVE),
+    # The same LitServe serving the export's CPU fast form through the service's own runtime
+    # (service/runtimes.py), so that the service's lead over it is the server's alone.
+    "litserve-int8": Peer("litserve", "0.2.19", LITSERVE),
     # 1.4.40 reuses closed connections: about 2% of requests get a 500 under load.
     "bentoml": Peer("bentoml", "1.4.30", ("bentoml==1.4.30", TENSORFLOW, PILLOW)),
     "ray": Peer("ray", "2.60.0", ("ray[serve]==2.60.0", TENSORFLOW, PILLOW, "python-multipart")),

@@ -1,4 +1,5 @@
-"""What every peer server runs per batch: the same decode and the same SavedModel signature.
+"""What every peer server runs per batch: the same decode and the same SavedModel signature (or,
+with PEERS_RUNTIME, the export's fast form that the service serves on CPUs by default).
 
 Imported inside each peer's own venv (the repository root on PYTHONPATH), so it needs only
 TensorFlow, Pillow and numpy. The upload is decoded by the service's own `decode_image` when
@@ -51,11 +52,21 @@ class Classifier:
     """The SavedModel's serving signature and its labels, loaded once per process."""
 
     def __init__(self, folder: Path | None = None) -> None:
+        folder = folder or version_dir()
+        self.labels = json.loads((folder / "assets.extra" / "metadata.json").read_text())["labels"]
+        if runtime := os.environ.get("PEERS_RUNTIME"):
+            # The export's fast form, run by the service's own runtime (its JPEG round trip in
+            # Pillow, an interpreter per thread), so peer and service compute alike.
+            from model_repository import read_metadata
+            from service.runtimes import TFLiteRuntime
+
+            contract = read_metadata(folder)
+            fast = TFLiteRuntime(runtime, folder, contract.runtimes[runtime], contract)
+            self.probabilities = lambda images: fast.run(images)["probabilities"]  # type: ignore[method-assign]
+            return
         import tensorflow as tf  # late: a peer's HTTP front may not need it
 
-        folder = folder or version_dir()
         self.signature = tf.saved_model.load(str(folder)).signatures["serving_default"]
-        self.labels = json.loads((folder / "assets.extra" / "metadata.json").read_text())["labels"]
         self._tf = tf
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from benchmarks.server import stop as stop_process
 
 SERVERS = ("service", *PEERS)
 SERVICE = "this service (defaults)"  # its label in reports
+FAST_RUNTIME = "tflite-int8"  # what litserve-int8 serves: the export's CPU fast form
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ def launch(
     if name == "bentoml":
         command = [python, "-m", "bentoml", "serve", "benchmarks.peers.bentoml_server:Classifier"]
         command += ["--host", "127.0.0.1", "--port", str(port)]
+    elif name == "litserve-int8":
+        command = [python, "-m", "benchmarks.peers.litserve_server"]
+        env["PEERS_RUNTIME"] = FAST_RUNTIME
+        return command, env, f"{peer.label} ({FAST_RUNTIME})"
     else:
         command = [python, "-m", f"benchmarks.peers.{name}_server"]
     return command, env, peer.label

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2, json_format, wrappers_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
@@ -143,8 +143,11 @@ class PredictionServicer:
             }
         )
         metadata = any_pb2.Any(type_url=SIGNATURE_DEF_MAP_URL, value=definitions.SerializeToString())
+        runtime = any_pb2.Any()
+        runtime.Pack(wrappers_pb2.StringValue(value=predictor.runtime_name))
         return pb.GetModelMetadataResponse(
-            model_spec=answered_spec(predictor), metadata={SIGNATURE_DEF: metadata}
+            model_spec=answered_spec(predictor),
+            metadata={SIGNATURE_DEF: metadata, tfserving_model.RUNTIME: runtime},
         )
 
     async def _rows(self, served: Served, tensor: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from service.protocols.tfserving_types import (
 from service.registry import ModelState, UnknownModel
 
 PREDICT_METHOD = "tensorflow/serving/predict"
+RUNTIME = "runtime"  # a metadata entry of this service's own; TF Serving's clients read signature_def
 
 
 def status(state: ModelState, version: int | None) -> ModelStatus:
@@ -44,7 +45,8 @@ def status(state: ModelState, version: int | None) -> ModelStatus:
 
 
 def metadata(predictor: Predictor) -> ModelMetadata:
-    """The model's spec and its one serving signature: the export's input and output tensors."""
+    """The model's spec, its one serving signature (the export's input and output tensors) and, as
+    `runtime`, what computes the answers: "savedmodel" or the export's fast form (e.g. "tflite-int8")."""
     contract = predictor.contract
     signature = {
         "inputs": {contract.input.name: tensor_info(predictor.input_dtype, contract.input.shape)},
@@ -53,5 +55,8 @@ def metadata(predictor: Predictor) -> ModelMetadata:
     }
     return ModelMetadata(
         model_spec=ModelSpec(name=predictor.name, version=str(predictor.version)),
-        metadata={"signature_def": {"signature_def": {contract.signature: signature}}},
+        metadata={
+            "signature_def": {"signature_def": {contract.signature: signature}},
+            RUNTIME: predictor.runtime_name,
+        },
     )

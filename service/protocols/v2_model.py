@@ -22,7 +22,8 @@ from service.protocols.v2_types import MetadataTensor, ModelMetadata, ServerMeta
 
 SERVER_NAME = "cifar-serving"
 EXTENSIONS = ["binary_tensor_data"]
-PLATFORM = "tensorflow_savedmodel"  # every model here is a SavedModel export
+# What computes the answers (service/runtimes.py), by the names Triton gives its backends.
+PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "tflite": "tflite"}
 LABEL = "label"  # the output this service adds: the most probable class, as text
 
 
@@ -40,10 +41,16 @@ def metadata(predictor: Predictor) -> ModelMetadata:
     return ModelMetadata(
         name=predictor.name,
         versions=[str(predictor.version)],
-        platform=PLATFORM,
+        platform=platform(predictor),
         inputs=inputs(predictor),
         outputs=outputs(predictor),
     )
+
+
+def platform(predictor: Predictor) -> str:
+    """The runtime that answers: `tensorflow_savedmodel`, or `tflite` for the export's TFLite form
+    (/models names which form)."""
+    return PLATFORMS[predictor.runtime.format]
 
 
 def inputs(predictor: Predictor) -> list[MetadataTensor]:

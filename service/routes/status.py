@@ -75,6 +75,8 @@ def _info(state: ModelState) -> ModelInfo:
         rejected_versions={str(v): why for v, why in state.rejected.items()},
         kind=live.kind if live else None,
         device=live.device if live else None,
+        runtime=live.runtime_name if live else None,
+        tta=live.tta if live else None,
         labels=live.labels if live else None,
         input=contract.input.model_dump(mode="json", exclude_unset=True) if contract else None,
         output=contract.output.model_dump(mode="json", exclude_unset=True) if contract else None,
