@@ -46,6 +46,9 @@ class Predictor:
             raise ModelError(f"{len(self.feature_names)} feature names for {self.input_shape[0]} features")
         self.output_name: str = checked.output.name
         self.output_dtype = np.dtype(checked.output.dtype)
+        # The out-of-distribution score, where the export declares one: a second output.
+        self.ood = checked.ood
+        self.output_names: list[str] = [self.output_name, *([self.ood.output] if self.ood else [])]
         with tf.device(device):
             self._loaded = tf.saved_model.load(str(version_dir))
         # The concrete signature function: no Keras predict() loop and no retracing at any batch
@@ -60,17 +63,21 @@ class Predictor:
         height, width, _ = self.input_shape
         return width, height
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities, [len(batch), len(labels)] float32, in label order."""
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The declared outputs by name: class probabilities, [len(batch), len(labels)] float32 in
+        label order, and the out-of-distribution score [len(batch)] where the model has one."""
         with tf.device(self.device):
             outputs = self._signature(**{self.input_name: tf.constant(batch, self.input_dtype)})
-        return outputs[self.output_name].numpy()
+        return {name: outputs[name].numpy() for name in self.output_names}
 
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run dummy batches so the first requests do not pay for graph and kernel set-up, and
         check the outputs are what the metadata promises."""
         for size in batch_sizes:
-            probabilities = self.predict(np.zeros((size, *self.input_shape), self.input_dtype))
+            outputs = self.predict(np.zeros((size, *self.input_shape), self.input_dtype))
+            probabilities = outputs[self.output_name]
+            if self.ood and (shape := outputs[self.ood.output].shape) != (size,):
+                raise ModelError(f"{self.ood.output} shape {shape}, expected ({size},)")
             if probabilities.shape != (size, len(self.labels)):
                 raise ModelError(f"output shape {probabilities.shape}, expected ({size}, {len(self.labels)})")
             if not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3):
