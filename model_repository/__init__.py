@@ -72,6 +72,19 @@ class FastRuntime(BaseModel):
     evaluation: dict[str, Any] | None = None  # how it compares with the SavedModel on held-out data
 
 
+class OutOfDistribution(BaseModel):
+    """The export's out-of-distribution score: a second output of its signature, higher for
+    inputs less like the training classes, and the threshold above which answers abstain."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    output: str  # the signature output that holds the score, [N] float32
+    method: str
+    threshold: float  # abstain when the score is above it (fitted on held-out training-class data)
+    fitted_on: str | None = None
+    evaluation: dict[str, Any] | None = None  # AUROC / FPR at 95% TPR per out-of-distribution set
+
+
 class Metadata(BaseModel):
     """`assets.extra/metadata.json`: what serving relies on, and what the service reports
     (metrics, calibration, model card). Exports carry more (how they were trained, ...), kept
@@ -90,6 +103,7 @@ class Metadata(BaseModel):
     card: str | None = None  # the model card's path inside the version folder
     # Faster forms of the same model, by name (e.g. "tflite-int8"); the service picks one on CPUs.
     runtimes: dict[str, FastRuntime] = {}
+    ood: OutOfDistribution | None = None  # older exports and non-image models have no score
 
 
 def existing_versions(model_dir: Path) -> list[int]:

@@ -92,8 +92,8 @@ class MicroBatcher:
             self._expected -= 1
             self._arrived.set()
 
-    async def predict(self, rows: np.ndarray, predictor: Predictor) -> np.ndarray:
-        """`predictor`'s output for `rows` (at most `max_batch_size` of them)."""
+    async def predict(self, rows: np.ndarray, predictor: Predictor) -> dict[str, np.ndarray]:
+        """`predictor`'s outputs for `rows` (at most `max_batch_size` of them)."""
         if len(rows) > self.max_batch_size:
             raise ValueError(f"{len(rows)} rows; at most {self.max_batch_size} per request")
         if self.crashed is not None:
@@ -159,7 +159,7 @@ class MicroBatcher:
             for job in jobs:
                 end = start + len(job.rows)
                 if not job.future.done():  # the client may have gone away
-                    job.future.set_result(outputs[start:end])
+                    job.future.set_result(_rows(outputs, start, end))
                 start = end
             self._running = []
             self._report_load()
@@ -194,9 +194,16 @@ class MicroBatcher:
         self.queued -= rows
         return jobs
 
-    def _run(self, jobs: list[_Job]) -> np.ndarray:
+    def _run(self, jobs: list[_Job]) -> dict[str, np.ndarray]:
         rows = jobs[0].rows if len(jobs) == 1 else np.concatenate([job.rows for job in jobs])
         started = time.perf_counter()
         outputs = jobs[0].predictor.predict(rows)
         self._on_batch(len(rows), time.perf_counter() - started)
         return outputs
+
+
+def _rows(outputs, start: int, end: int):
+    """One request's rows of a batch's outputs (arrays by name; a bare array as it is)."""
+    if isinstance(outputs, dict):
+        return {name: values[start:end] for name, values in outputs.items()}
+    return outputs[start:end]

@@ -72,6 +72,16 @@ class Classified:
     rows: np.ndarray  # exactly what the model was given
     probabilities: np.ndarray  # [n, len(labels)], finite, in label order
     labels: list[str]
+    # [n] finite, higher = less like the training classes; None for a model without the score.
+    ood_score: np.ndarray | None = None
+    abstain_threshold: float | None = None  # the model's, or the request's own
+
+    @property
+    def abstain(self) -> list[bool] | None:
+        """Whether each row is probably none of the classes (its score above the threshold)."""
+        if self.ood_score is None or self.abstain_threshold is None:
+            return None
+        return (self.ood_score > self.abstain_threshold).tolist()
 
     @property
     def best(self) -> list[int]:
@@ -189,17 +199,29 @@ class DataPlane:
                 raise image
         return np.stack(images)
 
-    async def classify(self, served: Served, rows: np.ndarray) -> Classified:
+    async def classify(
+        self, served: Served, rows: np.ndarray, abstain_threshold: float | None = None
+    ) -> Classified:
         """The model's answer for `rows` ([n, *input shape] of its dtype, 1 <= n <= max_rows,
-        features finite), computed in a batch with other requests'."""
+        features finite), computed in a batch with other requests'. `abstain_threshold`
+        replaces the model's declared one for this request (models with a score only)."""
         predictor = served.predictor
         self._check_rows(rows, predictor)
-        probabilities = await served.batcher.predict(rows, predictor)
+        outputs = await served.batcher.predict(rows, predictor)
+        probabilities = outputs[predictor.output_name]
         if probabilities.shape != (len(rows), len(predictor.labels)):
             raise WrongOutput(f"model {predictor.name!r} answered {probabilities.shape} for {len(rows)} rows")
         if not np.isfinite(probabilities).all():
             raise NonFiniteOutput()
-        return Classified(rows, probabilities, predictor.labels)
+        if predictor.ood is None:
+            return Classified(rows, probabilities, predictor.labels)
+        score = outputs[predictor.ood.output]
+        if score.shape != (len(rows),):
+            raise WrongOutput(f"model {predictor.name!r} scored {score.shape} for {len(rows)} rows")
+        if not np.isfinite(score).all():
+            raise NonFiniteOutput()
+        threshold = predictor.ood.threshold if abstain_threshold is None else abstain_threshold
+        return Classified(rows, probabilities, predictor.labels, score, threshold)
 
     # --- checks ----------------------------------------------------------------------------
 

@@ -48,11 +48,14 @@ class Predictor:
             raise ModelError(f"{len(self.feature_names)} feature names for {self.input_shape[0]} features")
         self.output_name: str = checked.output.name
         self.output_dtype = np.dtype(checked.output.dtype)
+        # The out-of-distribution score, where the export declares one: a second output.
+        self.ood = checked.ood
+        self.output_names: list[str] = [self.output_name, *([self.ood.output] if self.ood else [])]
         # The SavedModel, or a faster form of it the export declares (MODEL_RUNTIME: service/runtimes.py).
         self.runtime: SavedModelRuntime | TFLiteRuntime = load_runtime(
             version_dir, checked, device, runtime, threads
         )
-        # Flip test-time augmentation (TTA=flip): each image and its mirror, probabilities averaged.
+        # Flip test-time augmentation (TTA=flip): each image and its mirror, outputs averaged.
         if tta not in ("none", "flip"):
             raise ModelError(f"unknown test-time augmentation {tta!r}")
         self.tta = tta if self.kind == "image" else "none"
@@ -68,26 +71,28 @@ class Predictor:
         height, width, _ = self.input_shape
         return width, height
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities, [len(batch), len(labels)] float32, in label order."""
-        return self.outputs(batch)[self.output_name]
-
-    def outputs(self, batch: np.ndarray, warming_up: bool = False) -> dict[str, np.ndarray]:
-        """Every output of the serving signature, by name, from whichever runtime serves.
-        `warming_up`: off the model's thread, where a fast runtime uses interpreters it then drops
-        (one never passes from one thread to another: service/runtimes.py)."""
+    def predict(self, batch: np.ndarray, warming_up: bool = False) -> dict[str, np.ndarray]:
+        """The declared outputs by name, from whichever runtime serves: class probabilities,
+        [len(batch), len(labels)] float32 in label order, and the out-of-distribution score
+        [len(batch)] where the model has one. `warming_up`: off the model's thread, where a fast
+        runtime uses interpreters it then drops (one never passes from one thread to another:
+        service/runtimes.py)."""
         run = getattr(self.runtime, "warm_up", self.runtime.run) if warming_up else self.runtime.run
         if self.tta == "none":
-            return run(batch)
-        both = run(np.concatenate([batch, batch[:, :, ::-1]]))
-        return {name: (values[: len(batch)] + values[len(batch) :]) / 2 for name, values in both.items()}
+            found = run(batch)
+        else:
+            both = run(np.concatenate([batch, batch[:, :, ::-1]]))
+            found = {name: (values[: len(batch)] + values[len(batch) :]) / 2 for name, values in both.items()}
+        return {name: found[name] for name in self.output_names}
 
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run dummy batches so the first requests do not pay for graph and kernel set-up, and
         check the outputs are what the metadata promises."""
         for size in batch_sizes:
-            batch = np.zeros((size, *self.input_shape), self.input_dtype)
-            probabilities = self.outputs(batch, warming_up=True)[self.output_name]
+            outputs = self.predict(np.zeros((size, *self.input_shape), self.input_dtype), warming_up=True)
+            probabilities = outputs[self.output_name]
+            if self.ood and (shape := outputs[self.ood.output].shape) != (size,):
+                raise ModelError(f"{self.ood.output} shape {shape}, expected ({size},)")
             if probabilities.shape != (size, len(self.labels)):
                 raise ModelError(f"output shape {probabilities.shape}, expected ({size}, {len(self.labels)})")
             if not np.allclose(probabilities.sum(axis=1), 1, atol=1e-3):

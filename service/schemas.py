@@ -63,6 +63,16 @@ class Prediction(BaseModel):
     label: str = Field(description="the most probable class", examples=["cat"])
     probabilities: dict[str, float] = Field(description="every class, in the model's label order")
     top_k: list[LabelProbability] | None = Field(None, description="the k most probable, when asked")
+    ood_score: float | None = Field(
+        None,
+        description="models that declare one: how unlike the training classes the input is (higher: "
+        "less like them); the model's metadata says how it is computed",
+    )
+    abstain: bool | None = Field(
+        None,
+        description="with `ood_score`: true when the score is above the threshold (the model's, or "
+        "`?abstain_threshold=`): the input is probably none of the classes",
+    )
     input_png: str | None = Field(
         None,
         description="with `?preview=1`: the exact pixels the model received (after decoding, EXIF "

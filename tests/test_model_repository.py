@@ -90,6 +90,22 @@ def test_servable_metadata_takes_numbers_as_versions_keeps_extras_and_cannot_cha
         metadata.input.name = "other"
 
 
+def test_an_out_of_distribution_score_is_declared_by_output_and_threshold_or_absent(tmp_path):
+    tensor = {"name": "x", "shape": [None, 4], "dtype": "float32"}
+    plain = {"name": "m", "version": 1, "labels": ["a"], "input": tensor, "output": {**tensor, "name": "y"},
+             "signature": "serving_default"}  # fmt: skip
+    write_metadata(tmp_path, plain)
+    assert read_metadata(tmp_path).ood is None  # older exports: no score
+    write_metadata(
+        tmp_path, {**plain, "ood": {"output": "ood_score", "method": "m", "threshold": 1.5, "extra": 1}}
+    )
+    declared = read_metadata(tmp_path).ood
+    assert declared is not None and (declared.output, declared.threshold) == ("ood_score", 1.5)
+    write_metadata(tmp_path, {**plain, "ood": {"output": "ood_score", "method": "m"}})
+    with pytest.raises(MetadataError, match=r"ood\.threshold: Field required"):
+        read_metadata(tmp_path)
+
+
 def test_an_unservable_metadata_file_names_every_problem_and_where(tmp_path):
     write_metadata(tmp_path, {"name": "m", "labels": "abc"})
     with pytest.raises(MetadataError) as refused:

@@ -232,6 +232,25 @@ def screenshot(driver, name: str, full_page: bool = False):
     return SCREENSHOTS / name
 
 
+def test_a_picture_of_no_class_says_probably_none_of_these_with_its_score(browser, service, photos, tmp_path):
+    """The shipped cifar10 has an out-of-distribution score: a texture abstains, a photo does not."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    texture = tmp_path / "texture.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(texture)
+    expected = api_prediction(service, texture)
+    assert expected["abstain"] is True, expected  # noise is none of the ten classes
+    open_page(browser, service)
+    upload(browser, [texture, photos[0]])
+    odd, photo = finished_results(browser, 2)
+    assert css(odd, ".verdict .label")[0].text == expected["label"]  # the answer is still given
+    note = css(odd, ".verdict .abstain")[0].text
+    assert "probably none of these" in note and f"{expected['ood_score']:.2f}" in note
+    assert api_prediction(service, photos[0])["abstain"] is False and not css(photo, ".verdict .abstain")
+
+
 def test_several_photos_show_as_a_grid_of_results(browser, service, photos):
     open_page(browser, service)
     shown = photos[:3]

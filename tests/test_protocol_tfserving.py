@@ -69,9 +69,25 @@ def test_malformed_predict_bodies_are_refused(body, message):
 
 
 def test_answers_name_the_single_output_by_format():
-    probabilities = np.array([[0.25, 0.75]], np.float32)
+    probabilities = {"probabilities": np.array([[0.25, 0.75]], np.float32)}
     assert json.loads(encode_predict(ROW, probabilities)) == {"predictions": [[0.25, 0.75]]}
     assert json.loads(encode_predict(COLUMNAR, probabilities)) == {"outputs": [[0.25, 0.75]]}
+
+
+def test_several_outputs_are_named_in_each_instance_or_for_the_batch():
+    outputs = {
+        "probabilities": np.array([[0.25, 0.75], [1.0, 0.0]], np.float32),
+        "abstain": np.array([True, False]),
+    }
+    assert json.loads(encode_predict(ROW, outputs)) == {
+        "predictions": [
+            {"probabilities": [0.25, 0.75], "abstain": True},
+            {"probabilities": [1.0, 0.0], "abstain": False},
+        ]
+    }
+    assert json.loads(encode_predict(COLUMNAR, outputs)) == {
+        "outputs": {"probabilities": [[0.25, 0.75], [1.0, 0.0]], "abstain": [True, False]}
+    }
 
 
 # --- against the real server ----------------------------------------------------------------

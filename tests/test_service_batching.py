@@ -167,6 +167,36 @@ def test_a_batch_never_holds_more_than_max_batch_size_rows_and_keeps_request_ord
     assert [r.tolist() for r in results[1:]] == [[[4.0]] * 2, [[6.0]] * 3, [[2.0]]]
 
 
+class ScoringPredictor(FakePredictor):
+    """Answers two outputs by name, as a model with an out-of-distribution score does."""
+
+    def predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {"probabilities": super().predict(batch), "ood_score": batch[:, 0] + 100}
+
+
+def test_each_request_gets_its_own_rows_of_every_output():
+    async def scenario():
+        predictor = ScoringPredictor()
+        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0, max_queue_size=100)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(batcher.predict(np.array([[i], [i + 0.5]]), predictor)) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        predictor.gate.set()
+        results = await asyncio.gather(busy, *queued)
+        await batcher.close()
+        return predictor.batches, results
+
+    batches, (_, first, second) = run(scenario())
+    assert batches == [1, 4]  # the two queued requests shared one call
+    assert first["probabilities"].tolist() == [[2.0], [3.0]] and first["ood_score"].tolist() == [101.0, 101.5]
+    assert second["probabilities"].tolist() == [[4.0], [5.0]] and second["ood_score"].tolist() == [
+        102.0,
+        102.5,
+    ]
+
+
 def test_the_batch_metrics_get_each_calls_rows_and_seconds():
     async def scenario():
         batches: list[tuple[int, float]] = []

@@ -37,7 +37,9 @@ def test_a_feature_model_takes_float32_rows_and_its_probabilities_sum_to_one(exp
     iris = Predictor(exports["iris"], "/CPU:0")
     assert (iris.kind, iris.input_shape, iris.input_dtype) == ("vector", (4,), np.float32)
     assert len(iris.feature_names) == 4
-    probabilities = iris.predict(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32))
+    outputs = iris.predict(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32))
+    assert list(outputs) == ["probabilities"]  # no out-of-distribution score declared
+    probabilities = outputs["probabilities"]
     assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
@@ -92,7 +94,7 @@ def test_warming_up_checks_the_outputs_are_probabilities(exports, monkeypatch, r
     def answers(batch, warming_up):
         return {"probabilities": np.full((len(batch), 3), row_sum / 3)}
 
-    monkeypatch.setattr(predictor, "outputs", answers)
+    monkeypatch.setattr(predictor, "predict", answers)
     if accepted:
         predictor.warm_up([1, 2])
     else:

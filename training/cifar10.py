@@ -122,10 +122,16 @@ def whitening_kernel(images: np.ndarray, mean, std, size: int = 2, eps: float = 
     return np.concatenate([kernel, -kernel], axis=-1).astype(np.float32)
 
 
-def build_model(recipe: Recipe, train_images: np.ndarray, num_classes: int) -> keras.Model:
-    """Raw uint8 RGB [N, 32, 32, 3] in, class probabilities out; scaling and normalization inside."""
+def build_model(
+    recipe: Recipe, train_images: np.ndarray, num_classes: int, statistics: tuple | None = None
+) -> keras.Model:
+    """Raw uint8 RGB [N, 32, 32, 3] in, class probabilities out; scaling and normalization inside.
+    `statistics`: the per-channel (mean, std) of pixels in [0, 1] to normalize with, when they
+    must be another model's (default: `train_images`')."""
     mean = train_images.reshape(-1, 3).mean(0) / 255.0
     std = train_images.reshape(-1, 3).std(0) / 255.0
+    if statistics is not None:
+        mean, std = (np.asarray(s, np.float64).reshape(3) for s in statistics)
     # airbench's decoupled weight decay, expressed as the L2 penalty (on the mean loss) that
     # gives PyTorch SGD's per-step decay of weight_decay * batch_size / 1024 * schedule.
     l2 = keras.regularizers.L2(recipe.weight_decay / recipe.lr / 2)

@@ -6,6 +6,8 @@ its temperature on held-out data, export the next version with its reports and m
     python -m training calibrate models/cifar10/3    # same weights, calibrated: the next version
     python -m training fastpath models/cifar10/4 --data ../shared/datasets/cifar10-train.tar.gz
                                                      # adds its TFLite int8 form (training.fastpath)
+    python -m training ood models/cifar10/4 --ood-data /work/ood-cache
+                                 # same weights, plus an out-of-distribution score: the next version
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training import calibration, cifar10, data, export, fastpath, iris, model_card, reports
+from training import calibration, cifar10, data, export, fastpath, iris, model_card, ood, ood_data, reports
 from training.robustness import predict_probabilities
 
 
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
             version_dir = calibrate_export(Path(args.source), command, args.data)
         except (export.NotAProbabilityExport, NotCalibratable, FileNotFoundError) as error:
             raise SystemExit(f"calibrate: {error}; nothing written") from None
+    elif args.model == "ood":
+        try:
+            version_dir = ood_export(Path(args.source), command, Path(args.ood_data), args.data)
+        except (NotCalibratable, FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"ood: {error}; nothing written") from None
     else:
         keras.utils.set_random_seed(args.seed)
         # The precision policy is process-wide: a caller that goes on (tests, a notebook, a second
@@ -104,6 +111,20 @@ def parse_args(argv):
     )
     faster.add_argument("source", help="an export's version folder, e.g. models/cifar10/4")
     faster.add_argument(
+        "--data", default=None, help="the training data, if not where the export's metadata says"
+    )
+    scored = sub.add_parser(
+        "ood",
+        help="add an out-of-distribution score to an existing calibrated CIFAR-10 export (same weights "
+        "and temperature, a second output `ood_score`), written as the next version",
+    )
+    scored.add_argument("source", help="a calibrated image export's version folder, e.g. models/cifar10/4")
+    scored.add_argument(
+        "--ood-data",
+        required=True,
+        help="the folder `python -m training.ood_data --out FOLDER` wrote (ood-dev.npz, ood-eval.npz)",
+    )
+    scored.add_argument(
         "--data", default=None, help="the training data, if not where the export's metadata says"
     )
     return parser.parse_args(argv)
@@ -366,6 +387,112 @@ def _training_data(metadata: dict, data_path: str | None) -> data.Dataset:
 
 
 # ---------------------------------------------------------------------------------------------
+# Adding an out-of-distribution score to an existing export
+# ---------------------------------------------------------------------------------------------
+
+
+def ood_export(source: Path, command: str, ood_folder: Path, data_path: str | None = None) -> Path:
+    """Write `source`'s network and temperature with an out-of-distribution score beside its
+    probabilities (`training.ood`) as the next version of its model; the source is only read."""
+    source = source.resolve()
+    if not (source / export.METADATA).is_file():
+        raise FileNotFoundError(f"{source}: not an export (no {export.METADATA})")
+    metadata = export.load_metadata(source)
+    if metadata["input"]["name"] != "image" or "calibration" not in metadata:
+        raise NotCalibratable(f"{source}: the score is for calibrated CIFAR-10 image exports")
+    recipe = cifar10.Recipe(
+        **{**metadata["training"]["recipe"], "widths": tuple(metadata["training"]["recipe"]["widths"])}
+    )
+    if recipe.tta != "none":
+        raise NotCalibratable(f"{source}: test-time augmentation {recipe.tta!r}; the score needs one view")
+    dataset = _training_data(metadata, data_path)
+    outliers = {split: ood_data.load(ood_folder, split) for split in ("dev", "eval")}
+    temperature = float(metadata["calibration"]["temperature"])
+    network = ood.rebuild_network(source, recipe, dataset.train.x)
+    features = ood.feature_network(network)
+    jpeg = metadata["input"].get("jpeg_round_trip")
+
+    def pooled_and_logits(images):
+        if jpeg:
+            images = cifar10.jpeg_round_trip(images, jpeg["quality"], jpeg["chroma_subsampled"])
+        return features(images, training=False)
+
+    measure = tf.function(pooled_and_logits, reduce_retracing=True)
+
+    def measured(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [
+            [t.numpy() for t in measure(tf.constant(images[i : i + 500]))] for i in range(0, len(images), 500)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    print("measuring the network's features: training, validation and outlier images", flush=True)
+    train_f, train_l = measured(dataset.train.x[: ood.TRAIN_IMAGES])
+    val_f, val_l = measured(dataset.validation.x)
+    dev_f, dev_l = measured(outliers["dev"]["x"])
+    eval_f, eval_l = measured(outliers["eval"]["x"])
+    head = ood.fit_head(train_f, train_l, dev_f, dev_l, temperature)
+    val_scores = head.score(val_f, val_l)
+    threshold = ood.threshold_for(val_scores)
+    groups = outliers["eval"]["group"]
+    # The same evaluation for the scores read off the outputs alone, to show what the head buys.
+    compared = {
+        "max_softmax_probability": ood.max_softmax_score,
+        "energy": ood.energy_score,
+    }
+    baselines = {}
+    for name, score in compared.items():
+        v = score(val_l, temperature)
+        baselines[name] = ood.evaluation(v, score(eval_l, temperature), groups, ood.threshold_for(v))
+    v = ood.knn_score(val_f, train_f[:10_000])
+    baselines["knn_50_pooled_features"] = ood.evaluation(
+        v, ood.knn_score(eval_f, train_f[:10_000]), groups, ood.threshold_for(v)
+    )
+    declared = {
+        "output": ood.OUTPUT,
+        "method": ood.METHOD,
+        "threshold": round(threshold, 4),
+        "fitted_on": (
+            f"{len(train_f)} training images against {len(dev_f)} outlier crops of "
+            f"{len(set(outliers['dev']['source'].tolist()))} dev sources (training.ood_data); "
+            f"threshold: {ood.ID_SHARE_KEPT:.0%} of the {len(val_f)} validation images answered"
+        ),
+        "abstained_validation": round(float(np.mean(val_scores > threshold)), 4),
+        "evaluation": ood.evaluation(val_scores, head.score(eval_f, eval_l), groups, threshold),
+        "evaluated_on": (
+            f"validation images against {len(eval_f)} outlier crops of "
+            f"{len(set(outliers['eval']['source'].tolist()))} eval sources never fitted on"
+        ),
+        "baselines": baselines,
+    }
+    print(f"ood: threshold {threshold:.4f}; evaluation {declared['evaluation']}", flush=True)
+
+    def serve(images):
+        pooled, logits = pooled_and_logits(images)
+        return {"probabilities": tf.nn.softmax(logits, axis=-1), ood.OUTPUT: head.in_graph(pooled, logits)}
+
+    spec = metadata["input"]
+    return export_run(
+        Run(
+            name=source.parent.name,
+            command=command,
+            out=source.parent.parent,
+            model=network,
+            predict=tf.function(cifar10.predict_fn(network, recipe, jpeg=jpeg), reduce_retracing=True),
+            dataset=dataset,
+            input_spec={**spec, "shape": spec["shape"][1:]},
+            training=metadata["training"],
+            extra_metrics={k: v for k, v in metadata["metrics"].items() if k not in ("validation", "test")},
+            carried={
+                **{k: v for k, v in metadata.items() if k not in REWRITTEN | {"calibration", "lineage"}},
+                "lineage": {"source_version": int(source.name), "command": command},
+                "ood": declared,
+            },
+            serve=tf.function(serve, reduce_retracing=True),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Calibrate, measure, export
 # ---------------------------------------------------------------------------------------------
 
@@ -387,6 +514,9 @@ class Run:
     # (fitted_on, probabilities, labels) to fit the temperature on; None: the validation split.
     calibration_set: tuple[str, np.ndarray, np.ndarray] | None = None
     carried: dict = field(default_factory=dict)  # further metadata keys (lineage, ...)
+    # What the export serves when it answers more than `predict`: one raw input batch →
+    # {"probabilities" (before calibration), further outputs}; None: `predict`.
+    serve: Callable | None = None
 
 
 def export_run(run: Run) -> Path:
@@ -444,7 +574,7 @@ def export_run(run: Run) -> Path:
 
     return export.export_model(
         run.model,
-        run.predict,
+        run.serve or run.predict,
         run.out,
         run.name,
         run.input_spec,

@@ -51,8 +51,9 @@ def export_model(
     reports=None,
     temperature: float | None = None,
 ) -> Path:
-    """Write `predict` (a function of one raw input batch returning probabilities) as the
-    `serving_default` signature of the next version of `name`; returns the version folder.
+    """Write `predict` (a function of one raw input batch returning probabilities, or a dict of
+    them under "probabilities" and further outputs) as the `serving_default` signature of the
+    next version of `name`; returns the version folder.
 
     `model`: what holds `predict`'s variables (a Keras model, or a loaded SavedModel).
     `input_spec`: {"name", "shape" (without batch), "dtype", optionally "feature_names"}.
@@ -70,10 +71,13 @@ def export_model(
     archive.track(model)
 
     def serve(x):
-        probabilities = predict(x)
+        # `predict` answers the probabilities, or them and further outputs by name (an
+        # out-of-distribution score), computed in one pass of the network.
+        outputs = predict(x)
+        outputs = dict(outputs) if isinstance(outputs, dict) else {"probabilities": outputs}
         if temperature is not None:
-            probabilities = temperature_scaled(probabilities, temperature)
-        return {"probabilities": probabilities}
+            outputs["probabilities"] = temperature_scaled(outputs["probabilities"], temperature)
+        return outputs
 
     archive.add_endpoint("serving_default", serve, [signature])
     archive.write_out(str(staging), verbose=False)

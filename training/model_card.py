@@ -210,6 +210,7 @@ def _markdown(meta: dict, ev: Evidence) -> str:
         "A high probability is therefore no proof that the input belongs to any class; the calibration "
         "holds for inputs like the training data, not for these.",
         "",
+        *_ood_section(meta.get("ood")),
         "## Known limits",
         "",
         *_limits(meta, ev),
@@ -274,6 +275,51 @@ def update_runtimes_section(card: Path, meta: dict) -> None:
         anchor = text.index("## Inputs of no class")
         text = text[:anchor] + section + text[anchor:]
     card.write_text(text)
+
+
+def _ood_section(declared: dict | None) -> list[str]:
+    """The out-of-distribution score the export declares, as measured when it was fitted."""
+    if not declared:
+        return []
+
+    def rows(table: dict) -> list[str]:
+        return [
+            f"| {group} | {r['images']} | {r['auroc']:.3f} | {r['fpr_at_95_tpr']:.1%} "
+            f"| {r['abstained']:.1%} |"
+            for group, r in table.items()
+        ]
+
+    lines = [
+        "## Out-of-distribution score",
+        "",
+        f"A second output, `{declared['output']}` (higher: less like the training classes): "
+        f"{declared['method']}. Fitted on {declared['fitted_on']}. Answers abstain (`abstain: true`, "
+        f'"probably none of these") above **{declared["threshold"]}**; on the validation split that is '
+        f"{declared['abstained_validation']:.1%} of the images.",
+        "",
+        f"Measured on {declared['evaluated_on']} (AUROC; FPR at 95% TPR: the share of validation images "
+        "flagged when 95% of the outliers are; abstained: share of the outliers above the threshold):",
+        "",
+        "| outliers | images | AUROC | FPR at 95% TPR | abstained |",
+        "|---|---|---|---|---|",
+        *rows(declared["evaluation"]),
+        "",
+    ]
+    for name, table in declared.get("baselines", {}).items():
+        lines += [
+            f"Compared: `{name}` on the same images (its own threshold keeping 95% of validation images):",
+            "",
+            "| outliers | images | AUROC | FPR at 95% TPR | abstained |",
+            "|---|---|---|---|---|",
+            *rows(table),
+            "",
+        ]
+    lines += [
+        "Near outliers (photos of other animals and vehicles) look like the classes to the network and "
+        "mostly pass; the score is for pictures that are clearly none of them.",
+        "",
+    ]
+    return lines
 
 
 def _limits(meta: dict, ev: Evidence) -> list[str]:

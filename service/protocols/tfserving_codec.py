@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ class Predict:
     form: str
     instances: list[Any]
     signature_name: str | None
+    output_filter: list[str] = field(default_factory=list)  # the outputs asked for; none: the default
 
 
 def parse_predict(body: bytes, input_name: str) -> Predict:
@@ -67,11 +68,11 @@ def parse_predict(body: bytes, input_name: str) -> Predict:
         if not isinstance(request.instances, list):
             raise CodecError('"instances" must be a list')
         values = [_named(instance, input_name, "instance") for instance in request.instances]
-        return Predict(ROW, values, request.signature_name)
+        return Predict(ROW, values, request.signature_name, request.output_filter or [])
     batch = _named(request.inputs, input_name, '"inputs"')
     if not isinstance(batch, list):
         raise CodecError(f'"inputs" must be a list (the batch) or {{"{input_name}": [...]}}')
-    return Predict(COLUMNAR, batch, request.signature_name)
+    return Predict(COLUMNAR, batch, request.signature_name, request.output_filter or [])
 
 
 def binary_value(value: Any) -> bytes | None:
@@ -87,11 +88,21 @@ def binary_value(value: Any) -> bytes | None:
         raise CodecError('"b64" is not valid base64') from None
 
 
-def encode_predict(form: str, probabilities: np.ndarray) -> bytes:
-    """The answer TF Serving gives for a single-output signature: the output's values, unnamed
-    (ending in a newline, as every JSON answer of the service does)."""
+def encode_predict(form: str, outputs: dict[str, np.ndarray]) -> bytes:
+    """The answer TF Serving gives (ending in a newline, as every JSON answer of the service
+    does): one output's values unnamed; several by name, in each instance (row format) or for
+    the batch (columnar)."""
     key = "predictions" if form == ROW else "outputs"
-    return json.dumps({key: probabilities.tolist()}, separators=(",", ":")).encode() + b"\n"
+    if len(outputs) == 1:
+        (values,) = outputs.values()
+        answer: Any = values.tolist()
+    elif form == ROW:
+        columns = {name: values.tolist() for name, values in outputs.items()}
+        count = len(next(iter(columns.values())))
+        answer = [{name: column[i] for name, column in columns.items()} for i in range(count)]
+    else:
+        answer = {name: values.tolist() for name, values in outputs.items()}
+    return json.dumps({key: answer}, separators=(",", ":")).encode() + b"\n"
 
 
 def tensor_info(dtype: np.dtype, shape: list[int | None]) -> dict:

@@ -77,13 +77,14 @@ def to_array(
 
 
 def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """A float32 array as TF's own clients write it: its bytes in tensor_content."""
+    """A float32 (or bool) array as TF's own clients write it: its bytes in tensor_content."""
+    is_bool = array.dtype == np.bool_
     return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT,
+        dtype=types_pb2.DT_BOOL if is_bool else types_pb2.DT_FLOAT,
         tensor_shape=tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]
         ),
-        tensor_content=np.ascontiguousarray(array, "<f4").tobytes(),
+        tensor_content=np.ascontiguousarray(array, np.bool_ if is_bool else "<f4").tobytes(),
     )
 
 
@@ -108,11 +109,10 @@ class PredictionServicer:
         served = self.plane.live(spec.name, requested_version(spec))
         predictor = served.predictor
         with self.plane.expecting(served):
-            signature, output = predictor.contract.signature, predictor.output_name
+            signature = predictor.contract.signature
             if spec.signature_name not in ("", signature):
                 raise UnfitInput(f"no signature {spec.signature_name!r}; the export serves {signature!r}")
-            if unknown := [name for name in request.output_filter if name != output]:
-                raise UnfitInput(f"unknown output {unknown[0]!r}; the signature has one output, {output!r}")
+            wanted = tfserving_model.output_names(predictor, list(request.output_filter))
             if set(request.inputs) != {predictor.input_name}:
                 names = ", ".join(sorted(map(repr, request.inputs))) or "none"
                 raise UnfitInput(f"inputs {names}; the signature has one input, {predictor.input_name!r}")
@@ -126,8 +126,10 @@ class PredictionServicer:
             )
             rows = await self._rows(served, tensor)
         classified = await self.plane.classify(served, rows)
+        outputs = tfserving_model.output_values(predictor, classified, wanted)
         return pb.PredictResponse(
-            model_spec=answered_spec(predictor), outputs={output: to_tensor_proto(classified.probabilities)}
+            model_spec=answered_spec(predictor),
+            outputs={name: to_tensor_proto(values) for name, values in outputs.items()},
         )
 
     async def GetModelMetadata(self, request: pb.GetModelMetadataRequest) -> pb.GetModelMetadataResponse:

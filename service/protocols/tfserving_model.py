@@ -5,6 +5,10 @@ protobuf messages, whose JSON form they are.
 
 from __future__ import annotations
 
+import numpy as np
+
+from service.dataplane import Classified
+from service.faults import UnfitInput
 from service.predictor import Predictor
 from service.protocols.tfserving_codec import tensor_info
 from service.protocols.tfserving_types import (
@@ -18,6 +22,9 @@ from service.registry import ModelState, UnknownModel
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 RUNTIME = "runtime"  # a metadata entry of this service's own; TF Serving's clients read signature_def
+# Beside a model's out-of-distribution score the service answers whether it passes the threshold
+# (not a signature output: the threshold is the model's metadata, applied by the service).
+ABSTAIN = "abstain"
 
 
 def status(state: ModelState, version: int | None) -> ModelStatus:
@@ -48,9 +55,12 @@ def metadata(predictor: Predictor) -> ModelMetadata:
     """The model's spec, its one serving signature (the export's input and output tensors) and, as
     `runtime`, what computes the answers: "savedmodel" or the export's fast form (e.g. "tflite-int8")."""
     contract = predictor.contract
+    outputs = {contract.output.name: tensor_info(predictor.output_dtype, contract.output.shape)}
+    if predictor.ood is not None:
+        outputs[predictor.ood.output] = tensor_info(np.dtype(np.float32), [None])
     signature = {
         "inputs": {contract.input.name: tensor_info(predictor.input_dtype, contract.input.shape)},
-        "outputs": {contract.output.name: tensor_info(predictor.output_dtype, contract.output.shape)},
+        "outputs": outputs,
         "method_name": PREDICT_METHOD,
     }
     return ModelMetadata(
@@ -60,3 +70,24 @@ def metadata(predictor: Predictor) -> ModelMetadata:
             RUNTIME: predictor.runtime_name,
         },
     )
+
+
+def output_names(predictor: Predictor, asked: list[str]) -> list[str]:
+    """The outputs a predict answers: the probabilities unless others are asked for (an
+    out-of-distribution score and `abstain`, where the model has them); UnfitInput for one it
+    does not have."""
+    known = [predictor.output_name]
+    if predictor.ood is not None:
+        known += [predictor.ood.output, ABSTAIN]
+    if unknown := [name for name in asked if name not in known]:
+        raise UnfitInput(f"unknown output {unknown[0]!r}; the signature has {', '.join(map(repr, known))}")
+    return asked or [predictor.output_name]
+
+
+def output_values(predictor: Predictor, classified: Classified, names: list[str]) -> dict[str, np.ndarray]:
+    """The values of the outputs `names`, by name."""
+    values = {predictor.output_name: classified.probabilities}
+    if predictor.ood is not None and classified.ood_score is not None:
+        values[predictor.ood.output] = classified.ood_score
+        values[ABSTAIN] = np.array(classified.abstain, np.bool_)
+    return {name: values[name] for name in names}

@@ -74,9 +74,11 @@ async def predict(request: Request, model: str, version: str | None = None) -> R
         signature = served.predictor.contract.signature
         if parsed.signature_name not in (None, signature):
             raise UnfitInput(f"no signature {parsed.signature_name!r}; the export serves {signature!r}")
+        names = tfserving_model.output_names(served.predictor, parsed.output_filter)
         rows = await _rows(plane, served, parsed.instances)
     classified = await plane.classify(served, rows)
-    return Response(encode_predict(parsed.form, classified.probabilities), media_type="application/json")
+    outputs = tfserving_model.output_values(served.predictor, classified, names)
+    return Response(encode_predict(parsed.form, outputs), media_type="application/json")
 
 
 async def _rows(plane: DataPlane, served: Served, instances: list) -> np.ndarray:

@@ -46,6 +46,11 @@ class PredictRequest(Wire):
         ' as {"b64": "..."}',
     )
     inputs: Any = Field(None, description="columnar format: the batch, or an object naming the input")
+    output_filter: list[str] | None = Field(
+        None,
+        description="the outputs to answer (as in gRPC's PredictRequest); default: the probabilities "
+        "alone. Models with an out-of-distribution score also have `ood_score` and `abstain`",
+    )
 
 
 class PredictResponse(Wire):

@@ -25,6 +25,7 @@ EXTENSIONS = ["binary_tensor_data"]
 # What computes the answers (service/runtimes.py), by the names Triton gives its backends.
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "tflite": "tflite"}
 LABEL = "label"  # the output this service adds: the most probable class, as text
+ABSTAIN = "abstain"  # and, beside a model's out-of-distribution score, whether it passes the threshold
 
 
 def server_metadata() -> ServerMetadata:
@@ -72,8 +73,9 @@ def encoded_input_name(predictor: Predictor) -> str:
 
 
 def outputs(predictor: Predictor) -> list[MetadataTensor]:
-    """The outputs the model answers: its probabilities, and the most probable label."""
-    return [
+    """The outputs the model answers: its probabilities, and the most probable label; where the
+    model declares an out-of-distribution score, the score and whether it abstains."""
+    answered = [
         MetadataTensor(
             name=predictor.output_name,
             datatype=datatype_of(predictor.output_dtype),
@@ -81,6 +83,10 @@ def outputs(predictor: Predictor) -> list[MetadataTensor]:
         ),
         MetadataTensor(name=LABEL, datatype=BYTES, shape=[-1]),
     ]
+    if predictor.ood is not None:
+        answered.append(MetadataTensor(name=predictor.ood.output, datatype="FP32", shape=[-1]))
+        answered.append(MetadataTensor(name=ABSTAIN, datatype="BOOL", shape=[-1]))
+    return answered
 
 
 def output_names(predictor: Predictor, asked: list[str]) -> list[str]:
@@ -94,10 +100,14 @@ def output_names(predictor: Predictor, asked: list[str]) -> list[str]:
 
 def output_values(predictor: Predictor, classified: Classified) -> dict[str, np.ndarray]:
     """Each output's tensor, by name, for the model's answer."""
-    return {
+    values = {
         predictor.output_name: classified.probabilities,
         LABEL: np.array([label.encode() for label in classified.best_labels], object),
     }
+    if predictor.ood is not None and classified.ood_score is not None:
+        values[predictor.ood.output] = classified.ood_score.astype(np.float32)
+        values[ABSTAIN] = np.array(classified.abstain, np.bool_)
+    return values
 
 
 async def rows(plane: DataPlane, served: Served, tensors: dict[str, np.ndarray]) -> np.ndarray:

@@ -37,6 +37,14 @@ FEATURES: TypeAdapter[OneInstance | Instances | dict[str, float]] = TypeAdapter(
 FEATURES_SCHEMA = inline(FEATURES.json_schema())
 
 TopK = Annotated[int | None, Query(ge=1, description="also list the k most probable classes")]
+AbstainThreshold = Annotated[
+    float | None,
+    Query(
+        allow_inf_nan=False,
+        description="models with an `ood_score`: abstain above this score instead of the model's "
+        "declared threshold (lower abstains more)",
+    ),
+]
 Preview = Annotated[
     bool,
     Query(description="also return each image as the model received it (`input_png`, base64 PNG)"),
@@ -100,19 +108,26 @@ async def vector_model(model: str, plane: DataPlaneDep) -> Served:
 
 
 @router.post("/image", openapi_extra=IMAGE_UPLOAD, **ANSWERS)
-async def predict_image(request: Request, top_k: TopK = None, preview: Preview = False) -> Response:
+async def predict_image(
+    request: Request, top_k: TopK = None, preview: Preview = False, abstain_threshold: AbstainThreshold = None
+) -> Response:
     """Classify uploaded images with the image model (the first by name if several are served)."""
     plane: DataPlane = request.app.state.dataplane
-    return await _classify_images(request, plane, plane.image_model(), top_k, preview)
+    return await _classify_images(request, plane, plane.image_model(), top_k, preview, abstain_threshold)
 
 
 @router.post("/image/{model}", openapi_extra=IMAGE_UPLOAD, **ANSWERS)
 async def predict_image_with(
-    request: Request, model: str, top_k: TopK = None, preview: Preview = False
+    request: Request,
+    model: str,
+    top_k: TopK = None,
+    preview: Preview = False,
+    abstain_threshold: AbstainThreshold = None,
 ) -> Response:
     """Classify uploaded images with the image model called `model`."""
     plane: DataPlane = request.app.state.dataplane
-    return await _classify_images(request, plane, _of_kind(plane.live(model), "image"), top_k, preview)
+    served = _of_kind(plane.live(model), "image")
+    return await _classify_images(request, plane, served, top_k, preview, abstain_threshold)
 
 
 # Documented from the schema, since the route reads its body itself (below).
@@ -160,12 +175,17 @@ def parse_features(body: bytes) -> OneInstance | Instances | dict[str, float]:
 
 
 async def _classify_images(
-    request: Request, plane: DataPlane, served: Served, top_k: int | None, preview: bool
+    request: Request,
+    plane: DataPlane,
+    served: Served,
+    top_k: int | None,
+    preview: bool,
+    abstain_threshold: float | None,
 ) -> Response:
     with plane.expecting(served):
         files = await read_files(request, "file", plane.max_rows)
         rows = await plane.decode_files(served, files)
-    classified = await plane.classify(served, rows)
+    classified = await plane.classify(served, rows, abstain_threshold)
     predictions = _predictions(served.predictor, classified, top_k)
     if preview:  # encoded from the very array the model was given
         for prediction, pixels in zip(predictions, classified.rows, strict=True):
@@ -200,6 +220,8 @@ def _predictions(predictor: Predictor, classified: Classified, top_k: int | None
     labels, version = predictor.labels, str(predictor.version)
     predictions = []
     rows = zip(classified.probabilities.tolist(), classified.best, strict=True)
+    scores = classified.ood_score.tolist() if classified.ood_score is not None else None
+    abstain = classified.abstain
     for row, (values, best) in enumerate(rows):
         ranked = classified.ranking(row, top_k) if top_k else None
         top = [LabelProbability(label=labels[i], probability=values[i]) for i in ranked] if ranked else None
@@ -210,6 +232,8 @@ def _predictions(predictor: Predictor, classified: Classified, top_k: int | None
                 label=labels[best],
                 probabilities=dict(zip(labels, values, strict=True)),
                 top_k=top,
+                ood_score=scores[row] if scores is not None else None,
+                abstain=abstain[row] if abstain is not None else None,
             )
         )
     return predictions

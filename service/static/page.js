@@ -132,12 +132,22 @@ function bars(probabilities) {
 
 function verdict(prediction) {
   const p = prediction.probabilities[prediction.label];
-  return el(
+  const answer = el(
     "p",
     { class: "verdict" },
     el("strong", { class: "label", text: prediction.label }),
     ` ${percent(p)}`,
   );
+  // Models with an out-of-distribution score say when an input is probably none of their classes.
+  if (prediction.abstain !== true) return answer;
+  answer.append(
+    el("span", {
+      class: "abstain",
+      role: "note",
+      text: ` · probably none of these (out-of-distribution score ${prediction.ood_score.toFixed(2)})`,
+    }),
+  );
+  return answer;
 }
 
 function meta(prediction, milliseconds) {
