@@ -406,7 +406,9 @@ def tta(version_dir: Path, data_path: str, fast: str) -> dict:
         for augmentation in ("none", "flip"):
             predictor = Predictor(version_dir, "/CPU:0", runtime, 1, augmentation)
             batches = (split.x[i : i + 256] for i in range(0, len(split.x), 256))
-            probabilities = np.concatenate([predictor.predict(batch) for batch in batches])
+            probabilities = np.concatenate(
+                [predictor.predict(batch)[predictor.output_name] for batch in batches]
+            )
             m = calibration.calibration_metrics(probabilities, split.y)
             scores[f"{runtime}, TTA={augmentation}"] = {k: m[k] for k in ("accuracy", "ece", "nll")}
             print(runtime, augmentation, scores[f"{runtime}, TTA={augmentation}"], flush=True)

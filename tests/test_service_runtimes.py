@@ -133,9 +133,15 @@ def test_flip_tta_averages_each_image_with_its_mirror(fast, runtime):
     images = photos(6, first=900)
     plain = Predictor(fast, "/CPU:0", runtime)
     flipped = Predictor(fast, "/CPU:0", runtime, tta="flip")
-    expected = (plain.predict(images) + plain.predict(images[:, :, ::-1])) / 2
-    np.testing.assert_allclose(flipped.predict(images), expected, atol=1e-6)
-    assert flipped.tta == "flip" and not np.allclose(flipped.predict(images), plain.predict(images))
+
+    def probabilities(predictor, batch):
+        return predictor.predict(batch)[predictor.output_name]
+
+    expected = (probabilities(plain, images) + probabilities(plain, images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(probabilities(flipped, images), expected, atol=1e-6)
+    assert flipped.tta == "flip" and not np.allclose(
+        probabilities(flipped, images), probabilities(plain, images)
+    )
 
 
 def pngs(count: int) -> list[bytes]:
