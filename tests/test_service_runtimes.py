@@ -65,7 +65,7 @@ def test_the_fast_form_answers_every_declared_output_close_to_the_savedmodel(fas
     images = photos(40, first=500)
     served = Predictor(fast, "/CPU:0")
     assert served.runtime_name == "tflite-int8"
-    outputs = served.outputs(images)
+    outputs = served.predict(images)
     assert sorted(outputs) == read_metadata(fast).runtimes["tflite-int8"].outputs == ["probabilities"]
     probabilities = outputs["probabilities"]
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-3)
