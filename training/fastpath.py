@@ -107,13 +107,13 @@ def evaluate(version_dir: Path, contract: Metadata, form: FastRuntime, split: da
     fast = TFLiteRuntime(NAME, version_dir, form, contract)
     output = contract.output.name
 
-    def probabilities(runtime) -> np.ndarray:
-        return np.concatenate(
-            [runtime.run(split.x[i : i + BATCH])[output] for i in range(0, len(split.x), BATCH)]
-        )
+    def outputs(runtime) -> dict[str, np.ndarray]:
+        parts = [runtime.run(split.x[i : i + BATCH]) for i in range(0, len(split.x), BATCH)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
-    reference, candidate = probabilities(savedmodel), probabilities(fast)
-    return {
+    expected, answered = outputs(savedmodel), outputs(fast)
+    reference, candidate = expected[output], answered[output]
+    evaluation = {
         "examples": len(split.y),
         "savedmodel": _scores(reference, split.y),
         NAME: _scores(candidate, split.y),
@@ -121,6 +121,15 @@ def evaluate(version_dir: Path, contract: Metadata, form: FastRuntime, split: da
         "max_abs_probability_difference": round(float(np.abs(reference - candidate).max()), 4),
         "max_row_sum_error": round(float(np.abs(candidate.sum(1) - 1).max()), 6),
     }
+    if contract.ood is not None:  # the abstain decision must not depend on the runtime either
+        score, threshold = contract.ood.output, contract.ood.threshold
+        evaluation["abstain_agreement"] = round(
+            float(np.mean((expected[score] > threshold) == (answered[score] > threshold))), 4
+        )
+        evaluation["max_abs_ood_score_difference"] = round(
+            float(np.abs(expected[score] - answered[score]).max()), 4
+        )
+    return evaluation
 
 
 def _scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:

@@ -257,8 +257,14 @@ def runtimes_section(meta: dict) -> list[str]:
         lines += [
             "",
             f"- `{name}`: `{form['path']}` ({form['size_bytes'] / 1e6:.1f} MB), {form['quantization']}"
-            f"{round_trip}. Measured on the {ev['split']} split ({ev['examples']:,} examples). "
-            f"Made by `{form['command']}`.",
+            f"{round_trip}. Measured on the {ev['split']} split ({ev['examples']:,} examples)"
+            + (
+                f"; the same abstain decision as the SavedModel on {ev['abstain_agreement']:.2%} of them"
+                f" (scores within {ev['max_abs_ood_score_difference']})"
+                if "abstain_agreement" in ev
+                else ""
+            )
+            + f". Made by `{form['command']}`.",
         ]
     return [*lines, ""]
 
