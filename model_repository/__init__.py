@@ -11,6 +11,7 @@ Only the standard library and pydantic: the service reads exports without import
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,6 +113,22 @@ def existing_versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if is_version(p.name) and p.is_dir())
+
+
+def version_files(version_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """What a version folder holds, as (path inside it, size, modification time in ns) for every
+    entry, in order: equal as long as nothing in it was added, removed or rewritten. Entries
+    that vanish while it is read are left out (the next reading differs anyway)."""
+    files = []
+    for folder, _, names in os.walk(version_dir):
+        for name in names:
+            path = Path(folder) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            files.append((path.relative_to(version_dir).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(files))
 
 
 def is_version(name: str) -> bool:

@@ -20,6 +20,7 @@ from service.deps import require_api_key
 from service.device import configure_device
 from service.draining import Drain
 from service.errors import add_error_handlers
+from service.heap import freeze_imports
 from service.identity import ServedBy
 from service.limits import BodyLimits
 from service.loading import WaitForModels
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         device = configure_device(settings.device, settings.intra_op_threads, settings.inter_op_threads)
+        freeze_imports()  # before any model loads and any request is served: service/heap.py
         app.state.registry = registry = ModelRegistry(settings, device, metrics)
         app.state.decoders = decoders = ThreadPoolExecutor(
             settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu

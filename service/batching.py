@@ -92,6 +92,11 @@ class MicroBatcher:
             self._expected -= 1
             self._arrived.set()
 
+    @property
+    def idle(self) -> bool:
+        """No request is on its way (`expecting`), waiting or being computed."""
+        return not (self._expected or self._jobs or self._running)
+
     async def predict(self, rows: np.ndarray, predictor: Predictor) -> dict[str, np.ndarray]:
         """`predictor`'s outputs for `rows` (at most `max_batch_size` of them)."""
         if len(rows) > self.max_batch_size:

@@ -162,7 +162,7 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Every model found is loaded and warmed up."""
+        """The replica serves what MODEL_DIR holds (`ModelRegistry.ready`)."""
         return self.registry.ready
 
     # --- the request -----------------------------------------------------------------------

@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     model_dir: Path = Path("models")
     # Serve these versions instead of the newest, e.g. MODEL_VERSIONS="cifar10=1,iris=2".
     model_versions: Annotated[dict[str, int], NoDecode] = {}
-    # Seconds between scans of model_dir for new versions; 0 turns hot reload off.
+    # Seconds between scans of model_dir, which the service follows (versions added, deleted,
+    # fixed; models added, removed); 0 reads it once, at start-up.
     poll_interval_s: float = Field(10.0, ge=0)
 
     # What computes each model's outputs (service/runtimes.py): auto (an export's declared fast

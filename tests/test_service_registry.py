@@ -169,18 +169,77 @@ def test_each_model_is_batched_as_the_settings_say(model_dir):
             assert (batcher.max_batch_size, batcher.max_wait_s, batcher.max_queue_size) == (12, 0.04, 96)
 
 
-def test_missing_model_dir_serves_health_but_is_not_ready_and_is_logged_once(tmp_path, caplog):
-    scans = []
-    with serving(tmp_path / "absent", ready=False) as client:
+def make_a_file(path):
+    path.write_text("not a folder")
+
+
+def make_unreadable(path, monkeypatch):
+    path.mkdir()
+    iterdir = registry_module.Path.iterdir
+
+    def refused(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(registry_module.Path, "iterdir", refused)  # root reads any folder
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (None, "does not exist"),
+        (make_a_file, "is not a folder"),
+        (make_unreadable, "cannot be read: Permission denied"),
+    ],
+)
+def test_a_missing_or_unreadable_model_dir_is_one_clear_message_and_not_ready(
+    tmp_path, make, problem, monkeypatch, caplog
+):
+    root, scans = tmp_path / "models", []
+    if make is make_unreadable:
+        make(root, monkeypatch)
+    elif make is not None:
+        make(root)
+    scan = registry_module.ModelRegistry._scan
+    monkeypatch.setattr(registry_module.ModelRegistry, "_scan", lambda *args: scans.append(1) or scan(*args))
+    with serving(root, ready=False, poll_interval_s=0.02) as client:
         assert client.get("/healthz").status_code == 200
-        body = wait_for(lambda: (r := client.get("/readyz").json())["detail"] != "starting" and r)
-        assert body["ready"] is False and "no models in" in body["detail"]
+        wait_for(lambda: len(scans) >= 5)
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["detail"] == f"MODEL_DIR {root} {problem}"
         assert client.post("/predict/iris", json=FEATURES).status_code == 404
         assert client.post("/predict/image", files={"file": IMAGE}).status_code == 404
-        registry = client.app.state.registry
-        wait_for(lambda: scans.append(registry._scan()) or len(scans) >= 3)
-    missing = [r for r in caplog.records if "is not a folder: no models to serve" in r.getMessage()]
-    assert len(missing) == 1 and missing[0].levelname == "ERROR"
+    logged = [r for r in caplog.records if r.levelname in ("ERROR", "WARNING", "CRITICAL")]
+    assert [r.getMessage() for r in logged] == [f"MODEL_DIR {root} {problem}: no models to serve"]
+    assert logged[0].exc_info is None  # a message, not a traceback
+
+
+def test_model_dir_unreadable_after_start_keeps_the_models_loaded_and_says_so(model_dir, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=registry_module.__name__)
+    with serving(model_dir, poll_interval_s=0.02) as client:
+        iterdir = registry_module.Path.iterdir
+        monkeypatch.setattr(
+            registry_module.Path,
+            "iterdir",
+            lambda self: (
+                (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                if self == model_dir
+                else iterdir(self)
+            ),
+        )
+        body = wait_for(lambda: "cannot be read" in (r := client.get("/readyz").json())["detail"] and r)
+        assert body["ready"] is True and body["models"] == {"cifar10": "ready", "iris": "ready"}
+        assert client.post("/predict/iris", json=FEATURES).status_code == 200
+        monkeypatch.setattr(registry_module.Path, "iterdir", iterdir)
+        wait_for(lambda: client.get("/readyz").json()["detail"] == "all models ready")
+    messages = [r.getMessage() for r in caplog.records if r.name == registry_module.__name__]
+    assert [m for m in messages if "MODEL_DIR" in m] == [
+        f"MODEL_DIR {model_dir} cannot be read: Permission denied: serving the models loaded, unchanged,"
+        " until it can be read",
+        f"MODEL_DIR {model_dir} can be read again",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -194,21 +253,24 @@ def test_missing_model_dir_serves_health_but_is_not_ready_and_is_logged_once(tmp
     ],
 )
 def test_a_broken_model_is_named_and_the_others_still_serve(model_dir, damage, reason, caplog):
+    """A model with no loadable version is reported, and never takes the replica's readiness
+    hostage: the model that loads is served, and the replica is ready."""
     iris = model_dir / "iris"
     if damage is None:
         shutil.rmtree(iris / "1")
     else:
         damage(iris / "1")
     with serving(model_dir, ready=False) as client:
-        body = wait_for(
-            lambda: (r := client.get("/readyz").json())["models"].get("iris", "loading") != "loading" and r
-        )
-        assert reason in body["models"]["iris"] and "iris" in body["detail"]
-        assert client.get("/readyz").status_code == 503
-        wait_for(lambda: models_by_name(client)["cifar10"]["ready"])
+        body = wait_for(lambda: (r := client.get("/readyz")).status_code == 200 and r.json())
+        assert reason in body["models"]["iris"] and body["models"]["cifar10"] == "ready"
+        assert body["ready"] is True and body["detail"].startswith("not serving iris: ")
+        assert client.get("/readyz").status_code == 200
         assert client.post("/predict/image", files={"file": IMAGE}).status_code == 200
         refused = client.post("/predict/iris", json=FEATURES)
         assert refused.status_code == 503 and reason in refused.json()["detail"]
+        assert client.get("/v2/health/ready").status_code == 200
+        refused = client.get("/v2/models/iris/ready")
+        assert refused.status_code == 503 and reason in refused.json()["error"]
     if damage is not None:
         assert any("rejected iris version 1" in r.getMessage() for r in caplog.records)
 
@@ -257,11 +319,11 @@ def test_closing_stops_watching_the_model_folder(model_dir):
 def test_a_failing_scan_is_logged_and_the_next_one_serves(model_dir, monkeypatch, caplog):
     scan, failed = registry_module.ModelRegistry._scan, []
 
-    def fails_once(self):
+    def fails_once(self, *args):
         if not failed:
             failed.append(1)
             raise RuntimeError("a race with a deployment")
-        return scan(self)
+        return scan(self, *args)
 
     monkeypatch.setattr(registry_module.ModelRegistry, "_scan", fails_once)
     with serving(model_dir, poll_interval_s=0.05) as client:
@@ -384,12 +446,13 @@ def test_each_version_is_loaded_once_however_many_scans_see_it(model_dir, monkey
         return load(path, *args)
 
     monkeypatch.setattr(registry_module, "load_predictor", counted_load)
-    monkeypatch.setattr(registry_module.ModelRegistry, "_scan", lambda self: scans.append(1) or scan(self))
+    monkeypatch.setattr(registry_module.ModelRegistry, "_scan", lambda *args: scans.append(1) or scan(*args))
     with serving(model_dir, model_versions="cifar10=1", poll_interval_s=0.05) as client:
         seen = len(scans)
         wait_for(lambda: len(scans) >= seen + 5)
         assert models_by_name(client)["iris"]["live_version"] == "1"
-    # The rejected iris/2 is not retried, nor the live, pinned cifar10/1 reloaded.
+    # The rejected iris/2, unchanged, is not retried before its back-off (RETRY_FIRST_S), nor
+    # the live, pinned cifar10/1 reloaded.
     assert sorted(loads) == ["cifar10/1", "iris/1", "iris/2"]
 
 
@@ -431,18 +494,19 @@ def test_broken_new_version_is_rejected_and_the_old_keeps_serving(model_dir, exp
         wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "3")
 
 
-def test_loaded_models_are_left_out_of_full_collections_and_a_replaced_version_is_reclaimed(
+def test_full_collections_walk_the_models_not_the_imports_and_a_replaced_version_is_reclaimed(
     model_dir, exports
 ):
     with serving(model_dir, poll_interval_s=0.1) as client:
+        # TensorFlow's and the app's objects are frozen, out of every pass (400,000 and more).
+        assert gc.get_freeze_count() > 100_000
         served = client.app.state.registry.models["cifar10"]
         first = served.predictor
-        collected = {id(o) for o in gc.get_objects()}  # the objects a full collection walks
-        assert id(first) not in collected and id(first.runtime._loaded) not in collected
         first.itself = first  # a reference cycle, as loaded TensorFlow objects can have
         replaced = weakref.ref(first)
         del first
         publish(exports["cifar10-v2"], model_dir, 2)
         wait_for(lambda: models_by_name(client)["cifar10"]["live_version"] == "2")
-        assert wait_for(lambda: replaced() is None, timeout=10)  # its reference cycles went too
-        assert id(served.predictor) not in {id(o) for o in gc.get_objects()}
+        gc.collect()  # the versions are left to the collector's passes: one reclaims the cycle
+        assert wait_for(lambda: replaced() is None, timeout=10)
+        assert id(served.predictor) in {id(o) for o in gc.get_objects()}

@@ -125,6 +125,7 @@ class GrpcServer:
         self._handlers: list[grpc.GenericRpcHandler] = []
         self._watcher: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
+        self._models: set[str] = set()  # the model names health answered for at its last look
 
     @property
     def address(self) -> str:
@@ -231,14 +232,18 @@ class GrpcServer:
             await self.server.stop(grace_s)
 
     async def _watch_health(self) -> None:
-        """The whole server and each protocol service are SERVING while every model is ready;
-        each model, under its own name, while it is."""
+        """The whole server and each protocol service are SERVING while the replica is ready
+        (as /readyz); each model, under its own name, while it is, and NOT_SERVING once gone."""
         while True:
             ready = SERVING if self.plane.ready else NOT_SERVING
             for service in ("", *self.services):
                 await self.health.set(service, ready)
-            for model in self.plane.states():
+            models = self.plane.states()
+            for model in models:
                 await self.health.set(model.name, NOT_SERVING if model.problem else SERVING)
+            for gone in self._models - {model.name for model in models}:
+                await self.health.set(gone, NOT_SERVING)
+            self._models = {model.name for model in models}
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
 

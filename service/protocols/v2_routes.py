@@ -76,7 +76,7 @@ async def server_live() -> ServerLive:
 
 @router.get("/health/ready", response_model=ServerReady, responses={503: {"model": ServerReady}})
 async def server_ready(plane: DataPlaneDep):
-    """200 once every model is loaded and warmed up; 503 until then."""
+    """200 while the replica is ready, as /readyz; 503 otherwise."""
     if plane.ready:
         return ServerReady(ready=True)
     return JSONResponse({"ready": False}, 503, RETRY)

@@ -25,21 +25,29 @@ async def healthz() -> Health:
 @router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(registry: RegistryDep, request: Request):
-    """200 once every model found is loaded and warmed up; 503 naming those that are not, or
-    saying that the server is draining before it stops."""
+    """200 while this replica serves what MODEL_DIR holds: the models found at start-up loaded
+    or rejected, at least one model live, and every live model taking requests. A model with
+    no loadable version (empty, still being written, broken, or loading its first version)
+    is named in `models` and `detail` but does not make it 503. 503 before that, with no model
+    live, or while draining before the server stops."""
     models = registry.readiness()
-    waiting = {name: state for name, state in models.items() if state != "ready"}
+    waiting = "; ".join(f"{name}: {state}" for name, state in models.items() if state != "ready")
     if request.app.state.drain.started.is_set():
         body = Readiness(ready=False, detail="draining: stopping soon", models=models)
         return JSONResponse(body.model_dump(), 503, RETRY)
     if registry.ready:
-        return Readiness(ready=True, detail="all models ready", models=models)
+        detail = f"not serving {waiting}" if waiting else "all models ready"
+        if registry.repository_problem:
+            detail = f"{registry.repository_problem}: serving the models loaded; {detail}"
+        return Readiness(ready=True, detail=detail, models=models)
     if not registry.scanned:
         detail = "starting"
+    elif registry.repository_problem:
+        detail = registry.repository_problem
     elif not models:
         detail = f"no models in {registry.settings.model_dir}"
     else:
-        detail = "not ready: " + "; ".join(f"{name}: {state}" for name, state in waiting.items())
+        detail = f"not ready: {waiting or 'loading'}"
     body = Readiness(ready=False, detail=detail, models=models)
     return JSONResponse(body.model_dump(), 503, RETRY)
 
