@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from service.batching import Closed, QueueFull
+from service.batching import Closed, DeadlineExceeded, QueueFull
 from service.budget import BudgetExceeded, DecoderBusy
 from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput, validation_message
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage
@@ -36,9 +36,10 @@ STATUS: dict[type[Exception], int] = {
     UnsupportedImage: 415,  # not an image in an accepted format
     UnfitInput: 422,  # wrong shape or datatype, no rows, features or outputs not finite
     ModelNotReady: 503,
-    QueueFull: 503,
+    QueueFull: 503,  # the queue is full, or would not reach the request before its deadline
     Closed: 503,  # Crashed too
     DecoderBusy: 503,  # the worker's decode budget stayed taken
+    DeadlineExceeded: 504,  # still waiting for the model at the request's deadline
 }
 
 
@@ -47,9 +48,16 @@ def status_of(error: Exception) -> int:
     return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
 
 
-def headers_of(status: int, headers: dict[str, str] | None = None) -> dict[str, str] | None:
+def retry_after(error: BaseException | None = None) -> str:
+    """Seconds a 503 tells its client to wait: for a full queue, until the rows ahead are done."""
+    return str(error.retry_after_s) if isinstance(error, QueueFull) else RETRY_AFTER_S
+
+
+def headers_of(
+    status: int, headers: dict[str, str] | None = None, error: BaseException | None = None
+) -> dict[str, str] | None:
     """A 503 says when to retry."""
-    return {**(headers or {}), **RETRY} if status == 503 else headers
+    return {**(headers or {}), "Retry-After": retry_after(error)} if status == 503 else headers
 
 
 def _feature_names(request: Request) -> str:
@@ -67,14 +75,14 @@ def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[
     matched (an unknown path or method), `{"error": ...}`, so a protocol's client reads its own
     shape."""
 
-    def answer(request: Request, status: int, message: str, headers=None) -> JSONResponse:
+    def answer(request: Request, status: int, message: str, headers=None, error=None) -> JSONResponse:
         path = request.url.path
         protocol = any(path == prefix or path.startswith(f"{prefix}/") for prefix in protocol_prefixes)
         key = "error" if protocol else "detail"
-        return JSONResponse({key: message}, status, headers_of(status, headers))
+        return JSONResponse({key: message}, status, headers_of(status, headers, error))
 
     async def domain_error(request: Request, error: Exception) -> JSONResponse:
-        return answer(request, status_of(error), str(error))
+        return answer(request, status_of(error), str(error), error=error)
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         error = cast(HTTPException, error)

@@ -27,8 +27,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from service import deadlines
 from service.dataplane import DataPlane
-from service.errors import RETRY_AFTER_S, status_of
+from service.disconnects import CLIENT_CLOSED_REQUEST
+from service.errors import retry_after, status_of
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -45,8 +47,9 @@ CODES = {
     415: grpc.StatusCode.INVALID_ARGUMENT,  # not an image format the service decodes
     422: grpc.StatusCode.INVALID_ARGUMENT,  # well-formed but unfit: shape, datatype, values
     503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing: worth retrying
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,  # still waiting for the model at the call's deadline
 }
-RETRY_AFTER = ("retry-after", RETRY_AFTER_S)  # trailing metadata on UNAVAILABLE, as REST's header
+RETRY_AFTER = "retry-after"  # trailing metadata on UNAVAILABLE, as REST's header
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_INTERVAL_S = 0.5
 
@@ -155,9 +158,19 @@ class GrpcServer:
             try:
                 if guarded and self._expected_key is not None:
                     self._check_key(context)
+                deadlines.arrived()
+                remaining = context.time_remaining()  # None: the call has no deadline
+                if remaining is not None:
+                    deadlines.answer_within(remaining)
                 response = await implementation(request)
                 status = 200
                 return response
+            except asyncio.CancelledError:
+                # grpc.aio cancels the call's task when its client cancels it or its deadline
+                # passes: counted as such, and anything it waited for (a queued job) is dropped.
+                left = context.time_remaining()
+                status = 504 if left is not None and left <= 0 else CLIENT_CLOSED_REQUEST
+                raise
             except Exception as error:
                 status = 401 if isinstance(error, Unauthenticated) else _status(error)
                 await self._abort(context, status, error, route)
@@ -185,5 +198,5 @@ class GrpcServer:
             self.metrics.errors.labels("unhandled").inc()
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         if status == 503:
-            context.set_trailing_metadata((RETRY_AFTER,))
+            context.set_trailing_metadata(((RETRY_AFTER, retry_after(error)),))
         await context.abort(CODES[status], str(error))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service import deadlines
 from service.dataplane import DataPlane, Served, version_number
 from service.faults import CodecError
 from service.protocols import v2_model
@@ -94,6 +95,12 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[in
     return array.reshape(shape)
 
 
+def _value(parameter: pb.InferParameter) -> object:
+    """A request parameter's value, whichever of its types it was sent as."""
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else 0
+
+
 class InferenceServicer:
     """The RPCs of `inference.GRPCInferenceService`, each a request message in, a response out."""
 
@@ -138,6 +145,8 @@ class InferenceServicer:
         with self.plane.expecting(served):
             wanted = v2_model.output_names(predictor, [output.name for output in request.outputs])
             rows = await v2_model.rows(self.plane, served, decode_inputs(request))
+        if "timeout" in request.parameters:  # Triton's, beside the call's own deadline
+            deadlines.answer_within_microseconds(_value(request.parameters["timeout"]))
         classified = await self.plane.classify(served, rows)
         computed = v2_model.output_values(predictor, classified)
         response = pb.ModelInferResponse(
