@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Request-Timeout"],
         )
     app.add_middleware(CancelWhenClientLeaves)  # inside the metrics, which count its 499s
     app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
