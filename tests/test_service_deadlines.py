@@ -212,6 +212,25 @@ def test_a_grpc_call_still_queued_at_its_deadline_is_deadline_exceeded_and_never
         wait_for(lambda: statuses(http.get("/metrics").text, method) == {"504": 1})
 
 
+def test_the_v2_timeout_parameter_is_a_deadline_over_grpc_too(shared_models, monkeypatch):
+    port = free_port()
+    with (
+        serving(shared_models, grpc_port=port) as http,
+        held_model(http, monkeypatch) as (gate, entered, batches),
+        ThreadPoolExecutor(1) as pool,
+        triton.InferenceServerClient(f"127.0.0.1:{port}") as client,
+    ):
+        first = pool.submit(http.post, "/predict/iris", json={"features": FLOWER})
+        assert entered.wait(30)
+        with pytest.raises(InferenceServerException) as caught:  # the call itself may take 60 s
+            client.infer("iris", v2_inputs(), timeout=300_000, client_timeout=60)
+        gate.set()
+        assert first.result().status_code == 200
+        assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert "could not answer before the request's deadline" in caught.value.message()
+        assert batches == [1]
+
+
 def call_with_a_deadline(client: str, target: str, model: str, seconds: float) -> None:
     """Call `model` through `client`'s own API with a deadline it misses."""
     if client == "tritonclient":
