@@ -62,10 +62,12 @@ class Crashed(Closed):
 
 class ServiceRate:
     """How fast the model has been computing lately: the upper quartile of the time per row of
-    its last `batches` model calls. Cautious, as an answer that comes after its client has gone
-    is work lost while a refusal costs a retry (on a busy machine a call can take twice the
-    median); yet a quartile, so that one slow call (a batch size traced for the first time, a
-    pause of the machine) does not make the model look slow for the calls after it."""
+    its last `batches` model calls, timed in the model's thread (not the event loop's wait to
+    hear of it, which would count every other request's work too). Cautious, as an answer that
+    comes after its client has gone is work lost while a refusal costs a retry (on a busy
+    machine a call can take twice the median); yet a quartile, so that one slow call (a batch
+    size traced for the first time, a pause of the machine) does not make the model look slow
+    for the calls after it."""
 
     def __init__(self, batches: int = 9):
         self._per_row: deque[float] = deque(maxlen=batches)
@@ -251,7 +253,7 @@ class MicroBatcher:
             started = loop.time()
             self._busy_until = started + self.rate.seconds_for(self.computing)
             try:
-                outputs = await loop.run_in_executor(self._thread, self._run, jobs)
+                outputs, seconds = await loop.run_in_executor(self._thread, self._run, jobs)
             except Exception as error:  # a failed batch fails its requests, not the batcher
                 self._running = []
                 self._report_load()
@@ -261,7 +263,7 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_exception(error)
                 continue
-            self.rate.record(sum(len(job.rows) for job in jobs), loop.time() - started)
+            self.rate.record(sum(len(job.rows) for job in jobs), seconds)
             start = 0
             for job in jobs:
                 end = start + len(job.rows)
@@ -316,9 +318,11 @@ class MicroBatcher:
         self.queued -= rows
         return jobs
 
-    def _run(self, jobs: list[_Job]) -> np.ndarray:
+    def _run(self, jobs: list[_Job]) -> tuple[np.ndarray, float]:
+        """The model's outputs for the batch, and the seconds the model took."""
         rows = jobs[0].rows if len(jobs) == 1 else np.concatenate([job.rows for job in jobs])
         started = time.perf_counter()
         outputs = jobs[0].predictor.predict(rows)
-        self._on_batch(len(rows), time.perf_counter() - started)
-        return outputs
+        seconds = time.perf_counter() - started
+        self._on_batch(len(rows), seconds)
+        return outputs, seconds
