@@ -22,12 +22,27 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # this checkout's mkdocs_hooks/, benchmarks/ and service/
-    sys.path.insert(0, str(ROOT))
 
+
+def _checkout_importable() -> None:
+    """This checkout's mkdocs_hooks/, benchmarks/ and service/ importable, from wherever mkdocs
+    was started (`mkdocs build` puts no checkout on sys.path, `python -m mkdocs` only the
+    working directory)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+_checkout_importable()
 from mkdocs_hooks.stamp import line, source  # noqa: E402
 
 REQUEST = re.compile(r"^<!-- figures: (?P<kind>[\w-]+)(?: (?P<path>\S+))? -->$", re.M)
+
+
+def on_config(config):
+    # MkDocs puts sys.path back as it was once a hook is loaded, and the tables below import
+    # this checkout's code when the pages are built.
+    _checkout_importable()
+    return config
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:

@@ -1,7 +1,9 @@
 """`python -m service`: serve with uvicorn on HOST:PORT, everything else from the environment.
 
-On SIGTERM or Ctrl-C uvicorn stops accepting connections and lets in-flight requests finish
-(for up to SHUTDOWN_TIMEOUT_S), then the app drains its batchers and the process exits 0.
+On SIGTERM or Ctrl-C uvicorn stops accepting connections and the gRPC server stops taking
+calls, at once; the requests and calls in flight get SHUTDOWN_TIMEOUT_S together to finish, then
+the app drains its batchers and the process exits 0. A port that cannot be bound (HTTP's or
+gRPC's) stops it at start-up with the reason and a non-zero status.
 """
 
 import contextlib
@@ -12,6 +14,7 @@ import socket
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE
 
 from service.device import quiet_tensorflow
@@ -22,7 +25,7 @@ from service.supervisor import Supervisor
 
 
 def main() -> None:
-    settings = Settings()
+    settings = read_settings()
     if importlib.util.find_spec("tensorflow") is None:
         # TensorFlow comes in an extra, one build or the other (pyproject.toml says why).
         sys.exit('TensorFlow is not installed: pip install -e ".[cpu]" (or ".[gpu]" on an NVIDIA GPU host)')
@@ -50,12 +53,27 @@ def main() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         if settings.workers > 1:
             share_between_workers()
-            Supervisor(config, sockets=[config.bind_socket()]).run()
+            supervisor = Supervisor(config, sockets=[config.bind_socket()])
+            supervisor.run()
+            if supervisor.failed_to_start:  # its reason is in the log, just above
+                sys.exit(STARTUP_FAILURE)
             return
         server = uvicorn.Server(config)  # one process: its own registry is the whole truth
         server.run()
         if not server.started:
             sys.exit(STARTUP_FAILURE)
+
+
+def read_settings() -> Settings:
+    """The settings from the environment; a wrong one stops the service with what is wrong."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = (
+            f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        sys.exit("invalid settings: " + "; ".join(problems))
 
 
 # glibc malloc, read by each worker process as it starts (uvicorn starts workers afresh):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
+from uvicorn.config import STARTUP_FAILURE
 
 from service.dataplane import DataPlane
 from service.deadlines import stated_deadline
@@ -25,12 +27,14 @@ from service.limits import BodyLimits
 from service.loading import WaitForModels
 from service.metrics import Metrics, RequestMetrics
 from service.protocols import tfserving_grpc, tfserving_routes, v2_grpc, v2_routes
-from service.protocols.grpc_server import GrpcServer
+from service.protocols.grpc_server import GrpcPortTaken, GrpcServer
 from service.registry import ModelRegistry
 from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 from service.startup import announce_when_ready
+
+log = logging.getLogger(__name__)
 
 DECODER_NICENESS = 10
 
@@ -62,7 +66,11 @@ async def open_when_loaded(
     the port opens only now: with several workers no call meets one still loading."""
     await registry.first_scan()
     if grpc_server is not None:
-        await grpc_server.start()
+        try:
+            await grpc_server.start()
+        except GrpcPortTaken as error:  # taken since start-up checked it: stop as that would have
+            log.critical("%s", error)
+            os._exit(STARTUP_FAILURE)  # the supervisor then stops the service (service/supervisor.py)
     await announce_when_ready(app, registry, settings)
 
 
@@ -70,9 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # Resizing's small matrix products (service/resizing.py) run on numpy's BLAS, whose own
     # thread pool spun against the decoder threads and cost ten times the CPU of one BLAS
-    # thread per caller (py-spy profile under load, README "Against the alternatives",
-    # 2026-12-01). Here, not in the lifespan: OpenBLAS ignores a limit set outside the main
-    # thread, and the app is built in the main thread. TensorFlow does not use this BLAS.
+    # thread per caller (a py-spy profile under load). Here, not in the lifespan: OpenBLAS
+    # ignores a limit set outside the main thread, and the app is built in the main thread.
+    # TensorFlow does not use this BLAS.
     threadpool_limits(1, user_api="blas")
     metrics = Metrics()
     drain = Drain(settings.drain_delay_s)
@@ -85,10 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu
         )
         app.state.dataplane = plane = DataPlane(registry, settings, decoders, metrics)
-        registry.start()  # with several workers, requests wait for it: service/loading.py
         grpc_server = grpc_server_for(plane, settings, metrics) if settings.grpc_port else None
         if grpc_server is not None:
+            grpc_server.check_port()  # fails the start-up, and the service, with the reason
             drain.on_start(grpc_server.draining)
+            drain.on_stop(grpc_server.closing)
+        registry.start()  # with several workers, requests wait for it: service/loading.py
         background = [
             asyncio.create_task(open_when_loaded(app, registry, settings, grpc_server)),
             asyncio.create_task(metrics.keep_recording_memory()),
@@ -101,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             if grpc_server is not None:  # before the batchers close: its RPCs in flight need them
-                await grpc_server.stop(settings.shutdown_timeout_s)
+                await grpc_server.stop(settings.shutdown_timeout_s)  # under way since SIGTERM's drain
             await registry.close()
             decoders.shutdown()
             metrics.close()

@@ -6,12 +6,12 @@ pool, a hand-off that cost more than the rest of the request's routing together.
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service import apikey
 from service.dataplane import DataPlane
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -41,10 +41,7 @@ async def require_api_key(
 ) -> None:
     """401 unless the request carries API_KEY, as X-API-Key or as a Bearer token."""
     expected = settings.api_key.get_secret_value().encode() if settings.api_key else b""
-    given = key if key is not None else bearer.credentials if bearer is not None else ""
-    # compare_digest takes as long whatever the key, so timing does not reveal it.
-    if not given or not secrets.compare_digest(given.encode(), expected):
-        raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+    apikey.check(key if key is not None else bearer.credentials if bearer is not None else "", expected)
 
 
 async def require_json(request: Request) -> None:

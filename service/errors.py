@@ -1,18 +1,28 @@
-"""The one error table: each fault's HTTP status, whichever door it came in by, answered on the
-service's own routes as `{"detail": "<message>"}` (the protocols answer `{"error": ...}` with
-the same status and message, `service.protocols.errors`)."""
+"""The one error table: each fault's HTTP status, and the gRPC status code of each HTTP status,
+whichever door it came in by. The service's own routes answer `{"detail": "<message>"}`; the
+protocols' REST routes `{"error": ...}` with the same status and message
+(`service.protocols.errors`); their gRPC services the code of that status with the same message
+(`service.protocols.grpc_server`, one interceptor for every RPC)."""
 
 from __future__ import annotations
 
 from typing import cast
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from service.batching import Closed, DeadlineExceeded, QueueFull
 from service.budget import BudgetExceeded, DecoderBusy
-from service.faults import BodyTooLarge, CodecError, TooManyRows, UnfitInput, validation_message
+from service.faults import (
+    BodyTooLarge,
+    CodecError,
+    TooManyRows,
+    Unauthenticated,
+    UnfitInput,
+    validation_message,
+)
 from service.images import ImageTooLarge, UndecodableImage, UnsupportedImage
 from service.metrics import Metrics
 from service.registry import ModelNotReady, UnknownModel
@@ -21,14 +31,16 @@ from service.schemas import FEATURES_FORMS, FEATURES_TAGS
 
 RETRY_AFTER_S = "1"  # what a 503 tells a client to wait before retrying
 RETRY = {"Retry-After": RETRY_AFTER_S}
+CHALLENGE = {"WWW-Authenticate": "Bearer"}  # how a 401 says which credentials it wants
 
 # Each fault and the HTTP status it means; a subclass means what its nearest listed ancestor
-# means (see `status_of`).
+# means (see `status_of`); anything else is a bug, 500.
 STATUS: dict[type[Exception], int] = {
     CodecError: 400,  # a malformed body: not JSON, bad base64, a wrong binary layout
     UndecodableImage: 400,  # empty, truncated or corrupt
+    Unauthenticated: 401,
     UnknownModel: 404,  # UnknownVersion too
-    # (HTTPExceptions carry their own: 401 API key, 408 and 413 body limits, 415 media type)
+    # (HTTPExceptions carry their own: 408 and 413 body limits, 415 media type; REST's alone)
     BodyTooLarge: 413,
     ImageTooLarge: 413,  # over the pixel cap
     BudgetExceeded: 413,  # over the decode budget, or the pixels one request may decode
@@ -42,10 +54,37 @@ STATUS: dict[type[Exception], int] = {
     DeadlineExceeded: 504,  # still waiting for the model at the request's deadline
 }
 
+# The gRPC status code of each HTTP status above, for every RPC of every gRPC service (the
+# codes a gRPC client branches on). A status a fault may mean must be here: the tests check.
+# 499 is a call its client cancelled (nginx's "client closed request"), counted but never sent.
+GRPC_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,  # malformed: bad binary layout, undecodable image
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,  # no such model, or version not live
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many rows, too many pixels
+    415: grpc.StatusCode.INVALID_ARGUMENT,  # not an image format the service decodes
+    422: grpc.StatusCode.INVALID_ARGUMENT,  # well-formed but unfit: shape, datatype, values
+    499: grpc.StatusCode.CANCELLED,  # the client went away
+    500: grpc.StatusCode.INTERNAL,  # a bug: "internal error", logged
+    503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing, too much work ahead: retry
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,  # still waiting for the model at the call's deadline
+}
 
-def status_of(error: Exception) -> int:
-    """The status of the nearest class in `error`'s hierarchy that STATUS lists."""
-    return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
+
+def status_of(error: BaseException) -> int:
+    """The status of the nearest class in `error`'s hierarchy that STATUS lists; 500 for a bug."""
+    return next((STATUS[cls] for cls in type(error).__mro__ if cls in STATUS), 500)
+
+
+def grpc_code_of(status: int) -> grpc.StatusCode:
+    """The gRPC code of an HTTP status the service answers."""
+    return GRPC_CODES[status]
+
+
+def status_of_grpc_code(code: grpc.StatusCode) -> int:
+    """The HTTP status a gRPC code stands for (the first that maps to it), 500 if none does:
+    how an RPC another layer aborted (health's NOT_FOUND) is counted."""
+    return next((status for status, known in GRPC_CODES.items() if known == code), 500)
 
 
 def retry_after(error: BaseException | None = None) -> str:
@@ -56,8 +95,9 @@ def retry_after(error: BaseException | None = None) -> str:
 def headers_of(
     status: int, headers: dict[str, str] | None = None, error: BaseException | None = None
 ) -> dict[str, str] | None:
-    """A 503 says when to retry."""
-    return {**(headers or {}), "Retry-After": retry_after(error)} if status == 503 else headers
+    """A 503 says when to retry, a 401 which credentials it wants (over gRPC: trailing metadata)."""
+    extra = {"Retry-After": retry_after(error)} if status == 503 else CHALLENGE if status == 401 else {}
+    return {**(headers or {}), **extra} if extra else headers
 
 
 def _feature_names(request: Request) -> str:
@@ -86,7 +126,11 @@ def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         error = cast(HTTPException, error)
-        return answer(request, error.status_code, str(error.detail), error.headers)
+        message = str(error.detail)
+        if error.status_code == 405:  # Starlette's bare "Method Not Allowed": say what is
+            allowed = (error.headers or {}).get("Allow") or "no other method"
+            message = f"method not allowed: {request.url.path} takes {allowed} (see /docs)"
+        return answer(request, error.status_code, message, error.headers)
 
     async def invalid_request(request: Request, error: Exception) -> JSONResponse:
         # FastAPI's default echoes the input back, which fails to serialize for NaN or ±Infinity

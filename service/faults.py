@@ -25,11 +25,18 @@ class NoRows(UnfitInput):
     """A request with nothing to classify (422)."""
 
 
+class Unauthenticated(Exception):
+    """No API key, or the wrong one (401)."""
+
+    def __init__(self) -> None:
+        super().__init__("missing or wrong API key")
+
+
 class TooManyRows(ValueError):
     """More instances in one request than one model call takes (413)."""
 
     def __init__(self, max_rows: int):
-        super().__init__(f"more than {max_rows} instances in one request")
+        super().__init__(f"more than {max_rows} instances in one request (MAX_BATCH_SIZE)")
 
 
 class NonFiniteOutput(UnfitInput):

@@ -101,6 +101,7 @@ def decode_image(
         if width * height > max_pixels:
             raise ImageTooLarge(
                 f"{width}x{height} image: {width * height:,} pixels, more than the {max_pixels:,} allowed"
+                " (MAX_IMAGE_PIXELS)"
             )
         factor = (1, 1)
         if max(image.size) > MAX_ENLARGEMENT * max(size):  # too large to be an enlargement

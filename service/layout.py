@@ -4,22 +4,16 @@
 On CPUs: one worker per core the process may use, each running its models on one thread of
 its own. A worker's event loop is one Python thread (the GIL), busy reading, decoding and
 answering requests; a model thread per worker beside it keeps both busy without the pools of
-several workers spinning against each other and against the decoders. Measured on this 2-core
-machine with locust (FastHttpUser, 2 processes, 8 s per cell, `benchmarks.peers.loads`,
-2026-12-02, one run each), requests/s at 8 clients (32 px / 640x480 JPEG) and 64 (640x480):
-
-    1 worker, TensorFlow's own pools (2 + 2 threads)   364 / 252 / 358
-    1 worker, 1 + 1 threads                            329 / 300 / 383
-    2 workers, 1 + 1 threads each                      423 / 336 / 464
+several workers spinning against each other and against the decoders (measured: "The worker
+layout" in docs/operating/autoscaling.md).
 
 "The cores the process may use" counts its CPU affinity and a container's CPU quota (cgroups),
 which TensorFlow and `os.cpu_count()` do not: a container limited to 2 CPUs on a 64-core host
 gets 2 workers, not 64. With a GPU (DEVICE=gpu, or auto on a host with NVIDIA's driver) the
 GPU does the model's work: one worker, and TensorFlow chooses its own pools.
 
-Each worker holds its own TensorFlow and models: 0.93 GB resident with the shipped models, idle
-and after 300 image requests (`process_worker_resident_memory_bytes`, 2 workers, 2026-12-06).
-So workers are also limited to as many as fit the memory limit (cgroup) at WORKER_MEMORY_BYTES
+Each worker holds its own TensorFlow and models (about 1 GB resident with the shipped models),
+so workers are also limited to as many as fit the memory limit (cgroup) at WORKER_MEMORY_BYTES
 each, and to MAX_UNLIMITED_WORKERS where no limit is set: a 32-core host without limits runs 8,
 not 32 workers of ~1 GB (more cores than that are better used by more replicas).
 """
@@ -35,7 +29,7 @@ from service.device import nvidia_driver_present
 
 # Set by `python -m service` for its workers: how their number was chosen (service/main.py).
 WORKERS_WHY = "WORKERS_WHY"
-WORKER_MEMORY_BYTES = 2**30  # a worker's measured 0.93 GB, and room for its batches
+WORKER_MEMORY_BYTES = 2**30  # a worker's resident size, and room for its batches
 MAX_UNLIMITED_WORKERS = 8
 # cgroup v2, then v1: the memory this container (or process group) may use.
 MEMORY_LIMIT_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))

@@ -26,7 +26,7 @@ class BodyLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = f"request body over {self.max_bytes} bytes"
+        too_large = f"request body over {self.max_bytes} bytes (MAX_UPLOAD_BYTES)"
         declared = Headers(scope=scope).get("content-length", "")
         # Refused at the first read, before anything is received, rather than answered here:
         # the route that reads the body answers in its own protocol's error format.

@@ -84,16 +84,32 @@ class Settings(BaseSettings):
     # MLServer's (Triton's is 8001, TF Serving's 8500: docs/api/grpc.md). Messages are held to
     # max_upload_bytes, the same limit as HTTP bodies.
     grpc_port: int = Field(8081, ge=0, le=65535)
+    # Seconds a gRPC connection lives before the server ends it (GOAWAY) and the client
+    # reconnects: a connection's calls all reach one worker, so this is how one client
+    # channel's calls spread over every worker (docs/api/grpc.md). Each reconnection costs a
+    # client a connection set-up (about a millisecond nearby): raise it for clients far away,
+    # or with one worker; 0 keeps connections forever.
+    grpc_max_connection_age_s: float = Field(0.25, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
-    # Idle keep-alive connections close after this; in-flight requests get shutdown_timeout_s
-    # to finish on SIGTERM.
+    # Idle keep-alive connections close after this. On SIGTERM (after drain_delay_s) both
+    # doors stop taking new work at once and the requests and RPCs in flight get
+    # shutdown_timeout_s, together, to finish; the Helm chart's grace period is computed from it.
     timeout_keep_alive_s: int = Field(5, ge=1)
     shutdown_timeout_s: int = Field(30, ge=1)
     # After SIGTERM, seconds of answering /readyz with 503 while still serving, before the
     # listener closes: load balancers that check /readyz stop sending requests first
     # (service/draining.py). 0 under Kubernetes, where the pod's preStop sleep does this.
     drain_delay_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _grpc_beside_http(self):
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(
+                f"GRPC_PORT and PORT are both {self.port}: gRPC needs a port of its own"
+                " (8081 by default), or GRPC_PORT=0 for no gRPC"
+            )
+        return self
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self):

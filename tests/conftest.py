@@ -5,6 +5,7 @@ rule that the end-to-end tests never skip."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,37 @@ from training.data import CIFAR10_LABELS
 # Set by CI (.ci/run): tests marked `required_in_ci` fail where they would skip, so a missing
 # tool, schema or model can never pass CI silently.
 REQUIRE_ALL = os.environ.get("CIFAR_SERVING_REQUIRE_ALL") == "1"
+
+
+# Set by `scripts/test --fast`: the tests marked `server` are left out, and any other that starts
+# one fails, naming the marker it needs, so the fast tier stays what it says.
+FAST = os.environ.get("CIFAR_SERVING_FAST") == "1"
+# What starts a server, by the program an argument list runs.
+SERVER_PROGRAMS = ("docker", "chromedriver", "chromium", "prometheus", "locust")
+
+
+def starts_a_server(args) -> bool:
+    argv = [str(arg) for arg in ([args] if isinstance(args, str | os.PathLike) else args)]
+    program = os.path.basename(argv[0]) if argv else ""
+    python_module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    return (
+        program in SERVER_PROGRAMS
+        or python_module in ("service", "locust", "uvicorn")
+        or (python_module.startswith("benchmarks."))
+    )
+
+
+def pytest_configure(config):
+    if not FAST:
+        return
+    start = subprocess.Popen.__init__
+
+    def guarded(self, args, *more, **options):
+        if starts_a_server(args):
+            pytest.fail(f"the fast tier starts no server ({args!r}): mark this test `server`")
+        start(self, args, *more, **options)
+
+    subprocess.Popen.__init__ = guarded  # this process only: the fast tier's, which ends after
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,28 +4,32 @@ model cards of the shipped models rendered as pages."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
+from installs import installed_by, pip_installs, run_confined
+from packaging.utils import canonicalize_name
 from shipped_service import ROOT, newest_versions
+from test_docs_examples import sh_blocks
 
 from mkdocs_hooks import figures
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    """The site as a reader builds it after README's `pip install -e ".[docs]"`: with only what
+    that installs importable, and from outside the checkout, which nothing puts on sys.path."""
     out = tmp_path_factory.mktemp("site")
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT,
+    result = run_confined(
+        installed_by(["-e", ".[docs]"]),
+        ["-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "-d", str(out)],
+        cwd=tmp_path_factory.mktemp("elsewhere"),
         # Material's notice about its end of life, which says nothing about this site.
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
         timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -109,3 +113,23 @@ def test_the_grpc_page_shows_its_benchmarks_from_their_results(site):
     service = [cell for cell in against_triton["cells"] if cell["server"].startswith("this service")]
     assert service and all(f"<td>{cell['clients']}</td>" in page for cell in service)
     assert "peers_grpc_triton_20261206.json" in page and "peers_grpc_rest_20261206.json" in page
+
+
+def test_the_readmes_python_examples_import_only_what_its_own_commands_install():
+    """A new user runs README's commands in order: each Python example may import what the
+    `pip install`s before it (set-up included) installed, and nothing else."""
+    providers = importlib.metadata.packages_distributions()
+    installed: set[str] = set()
+    checked = 0
+    for block in sh_blocks("README.md", (ROOT / "README.md").read_text()):
+        for arguments in pip_installs(block.text):
+            installed |= installed_by(arguments)
+        for program in re.findall(r"python - <<'PY'\n(.*?)\nPY\n", block.text, re.S):
+            for node in ast.walk(ast.parse(program)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                for top in {name.partition(".")[0] for name in names}:
+                    owners = {canonicalize_name(d) for d in providers.get(top, [])}
+                    assert not owners or owners & installed, f"README imports {top} before installing it"
+                    checked += 1
+    assert checked >= 2

@@ -107,6 +107,7 @@ def drill(script: str, report_dir: Path, timeout: int) -> tuple[subprocess.Compl
     return result, json.loads((report_dir / "summary.json").read_text())
 
 
+@pytest.mark.server
 def test_replicas_answer_every_request_while_one_restarts_and_a_version_is_published(tmp_path):
     result, summary = drill("fault-drill", tmp_path, timeout=900)
     assert summary["passed"] == {
@@ -134,6 +135,7 @@ def test_prometheus_scrapes_every_replica_by_the_services_name_and_loads_the_cha
     assert discovery["port"] == Settings.model_fields["port"].default
 
 
+@pytest.mark.server
 def test_the_hpa_would_add_replicas_under_load_and_return_to_the_minimum_when_idle(tmp_path):
     result, summary = drill("autoscale-drill", tmp_path, timeout=1200)
     assert summary["passed"] == {"rises_under_load": True, "back_to_min_when_idle": True}, summary

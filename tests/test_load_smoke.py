@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from served import serve
 
 from benchmarks.load import run_locust
+
+pytestmark = pytest.mark.server  # starts `python -m service`
 
 
 def test_service_answers_locust_without_failures(shared_models, tmp_path):

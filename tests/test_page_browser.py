@@ -32,7 +32,10 @@ MAX_UPLOAD_BYTES = 2_000_000
 WAIT_S = 30
 
 
-pytestmark = pytest.mark.required_in_ci  # CI installs the browser: a skip there is a failure
+pytestmark = [
+    pytest.mark.required_in_ci,
+    pytest.mark.server,
+]  # CI installs the browser: a skip there is a failure
 
 
 def chromium_paths() -> tuple[str, str]:

@@ -99,6 +99,7 @@ def loaded(shared_models, tmp_path_factory):
             yield prom, started, ended
 
 
+@pytest.mark.server
 def test_prometheus_stores_a_queue_depth_above_zero_under_load_and_zero_when_idle(loaded):
     prom, _, ended = loaded
     at = ended - 1  # the load's last second, before locust stops its users
@@ -110,6 +111,7 @@ def test_prometheus_stores_a_queue_depth_above_zero_under_load_and_zero_when_idl
     assert prom.scalar("sum(model_rows_in_progress)") == 0
 
 
+@pytest.mark.server
 def test_every_dashboard_query_evaluates(loaded):
     prom, _, ended = loaded
     # Unset until something sets them: failures (none happened), the decode budget (the
@@ -119,6 +121,7 @@ def test_every_dashboard_query_evaluates(loaded):
     assert set(empty) <= may_be_empty, f"no data for {set(empty) - may_be_empty}"
 
 
+@pytest.mark.server
 def test_the_recording_rules_evaluate_without_error(loaded):
     prom, _, _ = loaded
     rules = [rule for group in prom.rule_groups() for rule in group["rules"]]
@@ -126,6 +129,7 @@ def test_the_recording_rules_evaluate_without_error(loaded):
     assert [rule["name"] for rule in rules if rule["health"] != "ok"] == []
 
 
+@pytest.mark.server
 def test_the_autoscaling_rule_gives_each_pod_its_queue_depth(loaded):
     prom, _, ended = loaded
     per_pod = prom.query(adapter_query("instance", 'model="cifar10"'), ended - 1)

@@ -19,12 +19,16 @@ import httpx
 import numpy as np
 import pytest
 from deployments import install, wait_for
+from deployments import serving as in_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from served import ANSWERING, STARTED, serve
+from served import ANSWERING, STARTED, free_port, serve
 
+from service.protocols.grpc_server import GrpcPortTaken
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.third_party import tensorflow_serving_pb2 as tfs
+
+pytestmark = pytest.mark.server  # starts `python -m service`
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SERVICE_TEST_MODEL_DIR", ROOT / "models"))
@@ -247,3 +251,110 @@ def test_a_grpc_port_another_server_holds_is_refused_not_shared(tmp_path, shared
         with serve(shared_models, tmp_path / "server.log", STARTED, GRPC_PORT=str(port)) as server:
             assert server.process.wait(timeout=60) != 0
     assert f"GRPC_PORT {port} on 127.0.0.1 is taken" in (tmp_path / "server.log").read_text()
+
+
+def test_grpc_port_equal_to_the_http_port_stops_the_service_with_why(tmp_path, shared_models):
+    port = str(free_port())
+    env = {**os.environ, "MODEL_DIR": str(shared_models), "PORT": port, "GRPC_PORT": port}
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert f"GRPC_PORT and PORT are both {port}: gRPC needs a port of its own" in done.stderr
+
+
+def test_a_worker_that_cannot_bind_the_grpc_port_fails_its_start_up(shared_models):
+    with socket.socket() as other:  # a listener without SO_REUSEPORT: the port is not ours to share
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        taken = pytest.raises(GrpcPortTaken, match=f"GRPC_PORT {port} on 127.0.0.1 cannot be bound")
+        with taken, in_process(shared_models, grpc_port=port):
+            pass
+
+
+def test_sigterm_stops_both_doors_taking_work_at_once_and_drains_them_together(tmp_path, shared_models):
+    """An HTTP request still arriving holds the HTTP drain for SHUTDOWN_TIMEOUT_S; meanwhile
+    gRPC takes no new call (it did, answering OK, until the HTTP drain was over) and new HTTP
+    connections are refused (they waited, unanswered), and the whole stop takes one timeout."""
+    timeout_s = 10
+    settings = {**SETTINGS, "LOG_LEVEL": "warning", "WORKERS": "2", "SHUTDOWN_TIMEOUT_S": str(timeout_s)}
+    with serve(shared_models, tmp_path / "server.log", **settings) as server:
+        target = f"127.0.0.1:{server.grpc_port}"
+        assert infer(target, iris_request(), ())[0].model_name == "iris"
+        arriving = socket.create_connection(("127.0.0.1", server.port))
+        arriving.sendall(
+            b"POST /predict/iris HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        time.sleep(0.5)  # read by a worker: its request is in flight
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        refused = wait_for(lambda: refusal(target), timeout_s / 2)
+        assert health_or_none(target) in (NOT_SERVING, None)
+        wait_for(lambda: http_refused(server.url), timeout_s / 2)
+        assert server.process.poll() is None, "the HTTP drain is still waiting for the request in flight"
+        assert server.process.wait(timeout=timeout_s + 20) == 0
+        stopped_after = time.monotonic() - signalled
+        arriving.close()
+    assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert stopped_after < 2 * timeout_s, "the two doors drained one after the other"
+
+
+def refusal(target: str) -> grpc.StatusCode | None:
+    """The code a new call gets, None if it is answered."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            rpc = channel.unary_unary(
+                INFER,
+                request_serializer=oip.ModelInferRequest.SerializeToString,
+                response_deserializer=oip.ModelInferResponse.FromString,
+            )
+            rpc(iris_request(), timeout=2)
+    except grpc.RpcError as error:
+        return error.code()
+    return None
+
+
+def health_or_none(target: str) -> int | None:
+    try:
+        return health(target)
+    except grpc.RpcError:
+        return None  # not answering at all: the server has stopped
+
+
+def http_refused(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+# --- one channel, every worker --------------------------------------------------------------
+
+
+def served_by(channel: grpc.Channel) -> str:
+    """Which worker answered one call on `channel` (its `x-served-by` trailing metadata)."""
+    rpc = channel.unary_unary(
+        INFER,
+        request_serializer=oip.ModelInferRequest.SerializeToString,
+        response_deserializer=oip.ModelInferResponse.FromString,
+    )
+    _, done = rpc.with_call(iris_request(), timeout=30)
+    return dict(done.trailing_metadata())["x-served-by"]
+
+
+@pytest.mark.parametrize("age_s", ["0", "0.2"])
+def test_one_channels_calls_reach_every_worker_only_when_connections_age(tmp_path, shared_models, age_s):
+    settings = {**SETTINGS, "WORKERS": "2", "GRPC_MAX_CONNECTION_AGE_S": age_s}
+    with (
+        serve(shared_models, tmp_path / "server.log", **settings) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel,
+    ):
+        workers = set()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers.add(served_by(channel))
+            time.sleep(0.02)
+    assert len(workers) == (1 if age_s == "0" else 2), workers

@@ -4,11 +4,15 @@ work, however large the shape it claims."""
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from service.faults import CodecError
+from service.faults import CodecError, TooManyRows
+from service.protocols import v2_codec, v2_grpc
 from service.protocols.tfserving_grpc import to_array, to_tensor_proto
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.v2_grpc import decode_inputs, encode_outputs
@@ -123,3 +127,49 @@ def test_tensor_protos_decode_from_content_or_values_and_probabilities_encode_as
 def test_malformed_tensor_protos_are_codec_errors(proto, message):
     with pytest.raises(CodecError, match=message):
         to_array(proto, "features")
+
+
+# --- the declared shape is checked first, as every REST door checks it -------------------------
+
+
+def test_sixty_five_dimensions_are_refused_as_over_rests_at_most_32_by_both_codecs():
+    shape = [1] * 65
+    with pytest.raises(CodecError, match=re.escape("input 'a': 65 dimensions; at most 32")):
+        decode_inputs(infer_request(("a", "FP32", shape), raw=[b"\0" * 4]))
+    with pytest.raises(CodecError, match=re.escape("input 'features': 65 dimensions; at most 32")):
+        to_array(tensor(types_pb2.DT_FLOAT, shape, float_val=[1.0]), "features")
+
+
+EMPTY_ELEMENTS = 2_600_000  # 10.4 MB of 4-byte lengths: the issue's stall
+
+
+def test_a_shape_over_the_rows_is_refused_before_any_bytes_element_is_read(monkeypatch):
+    read = []
+    monkeypatch.setattr(v2_grpc, "from_binary", lambda *args: read.append(args))
+    request = infer_request(("image_bytes", "BYTES", [EMPTY_ELEMENTS]), raw=[b"\0\0\0\0" * EMPTY_ELEMENTS])
+    with pytest.raises(TooManyRows):
+        decode_inputs(request, max_rows=128, max_elements=128 * 3072)
+    strings = tensor(types_pb2.DT_STRING, [EMPTY_ELEMENTS], string_val=[b""] * 4)
+    with pytest.raises(TooManyRows):
+        to_array(strings, "image", max_rows=128, max_elements=128 * 3072)
+    assert read == []
+
+
+def test_bytes_elements_past_the_declared_count_are_not_read(monkeypatch):
+    counted = []
+    real = v2_codec.LENGTH.unpack_from
+    monkeypatch.setattr(
+        v2_codec, "LENGTH", SimpleNamespace(size=4, unpack_from=lambda *a: counted.append(1) or real(*a))
+    )
+    request = infer_request(("image_bytes", "BYTES", [1]), raw=[b"\0\0\0\0" * EMPTY_ELEMENTS])
+    with pytest.raises(CodecError, match="shape \\[1\\] holds 1 elements; the data has more than 1"):
+        decode_inputs(request, max_rows=128, max_elements=128)
+    assert len(counted) == 2, "read one past the declared count, and no further"
+
+
+def test_typed_values_are_counted_before_any_is_converted(monkeypatch):
+    monkeypatch.setattr(v2_grpc, "from_json", lambda *args: pytest.fail("converted"))
+    request = infer_request(("features", "FP32", [1, 4]))
+    request.inputs[0].contents.fp32_contents.extend([0.0] * 100_000)
+    with pytest.raises(CodecError, match="holds 4 elements; the data has 100000"):
+        decode_inputs(request, max_rows=128, max_elements=512)

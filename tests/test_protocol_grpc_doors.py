@@ -1,6 +1,6 @@
 """gRPC is one more front door: each fault of tests/test_front_doors.py, sent through the
 Open Inference Protocol's ModelInfer (raw and typed tensors) and TF Serving's Predict, gets the
-message REST gives it and the status code the one table (`grpc_server.CODES`) maps its HTTP
+message REST gives it and the status code the one table (`service.errors.GRPC_CODES`) maps its HTTP
 status to: the codes a gRPC client branches on, written out here as the specification."""
 
 from __future__ import annotations
@@ -12,13 +12,23 @@ from deployments import serving
 from payloads import GOOD_IMAGE
 from served import free_port
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from test_front_doors import FEATURE_FAULTS, FLOWER, IMAGE_FAULTS, answer, feature_rows, image_files
+from test_front_doors import (
+    FEATURE_FAULTS,
+    FLOWER,
+    IMAGE_FAULTS,
+    answer,
+    feature_rows,
+    image_files,
+    v2_binary,
+)
 
+from service.errors import GRPC_CODES, STATUS
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.third_party import tensorflow_serving_pb2 as tfs
 from service.protocols.v2_codec import serialize_bytes
 
 GRPC_DOORS = ("grpc v2 raw", "grpc v2 typed", "grpc tfserving")
+INFER = "/inference.GRPCInferenceService/ModelInfer"
 CODES = {  # HTTP status -> gRPC code
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
@@ -39,12 +49,12 @@ def doors(shared_models):
         yield client, channel
 
 
-def rpc(channel, path: str, request, response_type):
+def rpc(channel, path: str, request, response_type, metadata=()):
     return channel.unary_unary(
         path,
         request_serializer=type(request).SerializeToString,
         response_deserializer=response_type.FromString,
-    )(request, timeout=30)
+    )(request, metadata=metadata, timeout=30)
 
 
 def model_infer(channel, model: str, name: str, datatype: str, array: np.ndarray, raw: bool):
@@ -57,7 +67,7 @@ def model_infer(channel, model: str, name: str, datatype: str, array: np.ndarray
         tensor.contents.bytes_contents.extend(array.tolist())
     else:
         tensor.contents.fp32_contents.extend(array.ravel().tolist())
-    return rpc(channel, "/inference.GRPCInferenceService/ModelInfer", request, oip.ModelInferResponse)
+    return rpc(channel, INFER, request, oip.ModelInferResponse)
 
 
 def predict(channel, model: str, name: str, proto: tensor_pb2.TensorProto):
@@ -131,3 +141,105 @@ def test_an_unknown_model_gets_rests_message_and_not_found(doors):
     assert rest == (404, "no model named 'tulip'")
     assert_as_rest_answers(rest, feature_answers(channel, rows, "tulip"))
     assert_as_rest_answers(rest, image_answers(channel, [GOOD_IMAGE], "tulip"))
+
+
+def test_every_status_a_fault_means_has_its_grpc_code_in_the_one_table():
+    assert set(STATUS.values()) | {500} <= set(GRPC_CODES)
+    assert {status: GRPC_CODES[status] for status in CODES} == CODES
+
+
+def test_sixty_five_dimensions_get_rests_message_and_invalid_argument(doors):
+    """numpy's own limit is 64 dimensions; past it a bare ValueError was an internal error."""
+    client, channel = doors
+    shape = [1] * 65
+    tensor = {"name": "features", "datatype": "FP32", "shape": shape, "data": [1.0]}
+    rest = answer("v2 json", client.post("/v2/models/iris/infer", json={"inputs": [tensor]}))
+    assert rest == (400, "input 'features': 65 dimensions; at most 32")
+    raw, typed = (infer_claim("iris", "features", "FP32", shape) for _ in range(2))
+    raw.raw_input_contents.append(np.float32(1).tobytes())
+    typed.inputs[0].contents.fp32_contents.append(1.0)
+    dims = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)] * 65)
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=dims, float_val=[1.0])
+    assert_as_rest_answers(
+        rest,
+        {
+            "grpc v2 raw": grpc_answer(lambda: rpc(channel, INFER, raw, oip.ModelInferResponse)),
+            "grpc v2 typed": grpc_answer(lambda: rpc(channel, INFER, typed, oip.ModelInferResponse)),
+            "grpc tfserving": grpc_answer(lambda: predict(channel, "iris", "features", proto)),
+        },
+    )
+
+
+@pytest.mark.server
+def test_a_shape_claiming_millions_of_rows_gets_rests_413_before_its_data_is_read(doors):
+    """The issue's 2.6 M empty BYTES elements (10.4 MB): refused from the declared shape, as
+    REST does, before a single element is read."""
+    client, channel = doors
+    count = 2_600_000
+    blob = b"\0\0\0\0" * count
+    rest = answer("v2 binary", v2_binary(client, "image_bytes", "BYTES", [count], blob, "cifar10"))
+    assert rest == (413, "more than 16 instances in one request")
+    raw, typed = (infer_claim("cifar10", "image_bytes", "BYTES", [count]) for _ in range(2))
+    raw.raw_input_contents.append(blob)
+    typed.inputs[0].contents.bytes_contents.extend([b""] * 4)
+    dims = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=count)])
+    strings = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=dims, string_val=[b""] * 4)
+    assert_as_rest_answers(
+        rest,
+        {
+            "grpc v2 raw": grpc_answer(lambda: rpc(channel, INFER, raw, oip.ModelInferResponse)),
+            "grpc v2 typed": grpc_answer(lambda: rpc(channel, INFER, typed, oip.ModelInferResponse)),
+            "grpc tfserving": grpc_answer(lambda: predict(channel, "cifar10", "image", strings)),
+        },
+    )
+
+
+def infer_claim(model: str, name: str, datatype: str, shape: list[int]) -> oip.ModelInferRequest:
+    """A ModelInfer request declaring `shape`, its data left to the caller."""
+    request = oip.ModelInferRequest(model_name=model)
+    request.inputs.add(name=name, datatype=datatype, shape=shape)
+    return request
+
+
+KEY = "door-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_doors(shared_models):
+    port = free_port()
+    with (
+        serving(shared_models, grpc_port=port, api_key=KEY) as client,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield client, channel
+
+
+def test_a_wrong_key_is_answered_alike_by_all_six_doors(keyed_doors):
+    client, channel = keyed_doors
+    wrong = {"X-API-Key": "wrong"}
+    flower = {"name": "features", "datatype": "FP32", "shape": [1, 4], "data": FLOWER}
+    rest = {
+        "native features": answer(
+            "native", client.post("/predict/iris", json={"features": FLOWER}, headers=wrong)
+        ),
+        "native image": answer(
+            "native", client.post("/predict/image", files={"file": GOOD_IMAGE}, headers=wrong)
+        ),
+        "v2": answer("v2", client.post("/v2/models/iris/infer", json={"inputs": [flower]}, headers=wrong)),
+        "tfserving": answer(
+            "tfserving", client.post("/v1/models/iris:predict", json={"instances": [FLOWER]}, headers=wrong)
+        ),
+    }
+    assert set(rest.values()) == {(401, "missing or wrong API key")}
+    metadata = (("x-api-key", "wrong"),)
+    infer = infer_claim("iris", "features", "FP32", [1, 4])
+    infer.raw_input_contents.append(np.array([FLOWER], np.float32).tobytes())
+    tf_request = tfs.PredictRequest(model_spec=tfs.ModelSpec(name="iris"))
+    predict_path = "/tensorflow.serving.PredictionService/Predict"
+    grpc_doors = {
+        "grpc v2": grpc_answer(lambda: rpc(channel, INFER, infer, oip.ModelInferResponse, metadata)),
+        "grpc tfserving": grpc_answer(
+            lambda: rpc(channel, predict_path, tf_request, tfs.PredictResponse, metadata)
+        ),
+    }
+    assert set(grpc_doors.values()) == {(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key")}

@@ -214,7 +214,7 @@ def test_nothing_is_left_queued_after_bad_requests(client):
         response = client.post(path, json=body)
         assert (response.status_code, response.json()) == (
             413,
-            {"error": "more than 16 instances in one request"},
+            {"error": "more than 16 instances in one request (MAX_BATCH_SIZE)"},
         )
     full_v2 = client.post("/v2/models/iris/infer", json=v2(16))
     full_v1 = client.post("/v1/models/iris:predict", json={"instances": [row] * 16})

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SERVICE_TEST_MODEL_DIR", ROOT / "models"))
 MAX_BATCH = 64
 
-pytestmark = pytest.mark.required_in_ci
+pytestmark = [pytest.mark.required_in_ci, pytest.mark.server]
 
 
 def newest(name: str) -> Path:

@@ -94,6 +94,7 @@ def native_probabilities(response: httpx.Response) -> list[list[float]]:
     return [list(p["probabilities"].values()) for p in body.get("predictions", [body])]
 
 
+@pytest.mark.server
 def test_model_status_lists_the_live_version_as_available(base):
     response = httpx.get(f"{base}/v1/models/cifar10")
     assert response.status_code == 200
@@ -120,6 +121,7 @@ def test_model_status_lists_rejected_versions_newest_first_with_why():
     ]
 
 
+@pytest.mark.server
 def test_metadata_is_the_exports_serving_signature(base):
     body = httpx.get(f"{base}/v1/models/cifar10/metadata").json()
     assert body["model_spec"] == {"name": "cifar10", "signature_name": "", "version": "1"}
@@ -136,6 +138,7 @@ def test_metadata_is_the_exports_serving_signature(base):
     assert signature["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
 
 
+@pytest.mark.server
 def test_row_format_features_match_predict_iris(base):
     # As TF Serving's docs call it: `curl -d`, which declares a form body; it is read as JSON.
     response = httpx.post(
@@ -148,12 +151,14 @@ def test_row_format_features_match_predict_iris(base):
     assert response.json() == {"predictions": expected}
 
 
+@pytest.mark.server
 def test_columnar_format_answers_outputs(base):
     response = httpx.post(f"{base}/v1/models/iris/versions/1:predict", json={"inputs": {"features": FLOWERS}})
     expected = native_probabilities(httpx.post(f"{base}/predict/iris", json={"instances": FLOWERS}))
     assert response.json() == {"outputs": expected}
 
 
+@pytest.mark.server
 def test_b64_images_and_pixel_lists_match_predict_image(base):
     files = [path.read_bytes() for path in SAMPLES[:3]]
     expected = native_probabilities(httpx.post(f"{base}/predict/image", files=[("file", f) for f in files]))
@@ -168,6 +173,7 @@ def test_b64_images_and_pixel_lists_match_predict_image(base):
     assert response.json() == {"predictions": expected}
 
 
+@pytest.mark.server
 def test_kserve_v1_client_predicts_and_sees_the_model_ready(base):
     async def run():
         client = InferenceRESTClient(RESTConfig(protocol="v1"))
@@ -184,6 +190,7 @@ def test_kserve_v1_client_predicts_and_sees_the_model_ready(base):
     }
 
 
+@pytest.mark.server
 def test_tfserving_requests_are_counted_under_their_protocol(base):
     httpx.post(f"{base}/v1/models/iris:predict", json={"instances": FLOWERS[:1]})
     metrics = httpx.get(f"{base}/metrics").text
@@ -215,6 +222,7 @@ BAD = [
 ]
 
 
+@pytest.mark.server
 @pytest.mark.parametrize(("path", "body", "status", "message"), BAD)
 def test_bad_requests_get_a_clear_error_as_tf_serving_gives_them(base, path, body, status, message):
     response = httpx.post(base + path, content=json.dumps(body))
@@ -222,6 +230,7 @@ def test_bad_requests_get_a_clear_error_as_tf_serving_gives_them(base, path, bod
     assert message in response.json()["error"]
 
 
+@pytest.mark.server
 def test_nan_is_read_as_tf_serving_reads_it_and_refused_as_input(base):
     response = httpx.post(f"{base}/v1/models/iris:predict", content=b'{"instances": [[NaN, 1, 2, 3]]}')
     assert response.status_code == 422

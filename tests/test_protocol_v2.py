@@ -23,6 +23,8 @@ from tritonclient.utils import InferenceServerException
 
 from service.images import decode_image
 
+pytestmark = pytest.mark.server  # starts `python -m service`
+
 SAMPLES = sorted(Path(__file__).resolve().parents[1].glob("samples/*.jpg"))
 assert len(SAMPLES) >= 3, "samples/ (a link to service/static/samples/) holds the sample photos"
 FLOWERS = np.array([[5.1, 3.5, 1.4, 0.2], [7.0, 3.2, 4.7, 1.4], [6.3, 3.3, 6.0, 2.5]], np.float32)

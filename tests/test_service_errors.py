@@ -180,7 +180,9 @@ def test_non_finite_json_literals(client, token):
         (b"", 422, "body: Field required"),
         (b"\xff\xfe", 422, "body is not valid JSON: Expecting value at character 0"),
         # Too deep for the JSON parser's recursion: FastAPI's own refusal of an unparsable body.
-        (b"[" * 100_000 + b"]" * 100_000, 400, "error parsing the body"),
+        (b"[" * 30_000 + b"]" * 30_000, 400, "error parsing the body"),
+        # Past the most a request to the model needs (iris: 67,328 bytes), not even read.
+        (b"[" * 100_000 + b"]" * 100_000, 413, "JSON body over 67328 bytes, the most a request to"),
         (b'{"features": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "error parsing the body"),
     ],
 )
@@ -216,9 +218,9 @@ def test_bad_top_k(client, query):
         ("post", "/predict/%2E%2E", 404, "no model named '..'"),
         ("post", "/predict/cifar10", 404, "takes images"),
         ("post", "/predict/image/iris", 404, "takes features"),
-        ("get", "/predict/iris", 405, "method not allowed"),
-        ("delete", "/models", 405, "method not allowed"),
-        ("put", "/predict/image", 405, "method not allowed"),
+        ("get", "/predict/iris", 405, "method not allowed: /predict/iris takes POST"),
+        ("delete", "/models", 405, "method not allowed: /models takes GET"),
+        ("put", "/predict/image", 405, "method not allowed: /predict/image takes POST"),
     ],
 )
 def test_routing_errors(client, method, path, status, detail):
@@ -278,8 +280,10 @@ def test_a_body_of_exactly_the_cap_is_taken_and_one_byte_more_is_not(small_body_
         assert ("content-length" in response.request.headers) != streamed
         return response
 
-    assert post(flower_of_size(100_000)).json()["model"] == "iris"
-    assert_error(post(flower_of_size(100_001)), 413, "request body over 100000 bytes")
+    # The route's own JSON cap (16 rows of iris's 4 features as JSON: 67,328 bytes) is the
+    # smaller of its two caps here; the upload cap (100,000) bounds it too.
+    assert post(flower_of_size(67_328)).json()["model"] == "iris"
+    assert_error(post(flower_of_size(67_329)), 413, "JSON body over 67328 bytes")
 
 
 def test_body_under_the_cap_is_fine(small_body_client):

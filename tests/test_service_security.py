@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from deployments import serving
 from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error
+from starlette.requests import Request
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,30 @@ def test_predictions_need_the_key(keyed_client, headers):
 def test_the_key_opens_predictions(keyed_client, headers):
     assert keyed_client.post("/predict/iris", json=GOOD_FEATURES, headers=headers).status_code == 200
     assert keyed_client.post("/predict/image", files={"file": GOOD_IMAGE}, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/predict/iris", {"json": GOOD_FEATURES}),
+        ("/predict/image", {"files": {"file": GOOD_IMAGE}}),
+        ("/v2/models/iris/infer", {"json": {"inputs": []}}),
+        ("/v1/models/iris:predict", {"json": {"instances": [[1, 2, 3, 4]]}}),
+    ],
+)
+def test_a_wrong_key_is_refused_before_any_of_the_body_is_read(keyed_client, monkeypatch, path, body):
+    read = []
+    stream = Request.stream
+
+    def reading(request):  # every way of reading a body (body(), json(), form()) streams it
+        read.append(request.url.path)
+        return stream(request)
+
+    monkeypatch.setattr(Request, "stream", reading)
+    assert keyed_client.post(path, headers={"X-API-Key": "wrong"}, **body).status_code == 401
+    assert read == []
+    assert keyed_client.post(path, headers={"X-API-Key": "s3cret"}, **body).status_code != 401
+    assert read == [path], "the spy sees a body that is read"
 
 
 def test_the_key_is_checked_before_anything_about_models_is_revealed(keyed_client):

@@ -13,6 +13,8 @@ from deployments import wait_for
 from payloads import GOOD_FEATURES, GOOD_IMAGE
 from served import serve
 
+pytestmark = pytest.mark.server  # starts `python -m service`
+
 MAX_UPLOAD = 200_000
 SETTINGS = {
     "POLL_INTERVAL_S": "0",

@@ -48,12 +48,21 @@ def test_defaults_are_safe():
         "host": "127.0.0.1",  # not reachable from other machines unless asked for
         "port": 8000,
         "grpc_port": 8081,  # KServe's and MLServer's
+        "grpc_max_connection_age_s": 0.25,  # one channel's calls reach every worker
         "log_level": "info",
         "access_log": True,
         "timeout_keep_alive_s": 5,
         "shutdown_timeout_s": 30,
         "drain_delay_s": 0.0,
     }
+
+
+def test_grpc_cannot_share_the_http_port():
+    with pytest.raises(
+        ValidationError, match="GRPC_PORT and PORT are both 9000: gRPC needs a port of its own"
+    ):
+        Settings(port=9000, grpc_port=9000)
+    assert Settings(port=9000, grpc_port=0).grpc_port == 0  # no gRPC at all
 
 
 def test_settings_cannot_change_once_read():

@@ -37,6 +37,7 @@ def shipped_log(started) -> str:
     return started[0].read_text()
 
 
+@pytest.mark.server
 @cpu_only
 def test_startup_on_a_cpu_only_machine_logs_no_error_line(started):
     text = shipped_log(started)
@@ -44,6 +45,7 @@ def test_startup_on_a_cpu_only_machine_logs_no_error_line(started):
     assert not errors, text
 
 
+@pytest.mark.server
 def test_startup_shows_none_of_tensorflows_info_notices(started):
     """No "WARNING: All log messages before absl::InitializeLog() ..." announcing oneDNN's notice."""
     text = shipped_log(started)
@@ -51,6 +53,7 @@ def test_startup_shows_none_of_tensorflows_info_notices(started):
     assert not re.search(r"^I\d{4} ", text, re.M), text
 
 
+@pytest.mark.server
 def test_one_line_says_what_is_served_on_which_device_by_how_many_workers_and_where(started):
     _, port = started
     workers = layout_for("auto").workers  # the default: a worker per core on CPUs
@@ -72,10 +75,20 @@ def ready_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if " ready: " in line]
 
 
+@pytest.mark.server
 @cpu_only
 def test_device_gpu_without_a_gpu_fails_loudly(tmp_path):
     log = tmp_path / "service.log"
     with shipped_service(log, ready=False, DEVICE="gpu") as (process, _):
+        assert process.wait(120) != 0
+    assert "DEVICE=gpu but TensorFlow sees no GPU" in log.read_text()
+
+
+@pytest.mark.server
+@cpu_only
+def test_a_worker_that_fails_to_start_stops_the_service_with_a_failure_status(tmp_path):
+    log = tmp_path / "service.log"  # two workers: the supervisor's exit, not uvicorn's own
+    with shipped_service(log, ready=False, DEVICE="gpu", WORKERS="2") as (process, _):
         assert process.wait(120) != 0
     assert "DEVICE=gpu but TensorFlow sees no GPU" in log.read_text()
 
@@ -97,6 +110,7 @@ def test_tensorflow_logging_is_left_alone_where_its_errors_could_be_real(monkeyp
     assert environ == {}
 
 
+@pytest.mark.server
 def test_under_a_server_of_its_own_the_app_says_it_is_one_process(tmp_path):
     """`uvicorn service.main:app` (README's alternative) runs one process, whatever the cores."""
     log = tmp_path / "uvicorn.log"

@@ -19,6 +19,8 @@ from deployments import HELD_ROWS, held_feature_model, open_gate, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from served import free_port, serve, stop
 
+pytestmark = pytest.mark.server  # starts `python -m service`
+
 ROOT = Path(__file__).resolve().parents[1]
 ROW = [5.1, 3.5, 1.4, 0.2]
 

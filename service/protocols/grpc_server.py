@@ -4,11 +4,15 @@ and `grpc.health.v1.Health` on GRPC_PORT, from a `grpc.aio` server on the worker
 loop, so that its RPCs reach the same models through the same micro-batchers as HTTP requests.
 
 Every worker binds the port with SO_REUSEPORT and the kernel spreads connections over them, as
-it does HTTP's shared socket. The servicers are codecs (service/protocols/v2_grpc.py,
-tfserving_grpc.py); what every RPC shares is here: the API key (`x-api-key` or `authorization:
-Bearer` metadata, as HTTP's headers), errors as status codes with the REST messages (one
-table, `CODES`), the request metrics (`protocol="grpc"`), messages held to the HTTP body limit,
-and health that says NOT_SERVING from SIGTERM on.
+it does HTTP's shared socket; connections live at most GRPC_MAX_CONNECTION_AGE_S, so that one
+client channel's calls spread over every worker too (a connection's calls all go to the worker
+that accepted it). The servicers are codecs (service/protocols/v2_grpc.py, tfserving_grpc.py);
+what every RPC shares is one interceptor, `Door`: the API key (`x-api-key` or `authorization:
+Bearer` metadata, as HTTP's headers), errors as the status codes of the one error table
+(service/errors.py) with the REST messages, the request metrics (`protocol="grpc"`), and
+which worker answered (`x-served-by` trailing metadata, as HTTP's header).
+Messages are held to the HTTP body limit; health says NOT_SERVING from SIGTERM on, and the
+server stops taking calls when the HTTP server stops taking connections.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import grpc
@@ -27,47 +31,100 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from service import deadlines
+from service import apikey, deadlines
 from service.dataplane import DataPlane
 from service.disconnects import CLIENT_CLOSED_REQUEST
-from service.errors import retry_after, status_of
+from service.errors import grpc_code_of, headers_of, status_of, status_of_grpc_code
+from service.identity import HEADER, replica_identity
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The status code for each HTTP status the REST routes answer for the same failure (the one
-# error table, service/errors.py STATUS, gives each fault its HTTP status): one mapping for
-# every RPC of every gRPC service.
-CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,  # malformed: bad binary layout, undecodable image
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,  # no such model, or version not live
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many rows, too many pixels
-    415: grpc.StatusCode.INVALID_ARGUMENT,  # not an image format the service decodes
-    422: grpc.StatusCode.INVALID_ARGUMENT,  # well-formed but unfit: shape, datatype, values
-    503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing: worth retrying
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,  # still waiting for the model at the call's deadline
-}
-RETRY_AFTER = "retry-after"  # trailing metadata on UNAVAILABLE, as REST's header
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_INTERVAL_S = 0.5
 
 
-def _status(error: Exception) -> int:
-    """What REST answers for `error`; 500 for a bug."""
-    try:
-        return status_of(error)
-    except StopIteration:
-        return 500
+class Door(grpc.aio.ServerInterceptor):
+    """What every RPC of every service goes through, in one place: the API key for the methods
+    that need it, the call's deadline (service/deadlines.py), the request metrics, and each
+    error as the code the one error table gives it, with REST's message (and REST's Retry-After
+    as trailing metadata)."""
+
+    def __init__(self, metrics: Metrics, guarded: Collection[str], expected_key: bytes | None):
+        self.metrics = metrics
+        self.guarded = guarded  # wire paths, "/package.Service/Method"
+        self.expected_key = expected_key
+        # Which worker answered, as HTTP's X-Served-By header says (service/identity.py).
+        self.served_by = ((HEADER.lower(), replica_identity()),)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown (UNIMPLEMENTED) or streaming (health's Watch): as they are
+        route = details.method
+        guarded = self.expected_key is not None and route in self.guarded
+        return handler._replace(unary_unary=self._answer(route, handler.unary_unary, guarded))
+
+    def _answer(self, route: str, behaviour: Callable, guarded: bool) -> Callable:
+        requests, latency = self.metrics.requests, self.metrics.latency.labels(route, "grpc")
+
+        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, status = time.perf_counter(), 500
+            context.set_trailing_metadata(self.served_by)
+            try:
+                if guarded:
+                    metadata = dict(context.invocation_metadata() or ())
+                    key = apikey.given(metadata.get("x-api-key"), metadata.get("authorization"))
+                    apikey.check(str(key), self.expected_key or b"")
+                deadlines.arrived()
+                remaining = context.time_remaining()  # None: the call has no deadline
+                if remaining is not None:
+                    deadlines.answer_within(remaining)
+                response = await behaviour(request, context)
+                status = 200
+                return response
+            except grpc.aio.AbortError:  # another layer's answer (health: NOT_FOUND), as it is
+                status = status_of_grpc_code(context.code())
+                raise
+            except asyncio.CancelledError:
+                # grpc.aio cancels the call's task when its client cancels it or its deadline
+                # passes: counted as such, and anything it waited for (a queued job) is dropped.
+                left = context.time_remaining()
+                status = 504 if left is not None and left <= 0 else CLIENT_CLOSED_REQUEST
+                raise
+            except Exception as error:
+                status = status_of(error)
+                await self._abort(context, status, error, route)
+            finally:
+                # method POST: a gRPC call is one over HTTP/2; status: what REST answers for the same.
+                requests.labels(route, "POST", str(status), "grpc").inc()
+                latency.observe(time.perf_counter() - started)
+
+        return answer
+
+    async def _abort(self, context: grpc.aio.ServicerContext, status: int, error: Exception, route: str):
+        if status == 500:  # a bug, not the client's doing: counted and logged as HTTP's are
+            log.error("%s failed", route, exc_info=error)
+            self.metrics.errors.labels("unhandled").inc()
+            await context.abort(grpc_code_of(500), "internal error")
+        trailers = headers_of(status, error=error) or {}
+        if "Retry-After" in trailers:
+            context.set_trailing_metadata((*self.served_by, ("retry-after", trailers["Retry-After"])))
+        await context.abort(grpc_code_of(status), str(error))
 
 
-class Unauthenticated(Exception):
-    """No API key, or the wrong one."""
+class GrpcPortTaken(RuntimeError):
+    """GRPC_PORT cannot be bound: the service must not start without it."""
 
 
 class GrpcServer:
-    """The worker's gRPC server: started once its models are loaded, stopped before its batchers."""
+    """The worker's gRPC server: its port checked at start-up, served once its models are
+    loaded, stopped together with the HTTP server, before its batchers close."""
 
     def __init__(self, plane: DataPlane, settings: Settings, metrics: Metrics):
         self.plane = plane
@@ -75,10 +132,16 @@ class GrpcServer:
         self.metrics = metrics
         self.health = health_aio.HealthServicer()
         self.services: list[str] = []  # wire names, each also a health service name
+        self.guarded: set[str] = set()  # wire paths of the RPCs that need the API key
         self.server: grpc.aio.Server | None = None
         self._handlers: list[grpc.GenericRpcHandler] = []
         self._watcher: asyncio.Task | None = None
-        self._expected_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self._stopping: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        host, port = self.settings.host, self.settings.grpc_port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def add(self, descriptor: ServiceDescriptor, wire_package: str, servicer: Any, guarded=()) -> None:
         """Serve the RPCs `servicer` implements (async methods named as the proto's, request in,
@@ -91,30 +154,57 @@ class GrpcServer:
             if implementation is None:
                 continue  # clients get UNIMPLEMENTED, as from a server without the method
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                self._answer(f"/{name}/{method.name}", implementation, method.name in guarded),
+                _without_context(implementation),
                 request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
                 response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
             )
+            if method.name in guarded:
+                self.guarded.add(f"/{name}/{method.name}")
         self._handlers.append(grpc.method_handlers_generic_handler(name, handlers))
         self.services.append(name)
 
+    def check_port(self) -> None:
+        """GrpcPortTaken unless this worker could bind GRPC_PORT as it will once its models
+        load: with SO_REUSEPORT, which its fellow workers' sockets share and any other listener
+        (the HTTP port, another program) refuses. Called at start-up, so that the service stops
+        with the reason instead of serving HTTP alone and saying it is ready."""
+        host, port = self.settings.host, self.settings.grpc_port
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise GrpcPortTaken(self._taken(error.strerror or str(error))) from None
+
+    def _taken(self, why: str) -> str:
+        return (
+            f"GRPC_PORT {self.settings.grpc_port} on {self.settings.host} cannot be bound ({why}):"
+            " another server listens there; choose another port, or GRPC_PORT=0 for no gRPC"
+        )
+
     async def start(self) -> int:
         """Listen on GRPC_PORT (shared with the other workers); the port bound."""
-        limit = self.settings.max_upload_bytes
+        settings = self.settings
+        age_ms = round(settings.grpc_max_connection_age_s * 1000)
         self.server = grpc.aio.server(
+            interceptors=[Door(self.metrics, self.guarded, _expected_key(settings))],
             options=[
                 ("grpc.so_reuseport", 1),
                 # A request message is held to what an HTTP body may be; answers are small.
-                ("grpc.max_receive_message_length", limit),
-            ]
+                ("grpc.max_receive_message_length", settings.max_upload_bytes),
+                # A connection's calls all reach the worker that accepted it: ending it
+                # (GOAWAY; the client reconnects at once, and the kernel picks a worker afresh)
+                # spreads one channel's calls over every worker. Calls in flight finish first.
+                *([("grpc.max_connection_age_ms", age_ms)] if age_ms else []),
+                ("grpc.max_connection_age_grace_ms", settings.shutdown_timeout_s * 1000),
+            ],
         )
         self.server.add_generic_rpc_handlers(tuple(self._handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        host = self.settings.host
-        address = (
-            f"[{host}]:{self.settings.grpc_port}" if ":" in host else f"{host}:{self.settings.grpc_port}"
-        )
-        port = self.server.add_insecure_port(address)
+        try:
+            port = self.server.add_insecure_port(self.address)
+        except RuntimeError as error:  # taken between check_port and now
+            raise GrpcPortTaken(self._taken(str(error))) from None
         for service in ("", *self.services):
             await self.health.set(service, NOT_SERVING)
         await self.server.start()
@@ -123,12 +213,27 @@ class GrpcServer:
 
     def draining(self) -> None:
         """From SIGTERM on, health says NOT_SERVING (called in the signal handler: schedules only)."""
+        self._soon(lambda: asyncio.ensure_future(self.health.enter_graceful_shutdown()))
+
+    def closing(self) -> None:
+        """The HTTP server stops taking connections: stop taking calls at the same moment, with
+        the same grace for those in flight (called in the signal handler: schedules only)."""
+        self._soon(lambda: self.stop(self.settings.shutdown_timeout_s))
+
+    def _soon(self, callback: Callable[[], Any]) -> None:
         loop = self._watcher.get_loop() if self._watcher else None
         if loop is not None:
-            loop.call_soon_threadsafe(lambda: loop.create_task(self.health.enter_graceful_shutdown()))
+            loop.call_soon_threadsafe(callback)
 
-    async def stop(self, grace_s: float) -> None:
-        """Refuse new RPCs, let those in flight finish within `grace_s`, then close."""
+    def stop(self, grace_s: float) -> asyncio.Task:
+        """Refuse new RPCs, let those in flight finish within `grace_s`, then close; the one
+        stop under way if there is one already, so that the HTTP server's drain and the app's
+        shutdown share it."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+        return self._stopping
+
+    async def _stop(self, grace_s: float) -> None:
         await self.health.enter_graceful_shutdown()
         if self._watcher is not None:
             self._watcher.cancel()
@@ -148,55 +253,15 @@ class GrpcServer:
                 await self.health.set(model.name, NOT_SERVING if model.problem else SERVING)
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
-    def _answer(
-        self, route: str, implementation: Callable[[Any], Awaitable[Any]], guarded: bool
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        requests, latency = self.metrics.requests, self.metrics.latency.labels(route, "grpc")
 
-        async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started, status = time.perf_counter(), 500
-            try:
-                if guarded and self._expected_key is not None:
-                    self._check_key(context)
-                deadlines.arrived()
-                remaining = context.time_remaining()  # None: the call has no deadline
-                if remaining is not None:
-                    deadlines.answer_within(remaining)
-                response = await implementation(request)
-                status = 200
-                return response
-            except asyncio.CancelledError:
-                # grpc.aio cancels the call's task when its client cancels it or its deadline
-                # passes: counted as such, and anything it waited for (a queued job) is dropped.
-                left = context.time_remaining()
-                status = 504 if left is not None and left <= 0 else CLIENT_CLOSED_REQUEST
-                raise
-            except Exception as error:
-                status = 401 if isinstance(error, Unauthenticated) else _status(error)
-                await self._abort(context, status, error, route)
-            finally:
-                # method POST: a gRPC call is one over HTTP/2; status: what REST answers for the same.
-                requests.labels(route, "POST", str(status), "grpc").inc()
-                latency.observe(time.perf_counter() - started)
+def _expected_key(settings: Settings) -> bytes | None:
+    return settings.api_key.get_secret_value().encode() if settings.api_key else None
 
-        return answer
 
-    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        given = metadata.get("x-api-key")
-        if given is None and str(metadata.get("authorization", "")).lower().startswith("bearer "):
-            given = str(metadata["authorization"])[len("bearer ") :].strip()
-        # compare_digest takes as long whatever the key, so timing does not reveal it.
-        if not given or not secrets.compare_digest(str(given).encode(), self._expected_key or b""):
-            raise Unauthenticated("missing or wrong API key")
+def _without_context(implementation: Callable[[Any], Awaitable[Any]]) -> Callable:
+    """A servicer method (request in, response out) as grpc calls a behaviour."""
 
-    async def _abort(
-        self, context: grpc.aio.ServicerContext, status: int, error: Exception, route: str
-    ) -> None:
-        if status == 500:  # a bug, not the client's doing: counted and logged as HTTP's are
-            log.error("%s failed", route, exc_info=error)
-            self.metrics.errors.labels("unhandled").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        if status == 503:
-            context.set_trailing_metadata(((RETRY_AFTER, retry_after(error)),))
-        await context.abort(CODES[status], str(error))
+    async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await implementation(request)
+
+    return behaviour

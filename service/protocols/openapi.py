@@ -15,7 +15,12 @@ def json_body(model: type[BaseModel], other_content: dict | None = None) -> dict
 def inline_schema(model: type[BaseModel]) -> dict:
     """`model`'s JSON schema with its definitions written in place, for bodies documented
     through `openapi_extra` (whose references FastAPI does not collect)."""
-    schema = model.model_json_schema()
+    return inline(model.model_json_schema())
+
+
+def inline(schema: dict) -> dict:
+    """A JSON schema with its `$defs` written in place of their references."""
+    schema = dict(schema)
     definitions = schema.pop("$defs", {})
 
     def resolve(node):

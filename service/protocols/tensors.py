@@ -1,10 +1,37 @@
-"""JSON numbers to numpy arrays, checked: the part of decoding that both protocols share."""
+"""What decoding a tensor shares across both protocols and every door (REST and gRPC): the
+checks of its declared shape, made before any of its data is read, and JSON numbers to checked
+numpy arrays."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
-from service.faults import CodecError
+from service.faults import CodecError, TooManyRows, UnfitInput
+
+MAX_DIMENSIONS = 32  # numpy's own limit is 64, and fails beyond it with a bare ValueError
+
+
+def check_declared(
+    what: str, shape: Sequence[int], max_rows: int | None = None, max_elements: int | None = None
+) -> None:
+    """Refuse a tensor from the shape it declares, before its data is converted (or, for BYTES,
+    even walked): more than MAX_DIMENSIONS dimensions or a negative one (CodecError), more than
+    `max_rows` rows (TooManyRows), more than `max_elements` values (UnfitInput). Every door
+    calls this first, so a huge claim costs the same little on each."""
+    if len(shape) > MAX_DIMENSIONS:
+        raise CodecError(f"{what}: {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
+    if any(d < 0 for d in shape):
+        raise CodecError(f"{what}: shape {list(shape)} has a negative dimension")
+    if max_rows is not None and shape and shape[0] > max_rows:
+        raise TooManyRows(max_rows)
+    if max_elements is not None and math.prod(shape) > max_elements:
+        raise UnfitInput(
+            f"{what}: shape {list(shape)} declares {math.prod(shape)} values;"
+            f" at most {max_elements} fit the rows a request may send"
+        )
 
 
 def numeric_array(data, dtype: np.dtype, what: str = "tensor") -> np.ndarray:

@@ -16,11 +16,12 @@ from google.protobuf import any_pb2, json_format
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from service import jsonbody
 from service.dataplane import DataPlane, Served
 from service.faults import CodecError, UnfitInput
 from service.predictor import Predictor
 from service.protocols import tfserving_model
-from service.protocols.tensors import numeric_array
+from service.protocols.tensors import check_declared, numeric_array
 from service.protocols.third_party import tensorflow_serving_pb2 as pb
 from service.registry import UnknownModel
 
@@ -44,8 +45,12 @@ TENSORS: dict[int, tuple[np.dtype, str]] = {
 }
 
 
-def to_array(tensor: tensor_pb2.TensorProto, name: str) -> np.ndarray:
-    """A TensorProto's values as an array, or CodecError: its values must fill its shape exactly."""
+def to_array(
+    tensor: tensor_pb2.TensorProto, name: str, max_rows: int | None = None, max_elements: int | None = None
+) -> np.ndarray:
+    """A TensorProto's values as an array, or CodecError: its values must fill its shape exactly.
+    Refused from its declared shape first (tensors.check_declared, as every door does), and its
+    values counted before any is converted."""
     what = f"input {name!r}"
     if tensor.dtype not in TENSORS:
         names = ", ".join(types_pb2.DataType.Name(d) for d in TENSORS)
@@ -53,6 +58,7 @@ def to_array(tensor: tensor_pb2.TensorProto, name: str) -> np.ndarray:
     if tensor.tensor_shape.unknown_rank or any(d.size < 0 for d in tensor.tensor_shape.dim):
         raise CodecError(f"{what}: the shape must be fully known")
     shape = [d.size for d in tensor.tensor_shape.dim]
+    check_declared(what, shape, max_rows, max_elements)
     count = math.prod(shape)
     dtype, field = TENSORS[tensor.dtype]
     if tensor.tensor_content and tensor.dtype != types_pb2.DT_STRING:
@@ -110,7 +116,14 @@ class PredictionServicer:
             if set(request.inputs) != {predictor.input_name}:
                 names = ", ".join(sorted(map(repr, request.inputs))) or "none"
                 raise UnfitInput(f"inputs {names}; the signature has one input, {predictor.input_name!r}")
-            tensor = to_array(request.inputs[predictor.input_name], predictor.input_name)
+            # Off the event loop, as REST's bodies are.
+            tensor = await jsonbody.parse_off_the_loop(
+                to_array,
+                request.inputs[predictor.input_name],
+                predictor.input_name,
+                self.plane.max_rows,
+                self.plane.max_rows * math.prod(predictor.input_shape),
+            )
             rows = await self._rows(served, tensor)
         classified = await self.plane.classify(served, rows)
         return pb.PredictResponse(

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service import deadlines
+from service import deadlines, jsonbody
 from service.dataplane import DataPlane, Served, version_number
 from service.faults import CodecError
 from service.protocols import v2_model
+from service.protocols.tensors import check_declared
 from service.protocols.third_party import open_inference_pb2 as pb
 from service.protocols.v2_codec import BYTES, from_binary, from_json, to_binary
 from service.registry import ModelNotReady, UnknownModel
@@ -43,8 +44,12 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 GUARDED = ("ModelInfer",)  # as over REST, only inference needs the API key
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Each input's tensor by name, from its raw contents or its typed ones."""
+def decode_inputs(
+    request: pb.ModelInferRequest, max_rows: int | None = None, max_elements: int | None = None
+) -> dict[str, np.ndarray]:
+    """Each input's tensor by name, from its raw contents or its typed ones; refused from its
+    declared shape first (tensors.check_declared, as over REST), and its values counted before
+    any is converted."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise CodecError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; one each")
@@ -53,8 +58,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         name, shape = tensor.name, list(tensor.shape)
         if name in tensors:
             raise CodecError(f"input {name!r} given twice")
-        if any(d < 0 for d in shape):
-            raise CodecError(f"input {name!r}: shape {shape} has a negative dimension")
+        check_declared(f"input {name!r}", shape, max_rows, max_elements)
         if raw:
             tensors[name] = from_binary(raw[index], tensor.datatype, shape, name)
         else:
@@ -83,13 +87,13 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[in
             f"input {tensor.name!r}: datatype {tensor.datatype!r} cannot be sent as contents; send it raw"
         )
     values = getattr(tensor.contents, field)
-    if tensor.datatype != BYTES:
-        return from_json(np.asarray(values).tolist(), tensor.datatype, shape, tensor.name)
-    if len(values) != math.prod(shape):
+    if len(values) != math.prod(shape):  # counted before anything is converted
         raise CodecError(
             f"input {tensor.name!r}: shape {shape} holds {math.prod(shape)} elements;"
             f" the data has {len(values)}"
         )
+    if tensor.datatype != BYTES:
+        return from_json(np.asarray(values).tolist(), tensor.datatype, shape, tensor.name)
     array = np.empty(len(values), object)
     array[:] = list(values)
     return array.reshape(shape)
@@ -144,7 +148,12 @@ class InferenceServicer:
         predictor = served.predictor
         with self.plane.expecting(served):
             wanted = v2_model.output_names(predictor, [output.name for output in request.outputs])
-            rows = await v2_model.rows(self.plane, served, decode_inputs(request))
+            # Off the event loop, as REST's bodies are: BYTES elements are walked one by one.
+            max_elements = self.plane.max_rows * math.prod(predictor.input_shape)
+            tensors = await jsonbody.parse_off_the_loop(
+                decode_inputs, request, self.plane.max_rows, max_elements
+            )
+            rows = await v2_model.rows(self.plane, served, tensors)
         if "timeout" in request.parameters:  # Triton's, beside the call's own deadline
             deadlines.answer_within_microseconds(_value(request.parameters["timeout"]))
         classified = await self.plane.classify(served, rows)

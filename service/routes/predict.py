@@ -3,18 +3,23 @@ read here and handed to the data plane (`service.dataplane`), which checks, batc
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from service import jsonbody
 from service.dataplane import Classified, DataPlane, Served
 from service.deps import DataPlaneDep, require_json
 from service.faults import UnfitInput
 from service.images import encode_png
 from service.predictor import Predictor
+from service.protocols.openapi import inline
 from service.registry import UnknownModel
 from service.schemas import (
     Error,
@@ -28,6 +33,8 @@ from service.schemas import (
 from service.uploads import read_files
 
 router = APIRouter(prefix="/predict", tags=["predict"])
+FEATURES: TypeAdapter[OneInstance | Instances | dict[str, float]] = TypeAdapter(FeaturesRequest)
+FEATURES_SCHEMA = inline(FEATURES.json_schema())
 
 TopK = Annotated[int | None, Query(ge=1, description="also list the k most probable classes")]
 Preview = Annotated[
@@ -108,18 +115,48 @@ async def predict_image_with(
     return await _classify_images(request, plane, _of_kind(plane.live(model), "image"), top_k, preview)
 
 
-@router.post("/{model}", dependencies=[Depends(require_json)], **ANSWERS)
+# Documented from the schema, since the route reads its body itself (below).
+FEATURES_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": FEATURES_SCHEMA}}}
+}
+
+
+@router.post("/{model}", dependencies=[Depends(require_json)], openapi_extra=FEATURES_BODY, **ANSWERS)
 async def predict_features(
-    body: FeaturesRequest,
+    request: Request,
     served: Annotated[Served, Depends(vector_model)],
     plane: DataPlaneDep,
     top_k: TopK = None,
 ) -> Response:
     """Classify feature vectors: `{"features": [...]}` or features by name answer one
     prediction; `{"instances": [[...], ...]}` answers `{"predictions": [...]}` in order."""
-    classified = await plane.classify(served, _feature_rows(body, served.predictor))
+    # Read here rather than as a body parameter, which FastAPI would read and parse before any
+    # dependency runs: the API key, the media type and the model come first, then at most the
+    # model's JSON cap is read (as v2 and TF Serving do), parsed on a thread.
+    body = await jsonbody.read_capped(request, jsonbody.json_cap(served.predictor, plane.max_rows))
+    parsed = await asyncio.to_thread(parse_features, body)
+    classified = await plane.classify(served, _feature_rows(parsed, served.predictor))
     predictions = _predictions(served.predictor, classified, top_k)
-    return _answer(Predictions(predictions=predictions) if isinstance(body, Instances) else predictions[0])
+    return _answer(Predictions(predictions=predictions) if isinstance(parsed, Instances) else predictions[0])
+
+
+def parse_features(body: bytes) -> OneInstance | Instances | dict[str, float]:
+    """The body as a features request; the errors FastAPI would report for a body parameter
+    of that type (answered by service.errors as a 422)."""
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as error:
+        invalid = {"type": "json_invalid", "loc": ("body", error.pos), "msg": "JSON decode error"}
+        raise RequestValidationError([{**invalid, "ctx": {"error": error.msg}}]) from None
+    except (UnicodeDecodeError, RecursionError):  # FastAPI's answer for these
+        raise HTTPException(400, "There was an error parsing the body") from None
+    try:
+        return FEATURES.validate_python(data)
+    except ValidationError as error:
+        errors = error.errors(include_input=False, include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 async def _classify_images(
