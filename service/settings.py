@@ -50,8 +50,10 @@ class Settings(BaseSettings):
     # parameter, a gRPC deadline), in seconds from when it came in: one the model would not
     # answer by then at its recent rate is refused at once (503 + Retry-After), one still queued
     # then gets 504 (service/deadlines.py). Shorter than clients' own timeouts, so that under
-    # overload the model's time goes to requests whose clients still wait, not to those gone.
-    request_timeout_s: float = Field(1.0, gt=0)
+    # overload the model's time goes to requests whose clients still wait, not to those gone:
+    # 0.7 leaves a client that gives up after 1 s the time its request spends before the service
+    # sees it and after the answer leaves (benchmarks/overload.py: at 1.0, answers came late).
+    request_timeout_s: float = Field(0.7, gt=0)
     # Threads decoding uploads; Pillow releases the GIL, so they overlap with the event loop.
     decode_threads: int = Field(2, ge=1)
     # Recover the original of an upload that is an enlargement of the model's input size (see

@@ -38,7 +38,7 @@ def test_defaults_are_safe():
         "undo_enlargements": True,
         "max_upload_bytes": 10_485_760,  # 10 MiB
         "body_timeout_s": 30.0,
-        "request_timeout_s": 1.0,  # below clients' own timeouts: under overload, time for those still waiting
+        "request_timeout_s": 0.7,  # below clients' own timeouts: under overload, time for those still waiting
         "max_image_pixels": 50_000_000,
         "decode_budget_mb": 192,
         "decode_wait_s": 2.0,
