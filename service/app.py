@@ -16,8 +16,10 @@ from threadpoolctl import threadpool_limits
 from uvicorn.config import STARTUP_FAILURE
 
 from service.dataplane import DataPlane
+from service.deadlines import stated_deadline
 from service.deps import require_api_key
 from service.device import configure_device
+from service.disconnects import CancelWhenClientLeaves
 from service.draining import Drain
 from service.errors import add_error_handlers
 from service.heap import freeze_imports
@@ -137,13 +139,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cards.router)
     app.include_router(page.router)
     app.include_router(docs.router)
-    guarded = [Depends(require_api_key)] if settings.api_key else []
-    app.include_router(predict.router, dependencies=guarded)
+    # Every inference route: the API key when one is set, and the deadline a client states.
+    inference = [*([Depends(require_api_key)] if settings.api_key else []), Depends(stated_deadline)]
+    app.include_router(predict.router, dependencies=inference)
     # The ecosystem's protocols, beside the service's own routes: same models, same batchers.
     app.include_router(v2_routes.router)
-    app.include_router(v2_routes.inference, dependencies=guarded)
+    app.include_router(v2_routes.inference, dependencies=inference)
     app.include_router(tfserving_routes.router)
-    app.include_router(tfserving_routes.inference, dependencies=guarded)
+    app.include_router(tfserving_routes.inference, dependencies=inference)
     add_error_handlers(app, metrics, protocol_prefixes=("/v2", "/v1"))
     app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
     if settings.workers > 1:
@@ -153,8 +156,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Request-Timeout"],
         )
+    app.add_middleware(CancelWhenClientLeaves)  # inside the metrics, which count its 499s
     app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
     # Outermost of all: on every response, CORS, 413 and the last resort's 500 included (Starlette
     # answers that one from a layer it puts outside every middleware added to the app).

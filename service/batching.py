@@ -9,6 +9,14 @@ routes have announced as on their way (`expecting`), so a lone request never wai
 Each request names the predictor (model version) it was prepared for, and a batch only joins
 requests for the same one, so a hot swap never mixes versions or input sizes: requests
 already under way finish on the old version.
+
+Time: each request may carry a deadline (service/deadlines.py). It is admitted only if the
+rows ahead of it and its own can be computed before then at the rate the model has been
+computing lately (`ServiceRate`); otherwise QueueFull says when the rows ahead will be done.
+A request still queued at its deadline is dropped with DeadlineExceeded, and one whose caller
+stopped waiting (its awaiting task cancelled: a gRPC cancellation, an HTTP client gone) leaves
+the queue at once: a batch only ever computes rows somebody waits for. Once in a batch, a
+request is answered; its rows are being computed anyway.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +40,16 @@ log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-    """More rows are waiting than the queue bound allows; the caller should retry later."""
+    """The queue cannot take the request: too many rows waiting, or too much work ahead of it to
+    finish before its deadline. The rows ahead should be done in `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before the model could take it."""
 
 
 class Closed(Exception):
@@ -41,12 +60,38 @@ class Crashed(Closed):
     """The batcher stopped on an unexpected error; its owner starts a new one, so retry."""
 
 
-@dataclass
+class ServiceRate:
+    """How fast the model has been computing lately: the upper quartile of the time per row of
+    its last `batches` model calls, timed in the model's thread (not the event loop's wait to
+    hear of it, which would count every other request's work too). Cautious, as an answer that
+    comes after its client has gone is work lost while a refusal costs a retry (on a busy
+    machine a call can take twice the median); yet a quartile, so that one slow call (a batch
+    size traced for the first time, a pause of the machine) does not make the model look slow
+    for the calls after it."""
+
+    def __init__(self, batches: int = 9):
+        self._per_row: deque[float] = deque(maxlen=batches)
+
+    def record(self, rows: int, seconds: float) -> None:
+        self._per_row.append(seconds / rows)
+
+    def seconds_for(self, rows: int) -> float:
+        """The time to compute `rows` at the recent rate; 0 before any call is measured."""
+        if len(self._per_row) < 2:
+            return rows * self._per_row[0] if self._per_row else 0.0
+        return rows * statistics.quantiles(self._per_row, n=4)[-1]
+
+
+# `eq=False`: a job is itself, found in the queue by identity (its rows are arrays).
+@dataclass(eq=False)
 class _Job:
     rows: np.ndarray
     predictor: Predictor
+    deadline: float | None = None  # the event loop's clock
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     arrived: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    expiry: asyncio.TimerHandle | None = None
+    queued: bool = True  # in the queue, not yet taken into a batch nor dropped
 
 
 class MicroBatcher:
@@ -67,6 +112,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue_size = max_queue_size
         self.queued = 0  # rows waiting, not counting the batch being computed
+        self.rate = ServiceRate()
         self._on_batch = on_batch
         self._on_error = on_error
         # Told the rows waiting and the rows being computed whenever either changes, so gauges
@@ -77,14 +123,18 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._closing = False
         self._running: list[_Job] = []  # the batch in the model's hands
+        self._busy_until = 0.0  # when the model should be done with it, at the recent rate
         self.crashed: BaseException | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
         self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{name}")
 
     @contextlib.contextmanager
-    def expecting(self):
+    def expecting(self, deadline: float | None = None):
         """Announce a request that will submit soon (its body is being read or decoded), so an
-        idle model may wait up to `max_wait_s` for it instead of running a smaller batch."""
+        idle model may wait up to `max_wait_s` for it instead of running a smaller batch. One
+        that could not be answered by `deadline` even if it had no rows is refused here, as in
+        `predict`, before its body is read or decoded: under overload, that work would be lost."""
+        self._admit(0, deadline)
         self._expected += 1
         try:
             yield
@@ -97,22 +147,75 @@ class MicroBatcher:
         """No request is on its way (`expecting`), waiting or being computed."""
         return not (self._expected or self._jobs or self._running)
 
-    async def predict(self, rows: np.ndarray, predictor: Predictor) -> dict[str, np.ndarray]:
-        """`predictor`'s outputs for `rows` (at most `max_batch_size` of them)."""
+    @property
+    def computing(self) -> int:
+        """Rows in the batch the model is computing."""
+        return sum(len(job.rows) for job in self._running)
+
+    async def predict(
+        self, rows: np.ndarray, predictor: Predictor, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """`predictor`'s outputs for `rows` (at most `max_batch_size` of them), if the model can
+        take them by `deadline` (the event loop's clock; None: no deadline)."""
         if len(rows) > self.max_batch_size:
             raise ValueError(f"{len(rows)} rows; at most {self.max_batch_size} per request")
         if self.crashed is not None:
             raise Crashed(f"model {self.name}'s batcher stopped unexpectedly; retry")
         if self._closing:
             raise Closed(f"model {self.name} is shutting down")
-        if self.queued + len(rows) > self.max_queue_size:
-            raise QueueFull(f"model {self.name} has {self.queued} rows waiting")
-        job = _Job(rows, predictor)
+        self._admit(len(rows), deadline)
+        loop = asyncio.get_running_loop()
+        job = _Job(rows, predictor, deadline)
         self._jobs.append(job)
         self.queued += len(rows)
+        # A caller that stops waiting cancels the future it awaits: its job leaves the queue.
+        job.future.add_done_callback(lambda _: self._drop(job))
+        if deadline is not None:
+            job.expiry = loop.call_at(deadline, self._drop, job)
         self._report_load()
         self._arrived.set()
         return await job.future
+
+    def _admit(self, rows: int, deadline: float | None) -> None:
+        """Refuse what the queue cannot hold, or cannot answer by `deadline` at the recent rate:
+        the sooner a client hears it, the sooner it can retry elsewhere or later. A request with
+        nothing ahead of it is always taken: it gets the model at once."""
+        now = asyncio.get_running_loop().time()
+        backlog = self._backlog_s(now)
+        retry_after_s = max(1, math.ceil(backlog))
+        if self.queued + rows > self.max_queue_size:
+            raise QueueFull(f"model {self.name} has {self.queued} rows waiting", retry_after_s)
+        if deadline is None:
+            return
+        if deadline <= now:
+            raise DeadlineExceeded(f"the request's deadline passed before model {self.name} could take it")
+        expected = backlog + self.rate.seconds_for(rows)
+        if (self._jobs or self._running) and now + expected > deadline:
+            raise QueueFull(
+                f"model {self.name} would answer in about {expected:.2f} s, after the request's"
+                f" deadline ({deadline - now:.2f} s); retry in {retry_after_s} s",
+                retry_after_s,
+            )
+
+    def _backlog_s(self, now: float) -> float:
+        """Seconds until the model is done with the batch it computes and the rows queued."""
+        computing = max(0.0, self._busy_until - now) if self._running else 0.0
+        return computing + self.rate.seconds_for(self.queued)
+
+    def _drop(self, job: _Job) -> None:
+        """Take `job` out of the queue if it is still there (its caller stopped waiting, or its
+        deadline came) and, unless it is answered already, fail it with DeadlineExceeded."""
+        if job.queued:
+            job.queued = False
+            self._jobs.remove(job)
+            self.queued -= len(job.rows)
+            self._report_load()
+        if job.expiry is not None:
+            job.expiry.cancel()
+        if not job.future.done():
+            job.future.set_exception(
+                DeadlineExceeded(f"model {self.name} could not answer before the request's deadline")
+            )
 
     async def close(self) -> None:
         """Finish the queued work, then stop."""
@@ -131,6 +234,7 @@ class MicroBatcher:
             self.crashed = error
             failure = Crashed(f"model {self.name}'s batcher stopped unexpectedly; retry")
             for job in [*self._running, *self._jobs]:
+                job.queued = False  # leaving with the queue, cleared below
                 if not job.future.done():
                     job.future.set_exception(failure)
             self._jobs.clear()
@@ -148,9 +252,13 @@ class MicroBatcher:
             # Jobs that queued while the model was busy have waited enough already.
             await self._gather_company(self._jobs[0].arrived + self.max_wait_s)
             jobs = self._running = self._take_batch()
+            if not jobs:  # every job waiting had expired, or its caller had gone
+                continue
             self._report_load()
+            started = loop.time()
+            self._busy_until = started + self.rate.seconds_for(self.computing)
             try:
-                outputs = await loop.run_in_executor(self._thread, self._run, jobs)
+                outputs, seconds = await loop.run_in_executor(self._thread, self._run, jobs)
             except Exception as error:  # a failed batch fails its requests, not the batcher
                 self._running = []
                 self._report_load()
@@ -160,6 +268,7 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_exception(error)
                 continue
+            self.rate.record(sum(len(job.rows) for job in jobs), seconds)
             start = 0
             for job in jobs:
                 end = start + len(job.rows)
@@ -170,7 +279,7 @@ class MicroBatcher:
             self._report_load()
 
     def _report_load(self) -> None:
-        self._on_load(self.queued, sum(len(job.rows) for job in self._running))
+        self._on_load(self.queued, self.computing)
 
     async def _wait_for_arrival(self, timeout: float | None = None) -> None:
         self._arrived.clear()
@@ -186,25 +295,42 @@ class MicroBatcher:
             await self._wait_for_arrival(remaining)
 
     def _take_batch(self) -> list[_Job]:
-        jobs, rows = [], 0
-        predictor = self._jobs[0].predictor
-        while (
-            self._jobs
-            and self._jobs[0].predictor is predictor
-            and rows + len(self._jobs[0].rows) <= self.max_batch_size
-        ):
-            job = self._jobs.popleft()
+        """The oldest jobs for one predictor that fit in a batch and that it can answer by their
+        deadlines at the recent rate: the batch ends before a job that would make it late (the
+        first is always taken: the rate is an estimate). On the way, drop the jobs nobody waits
+        for: whose caller has gone, or whose deadline has passed (their timers may not have run
+        yet, on a busy event loop)."""
+        now = asyncio.get_running_loop().time()
+        jobs: list[_Job] = []
+        rows, due = 0, math.inf  # the batch's rows, and its earliest deadline
+        while self._jobs:
+            job = self._jobs[0]
+            deadline = math.inf if job.deadline is None else job.deadline
+            if job.future.done() or deadline <= now:
+                self._drop(job)
+                continue
+            fits = rows + len(job.rows) <= self.max_batch_size
+            late = now + self.rate.seconds_for(rows + len(job.rows)) > min(due, deadline)
+            if jobs and (job.predictor is not jobs[0].predictor or not fits or late):
+                break
+            due = min(due, deadline)
+            self._jobs.popleft()
+            job.queued = False
+            if job.expiry is not None:  # in a batch, it is answered
+                job.expiry.cancel()
             jobs.append(job)
             rows += len(job.rows)
         self.queued -= rows
         return jobs
 
-    def _run(self, jobs: list[_Job]) -> dict[str, np.ndarray]:
+    def _run(self, jobs: list[_Job]) -> tuple[dict[str, np.ndarray], float]:
+        """The model's outputs for the batch, by name, and the seconds the model took."""
         rows = jobs[0].rows if len(jobs) == 1 else np.concatenate([job.rows for job in jobs])
         started = time.perf_counter()
         outputs = jobs[0].predictor.predict(rows)
-        self._on_batch(len(rows), time.perf_counter() - started)
-        return outputs
+        seconds = time.perf_counter() - started
+        self._on_batch(len(rows), seconds)
+        return outputs, seconds
 
 
 def _rows(outputs, start: int, end: int):

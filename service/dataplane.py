@@ -29,6 +29,7 @@ from typing import cast
 
 import numpy as np
 
+from service import deadlines
 from service.batching import MicroBatcher
 from service.budget import MIB, BudgetExceeded, DecodeBudget
 from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
@@ -122,6 +123,7 @@ class DataPlane:
     ):
         self.registry = registry
         self.max_rows = settings.max_batch_size
+        self.request_timeout_s = settings.request_timeout_s
         self._decoders = decoders
         self._max_pixels = settings.max_image_pixels
         self._undo_enlargements = settings.undo_enlargements
@@ -169,8 +171,9 @@ class DataPlane:
 
     def expecting(self, served: Served) -> AbstractContextManager[None]:
         """Hold this around reading and decoding a request's body: an idle model may wait a
-        moment for it to batch with others (never around `classify`)."""
-        return served.batcher.expecting()
+        moment for it to batch with others (never around `classify`). Refuses at once a request
+        the work already queued would keep from being answered by its deadline."""
+        return served.batcher.expecting(deadlines.deadline(self.request_timeout_s))
 
     async def decode_files(self, served: Served, files: Sequence[bytes | bytearray]) -> np.ndarray:
         """Encoded image files as the model's rows, decoded, oriented and resized on the decoder
@@ -203,11 +206,14 @@ class DataPlane:
         self, served: Served, rows: np.ndarray, abstain_threshold: float | None = None
     ) -> Classified:
         """The model's answer for `rows` ([n, *input shape] of its dtype, 1 <= n <= max_rows,
-        features finite), computed in a batch with other requests'. `abstain_threshold`
-        replaces the model's declared one for this request (models with a score only)."""
+        features finite), computed in a batch with other requests', by the request's deadline
+        (service/deadlines.py; REQUEST_TIMEOUT_S after it came in if it stated none).
+        `abstain_threshold` replaces the model's declared one for this request (models with a
+        score only)."""
         predictor = served.predictor
         self._check_rows(rows, predictor)
-        outputs = await served.batcher.predict(rows, predictor)
+        deadline = deadlines.deadline(self.request_timeout_s)
+        outputs = await served.batcher.predict(rows, predictor, deadline)
         probabilities = outputs[predictor.output_name]
         if probabilities.shape != (len(rows), len(predictor.labels)):
             raise WrongOutput(f"model {predictor.name!r} answered {probabilities.shape} for {len(rows)} rows")

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from service.batching import Closed, QueueFull
+from service.batching import Closed, DeadlineExceeded, QueueFull
 from service.budget import BudgetExceeded, DecoderBusy
 from service.faults import (
     BodyTooLarge,
@@ -48,15 +48,15 @@ STATUS: dict[type[Exception], int] = {
     UnsupportedImage: 415,  # not an image in an accepted format
     UnfitInput: 422,  # wrong shape or datatype, no rows, features or outputs not finite
     ModelNotReady: 503,
-    QueueFull: 503,
+    QueueFull: 503,  # the queue is full, or would not reach the request before its deadline
     Closed: 503,  # Crashed too
     DecoderBusy: 503,  # the worker's decode budget stayed taken
+    DeadlineExceeded: 504,  # still waiting for the model at the request's deadline
 }
 
 # The gRPC status code of each HTTP status above, for every RPC of every gRPC service (the
 # codes a gRPC client branches on). A status a fault may mean must be here: the tests check.
-# (Deadlines and cancellation map here too when they get statuses of their own:
-# DEADLINE_EXCEEDED, CANCELLED.)
+# 499 is a call its client cancelled (nginx's "client closed request"), counted but never sent.
 GRPC_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,  # malformed: bad binary layout, undecodable image
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -64,8 +64,10 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many rows, too many pixels
     415: grpc.StatusCode.INVALID_ARGUMENT,  # not an image format the service decodes
     422: grpc.StatusCode.INVALID_ARGUMENT,  # well-formed but unfit: shape, datatype, values
+    499: grpc.StatusCode.CANCELLED,  # the client went away
     500: grpc.StatusCode.INTERNAL,  # a bug: "internal error", logged
-    503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing: worth retrying
+    503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing, too much work ahead: retry
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,  # still waiting for the model at the call's deadline
 }
 
 
@@ -85,9 +87,16 @@ def status_of_grpc_code(code: grpc.StatusCode) -> int:
     return next((status for status, known in GRPC_CODES.items() if known == code), 500)
 
 
-def headers_of(status: int, headers: dict[str, str] | None = None) -> dict[str, str] | None:
+def retry_after(error: BaseException | None = None) -> str:
+    """Seconds a 503 tells its client to wait: for a full queue, until the rows ahead are done."""
+    return str(error.retry_after_s) if isinstance(error, QueueFull) else RETRY_AFTER_S
+
+
+def headers_of(
+    status: int, headers: dict[str, str] | None = None, error: BaseException | None = None
+) -> dict[str, str] | None:
     """A 503 says when to retry, a 401 which credentials it wants (over gRPC: trailing metadata)."""
-    extra = RETRY if status == 503 else CHALLENGE if status == 401 else {}
+    extra = {"Retry-After": retry_after(error)} if status == 503 else CHALLENGE if status == 401 else {}
     return {**(headers or {}), **extra} if extra else headers
 
 
@@ -106,14 +115,14 @@ def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[
     matched (an unknown path or method), `{"error": ...}`, so a protocol's client reads its own
     shape."""
 
-    def answer(request: Request, status: int, message: str, headers=None) -> JSONResponse:
+    def answer(request: Request, status: int, message: str, headers=None, error=None) -> JSONResponse:
         path = request.url.path
         protocol = any(path == prefix or path.startswith(f"{prefix}/") for prefix in protocol_prefixes)
         key = "error" if protocol else "detail"
-        return JSONResponse({key: message}, status, headers_of(status, headers))
+        return JSONResponse({key: message}, status, headers_of(status, headers, error))
 
     async def domain_error(request: Request, error: Exception) -> JSONResponse:
-        return answer(request, status_of(error), str(error))
+        return answer(request, status_of(error), str(error), error=error)
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         error = cast(HTTPException, error)

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(2.0, ge=0)
     # Rows waiting per model beyond which requests get 503 + Retry-After instead of queueing.
     max_queue_size: int = Field(2048, ge=1)
+    # The deadline of a request that states none (HTTP's Request-Timeout header, v2's `timeout`
+    # parameter, a gRPC deadline), in seconds from when it came in: one the model would not
+    # answer by then at its recent rate is refused at once (503 + Retry-After), one still queued
+    # then gets 504 (service/deadlines.py). Shorter than clients' own timeouts, so that under
+    # overload the model's time goes to requests whose clients still wait, not to those gone:
+    # 0.7 leaves a client that gives up after 1 s the time its request spends before the service
+    # sees it and after the answer leaves (benchmarks/overload.py: at 1.0, answers came late).
+    request_timeout_s: float = Field(0.7, gt=0)
     # Threads decoding uploads; Pillow releases the GIL, so they overlap with the event loop.
     decode_threads: int = Field(2, ge=1)
     # Recover the original of an upload that is an enlargement of the model's input size (see

@@ -95,9 +95,16 @@ def wait_for(condition, timeout: float = 30, interval: float = 0.05):
 def service_settings(model_dir: Path, **overrides) -> Settings:
     """Settings for a test app: one worker, as an app in the test's process is. Small batches
     keep the tests fast; hot reload is off unless asked for, and so is gRPC, whose default port
-    every app would share. (The environment is cleared of service settings for the whole
-    session: see conftest.)"""
-    defaults = {"model_dir": model_dir, "poll_interval_s": 0, "max_batch_size": 16, "workers": 1}
+    every app would share. Requests that state no deadline wait as long as a test holds the
+    model (tests/test_service_deadlines.py sets its own). (The environment is cleared of service
+    settings for the whole session: see conftest.)"""
+    defaults = {
+        "model_dir": model_dir,
+        "poll_interval_s": 0,
+        "max_batch_size": 16,
+        "workers": 1,
+        "request_timeout_s": 600,
+    }
     return Settings(**{**defaults, "grpc_port": 0, **overrides})
 
 

@@ -14,7 +14,7 @@ from deployments import install, service_settings, serving, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
-from payloads import REFUSAL_STATUSES
+from payloads import REFUSAL_STATUSES, no_stated_deadline
 from schemathesis import GenerationMode
 
 from service.app import create_app
@@ -78,7 +78,8 @@ def test_a_full_queue_answers_503_with_retry_after(client, path, body):
     finally:
         batcher.queued -= batcher.max_queue_size
     assert response.status_code == 503
-    assert response.headers["retry-after"] == "1"
+    # The seconds the rows ahead need at the model's recent rate (service/batching.py), at least 1.
+    assert int(response.headers["retry-after"]) >= 1
     assert "rows waiting" in response.json()["error"]
 
 
@@ -174,6 +175,7 @@ def test_protocol_routes_conform_to_their_schema(protocol_operations, mode):
                 case.path_parameters = {**case.path_parameters, "model": model}
                 if "version" in case.path_parameters:
                     case.path_parameters["version"] = "1"
+            no_stated_deadline(case)
             case.call_and_validate(excluded_checks=[schemathesis.checks.positive_data_acceptance])
 
         try:

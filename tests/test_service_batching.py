@@ -13,7 +13,7 @@ from deployments import serving
 from payloads import png
 from payloads import random_images as images
 
-from service.batching import Closed, Crashed, MicroBatcher, QueueFull
+from service.batching import Closed, Crashed, DeadlineExceeded, MicroBatcher, QueueFull
 
 
 class FakePredictor:
@@ -359,3 +359,131 @@ def test_a_request_larger_than_a_batch_is_refused():
         await batcher.close()
 
     run(scenario())
+
+
+# --- deadlines, callers that leave, admission by expected wait --------------------------------
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Let the event loop run until `condition()` holds (fail after `timeout` seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
+async def a_busy_model(batcher: MicroBatcher, predictor: FakePredictor) -> asyncio.Task:
+    """A one-row request in the model's hands, held there until `predictor.gate` is set."""
+    predictor.gate.clear()
+    busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+    await until(lambda: batcher.computing == 1)
+    return busy
+
+
+def test_a_request_still_queued_at_its_deadline_is_dropped_and_never_computed():
+    async def scenario():
+        predictor, loads = FakePredictor(), []
+        batcher = MicroBatcher("fake", 8, 0, 100, on_load=lambda queued, computing: loads.append(queued))
+        busy = await a_busy_model(batcher, predictor)
+        deadline = asyncio.get_running_loop().time() + 0.2
+        with pytest.raises(DeadlineExceeded, match="could not answer before the request's deadline"):
+            await batcher.predict(np.array([[1.0]]), predictor, deadline)
+        held_still, queued_after = batcher.computing == 1, batcher.queued
+        predictor.gate.set()
+        await busy
+        await batcher.close()
+        return held_still, queued_after, loads, predictor.batches
+
+    held_still, queued_after, loads, batches = run(scenario())
+    assert held_still  # dropped at its deadline, not when the model was free again
+    assert queued_after == 0 and loads[-1] == 0
+    assert batches == [1]  # the expired row never reached the model
+
+
+def test_a_caller_that_stops_waiting_takes_its_rows_out_of_the_queue_at_once():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        busy = await a_busy_model(batcher, predictor)
+        leaving = asyncio.create_task(batcher.predict(np.array([[1.0], [2.0]]), predictor))
+        staying = asyncio.create_task(batcher.predict(np.array([[3.0]]), predictor))
+        await until(lambda: batcher.queued == 3)
+        leaving.cancel()  # what grpc.aio does to a cancelled call, and service.disconnects to a gone client
+        await until(lambda: batcher.queued == 1)
+        predictor.gate.set()
+        await busy
+        answer = await staying
+        await batcher.close()
+        return predictor.batches, answer.tolist()
+
+    batches, answer = run(scenario())
+    assert batches == [1, 1]  # the cancelled request's two rows were never computed
+    assert answer == [[6.0]]
+
+
+def measured(batcher: MicroBatcher, seconds_per_row: float) -> None:
+    """As if the model had taken `seconds_per_row` a row on its last calls."""
+    for _ in range(9):
+        batcher.rate.record(10, 10 * seconds_per_row)
+
+
+def test_a_request_that_could_not_be_answered_by_its_deadline_is_refused_with_when_to_retry():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        measured(batcher, 2.0)  # the busy one-row call should take 2 s; each queued row, 2 s more
+        busy = await a_busy_model(batcher, predictor)
+        now = asyncio.get_running_loop().time()
+        with pytest.raises(QueueFull, match="after the request's deadline") as too_soon:
+            await batcher.predict(np.array([[1.0]]), predictor, now + 3.0)  # would be done in about 4 s
+        # Refused when announced, before its body is read: 2 s of work ahead.
+        with pytest.raises(QueueFull) as announced, batcher.expecting(now + 1.0):
+            pass
+        patient = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor, now + 60))
+        await until(lambda: batcher.queued == 1)
+        with pytest.raises(QueueFull) as behind_more:
+            await batcher.predict(np.array([[1.0]]), predictor, now + 5.0)  # about 6 s now
+        predictor.gate.set()
+        await asyncio.gather(busy, patient)
+        await batcher.close()
+        return too_soon.value, announced.value, behind_more.value, predictor.batches
+
+    too_soon, announced, behind_more, batches = run(scenario())
+    assert too_soon.retry_after_s == 2 and announced.retry_after_s == 2  # the busy call's 2 s
+    assert behind_more.retry_after_s == 4  # and the patient request's row
+    assert batches == [1, 1]  # the refused rows never queued
+
+
+def test_a_request_with_nothing_ahead_is_taken_whatever_the_estimate():
+    async def scenario():
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        measured(batcher, 2.0)
+        now = asyncio.get_running_loop().time()
+        answer = await batcher.predict(np.array([[1.0]]), FakePredictor(), now + 0.5)
+        await batcher.close()
+        return answer.tolist()
+
+    assert run(scenario()) == [[2.0]]
+
+
+def test_a_batch_ends_before_a_request_it_would_make_late():
+    def batches_with_rate_now(seconds_per_row: float) -> list[int]:
+        async def scenario():
+            predictor = FakePredictor()
+            batcher = MicroBatcher("fake", 8, 0, 100)
+            measured(batcher, 1.0)
+            busy = await a_busy_model(batcher, predictor)
+            now = asyncio.get_running_loop().time()
+            first = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor, now + 60))
+            second = asyncio.create_task(batcher.predict(np.array([[2.0]]), predictor, now + 60))
+            await until(lambda: batcher.queued == 2)  # admitted: done in about 3 s at 1 s a row
+            measured(batcher, seconds_per_row)  # then the model slows down
+            predictor.gate.set()
+            await asyncio.gather(busy, first, second)
+            await batcher.close()
+            return predictor.batches
+
+        return run(scenario())
+
+    assert batches_with_rate_now(1.0) == [1, 2]
+    assert batches_with_rate_now(40.0) == [1, 1, 1]  # two rows together: 80 s, past the deadline

@@ -10,7 +10,7 @@ import schemathesis
 from deployments import service_settings, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from payloads import REFUSAL_STATUSES
+from payloads import REFUSAL_STATUSES, no_stated_deadline
 from schemathesis import GenerationMode
 
 from service.app import create_app
@@ -106,6 +106,7 @@ def test_api_conforms_to_its_schema(api_schema, mode):
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
     @given(case=api_schema.as_strategy(mode))
     def conforms(case):
+        no_stated_deadline(case)
         case.call_and_validate(excluded_checks=[schemathesis.checks.positive_data_acceptance])
 
     conforms()

@@ -40,6 +40,7 @@ def test_defaults_are_safe():
         "undo_enlargements": True,
         "max_upload_bytes": 10_485_760,  # 10 MiB
         "body_timeout_s": 30.0,
+        "request_timeout_s": 0.7,  # below clients' own timeouts: under overload, time for those still waiting
         "max_image_pixels": 50_000_000,
         "decode_budget_mb": 192,
         "decode_wait_s": 2.0,
@@ -83,6 +84,7 @@ LOWEST = {
     "decode_threads": (1, 0),
     "max_upload_bytes": (1, 0),
     "body_timeout_s": (0.5, 0),  # must be positive: zero would refuse every body
+    "request_timeout_s": (0.001, 0),  # must be positive: zero would refuse every request
     "max_image_pixels": (1, 0),
     "decode_budget_mb": (1, 0),
     "decode_wait_s": (0, -0.5),

@@ -41,9 +41,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def settings_for(tmp_path: Path, workers: int) -> dict[str, str]:
-    # TMPDIR: where the workers' shared metric files go
+    # TMPDIR: where the workers' shared metric files go; REQUEST_TIMEOUT_S: requests wait for
+    # as long as a test holds the model's calls
     return {
         "WORKERS": str(workers),
+        "REQUEST_TIMEOUT_S": "600",
         "POLL_INTERVAL_S": "0",
         "LOG_LEVEL": "warning",
         "TMPDIR": str(tmp_path),

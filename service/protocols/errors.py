@@ -29,11 +29,13 @@ class ProtocolError(BaseModel):
 
 # Documented per route, 422 included in this shape ("4XX" for the rest): FastAPI's own
 # validation-error schema never applies here (invalid requests are 400s).
-ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 408, 413, 415, 422, 503, "4XX")}
+ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 408, 413, 415, 422, 503, 504, "4XX")}
 
 
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status, headers_of(status, dict(headers or {})))
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None, error: BaseException | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers_of(status, dict(headers or {}), error))
 
 
 class ProtocolRoute(APIRoute):
@@ -52,7 +54,7 @@ class ProtocolRoute(APIRoute):
             except RequestValidationError as error:
                 return error_response(400, validation_message(error.errors()))
             except tuple(STATUS) as error:
-                return error_response(status_of(error), str(error))
+                return error_response(status_of(error), str(error), error=error)
             except Exception:  # a bug, not the client's doing: counted and logged as the app does
                 log.exception("%s %s failed", request.method, request.url.path)
                 request.app.state.metrics.errors.labels("unhandled").inc()

@@ -31,8 +31,9 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from service import apikey
+from service import apikey, deadlines
 from service.dataplane import DataPlane
+from service.disconnects import CLIENT_CLOSED_REQUEST
 from service.errors import grpc_code_of, headers_of, status_of, status_of_grpc_code
 from service.identity import HEADER, replica_identity
 from service.metrics import Metrics
@@ -46,8 +47,9 @@ HEALTH_INTERVAL_S = 0.5
 
 class Door(grpc.aio.ServerInterceptor):
     """What every RPC of every service goes through, in one place: the API key for the methods
-    that need it, the request metrics, and each error as the code the one error table gives it,
-    with REST's message (and REST's Retry-After as trailing metadata)."""
+    that need it, the call's deadline (service/deadlines.py), the request metrics, and each
+    error as the code the one error table gives it, with REST's message (and REST's Retry-After
+    as trailing metadata)."""
 
     def __init__(self, metrics: Metrics, guarded: Collection[str], expected_key: bytes | None):
         self.metrics = metrics
@@ -79,11 +81,21 @@ class Door(grpc.aio.ServerInterceptor):
                     metadata = dict(context.invocation_metadata() or ())
                     key = apikey.given(metadata.get("x-api-key"), metadata.get("authorization"))
                     apikey.check(str(key), self.expected_key or b"")
+                deadlines.arrived()
+                remaining = context.time_remaining()  # None: the call has no deadline
+                if remaining is not None:
+                    deadlines.answer_within(remaining)
                 response = await behaviour(request, context)
                 status = 200
                 return response
             except grpc.aio.AbortError:  # another layer's answer (health: NOT_FOUND), as it is
                 status = status_of_grpc_code(context.code())
+                raise
+            except asyncio.CancelledError:
+                # grpc.aio cancels the call's task when its client cancels it or its deadline
+                # passes: counted as such, and anything it waited for (a queued job) is dropped.
+                left = context.time_remaining()
+                status = 504 if left is not None and left <= 0 else CLIENT_CLOSED_REQUEST
                 raise
             except Exception as error:
                 status = status_of(error)
@@ -100,7 +112,7 @@ class Door(grpc.aio.ServerInterceptor):
             log.error("%s failed", route, exc_info=error)
             self.metrics.errors.labels("unhandled").inc()
             await context.abort(grpc_code_of(500), "internal error")
-        trailers = headers_of(status) or {}
+        trailers = headers_of(status, error=error) or {}
         if "Retry-After" in trailers:
             context.set_trailing_metadata((*self.served_by, ("retry-after", trailers["Retry-After"])))
         await context.abort(grpc_code_of(status), str(error))

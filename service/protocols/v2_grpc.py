@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service import jsonbody
+from service import deadlines, jsonbody
 from service.dataplane import DataPlane, Served, version_number
 from service.faults import CodecError
 from service.protocols import v2_model
@@ -99,6 +99,12 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[in
     return array.reshape(shape)
 
 
+def _value(parameter: pb.InferParameter) -> object:
+    """A request parameter's value, whichever of its types it was sent as."""
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else 0
+
+
 class InferenceServicer:
     """The RPCs of `inference.GRPCInferenceService`, each a request message in, a response out."""
 
@@ -148,6 +154,8 @@ class InferenceServicer:
                 decode_inputs, request, self.plane.max_rows, max_elements
             )
             rows = await v2_model.rows(self.plane, served, tensors)
+        if "timeout" in request.parameters:  # Triton's, beside the call's own deadline
+            deadlines.answer_within_microseconds(_value(request.parameters["timeout"]))
         classified = await self.plane.classify(served, rows)
         computed = v2_model.output_values(predictor, classified)
         response = pb.ModelInferResponse(

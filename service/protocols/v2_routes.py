@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from service import jsonbody
+from service import deadlines, jsonbody
 from service.dataplane import DataPlane, version_number
 from service.deps import DataPlaneDep
 from service.errors import RETRY
@@ -142,6 +142,7 @@ async def infer(
             plane.max_rows * math.prod(predictor.input_shape),
         )
         outputs = _requested_outputs(parsed, predictor)  # refuse unknown outputs before any work
+        deadlines.answer_within_microseconds((parsed.parameters or {}).get("timeout", 0))
         rows = await v2_model.rows(plane, served, tensors)
     classified = await plane.classify(served, rows)
     computed = v2_model.output_values(predictor, classified)

@@ -68,7 +68,11 @@ class RequestOutput(Wire):
 
 class InferenceRequest(Wire):
     id: str | None = None
-    parameters: Parameters | None = Field(None, description="`binary_data_output`: every output in binary")
+    parameters: Parameters | None = Field(
+        None,
+        description="`binary_data_output`: every output in binary; `timeout`: microseconds the client"
+        " waits for the answer, as Triton reads it (0: none stated; see the Request-Timeout header)",
+    )
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 

@@ -76,7 +76,7 @@ IMAGE_UPLOAD = {
 }
 # Documented so clients (and Schemathesis) know every answer's shape.
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 422, 503)
+    status: {"model": Error} for status in (400, 401, 404, 408, 413, 415, 422, 503, 504)
 }
 # Every prediction route answers one prediction or several.
 ANSWERS: dict[str, Any] = {
