@@ -57,6 +57,8 @@ def test_server_and_models_report_live_ready_and_their_metadata(client):
     assert [(t["name"], t["datatype"]) for t in metadata["outputs"]] == [
         ("probabilities", "FP32"),
         ("label", "BYTES"),
+        ("ood_score", "FP32"),
+        ("abstain", "BOOL"),
     ]
 
 
