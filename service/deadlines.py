@@ -7,7 +7,9 @@ queue what was not (service/batching.py):
   inference route); a v2 request may also state Triton's `timeout` parameter, in microseconds;
 - gRPC: the call's own deadline (service/protocols/grpc_server.py), and v2's `timeout` too.
 When a request states several, the earliest counts; when it states none, it gets
-REQUEST_TIMEOUT_S from when it came in.
+REQUEST_TIMEOUT_S from when it came in: for HTTP, when the last byte of its body did
+(service/limits.py), so that a client on a slow network is not refused for the time its upload
+took; a stated deadline is the client's own clock, upload included.
 
 Both are context variables because every request runs in a task of its own (uvicorn's per
 request, grpc.aio's per call) with its own copy of the context: the code between where a

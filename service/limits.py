@@ -3,6 +3,8 @@
 A declared Content-Length over the cap is refused at the first read, before receiving anything;
 bodies without one (chunked) are counted as they stream in and cut off at the cap. The deadline
 covers the whole body, so a client trickling a byte at a time cannot hold the service either.
+The body's last byte is when the request has come in, for the default deadline
+(service/deadlines.py): a slow upload does not use up the time it may wait for the model.
 (FastAPI's own `max_body_size` answers 413 in plain text; this keeps every error JSON.)
 """
 
@@ -13,6 +15,8 @@ import asyncio
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import deadlines
 
 
 class BodyLimits:
@@ -51,6 +55,8 @@ class BodyLimits:
                 if received > self.max_bytes:
                     raise HTTPException(413, too_large)
                 body_done = not message.get("more_body", False)
+                if body_done:  # REQUEST_TIMEOUT_S counts from here: the network's time is not the queue's
+                    deadlines.arrived()
             else:
                 body_done = True
             return message

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # Rows waiting per model beyond which requests get 503 + Retry-After instead of queueing.
     max_queue_size: int = Field(2048, ge=1)
     # The deadline of a request that states none (HTTP's Request-Timeout header, v2's `timeout`
-    # parameter, a gRPC deadline), in seconds from when it came in: one the model would not
+    # parameter, a gRPC deadline), in seconds from when it came in (its body's last byte, over
+    # HTTP: a slow upload is the network's time, not the queue's): one the model would not
     # answer by then at its recent rate is refused at once (503 + Retry-After), one still queued
     # then gets 504 (service/deadlines.py). Shorter than clients' own timeouts, so that under
     # overload the model's time goes to requests whose clients still wait, not to those gone:

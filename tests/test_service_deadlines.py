@@ -6,6 +6,7 @@ counted under its own status (504, 499), on every door."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -24,6 +25,8 @@ from served import free_port, serve
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from service import deadlines
+from service.limits import BodyLimits
 from service.protocols.third_party import open_inference_pb2 as oip
 
 FLOWER = [5.1, 3.5, 1.4, 0.2]
@@ -353,3 +356,38 @@ def test_a_cancelled_grpc_call_takes_its_request_out_of_the_queue(held_server, c
     assert load(server.url)[2] == computed + HELD_ROWS  # the held call's rows only
     counted = lambda: statuses(scrape(server.url), METHODS[client]).get("499", 0)  # noqa: E731
     wait_for(lambda: counted() == before.get("499", 0) + 1)
+
+
+def test_the_default_deadline_counts_from_the_last_byte_of_the_body_not_from_a_slow_upload():
+    """A client on a slow network is not refused for the time its upload took: REQUEST_TIMEOUT_S
+    starts when its body is in (service/limits.py), not when its headers were."""
+
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        chunks = [
+            {"type": "http.request", "body": b"a", "more_body": True},
+            {"type": "http.request", "body": b"b"},
+        ]
+        last_byte = 0.0
+
+        async def slow_network() -> dict:
+            nonlocal last_byte
+            await asyncio.sleep(0.05)  # the upload takes its time
+            last_byte = loop.time()
+            return chunks.pop(0)
+
+        seen = {}
+
+        async def route(scope, receive, send) -> None:
+            deadlines.arrived()  # headers in: where the route's dependency notes the request
+            while (await receive()).get("more_body"):
+                pass
+            seen["deadline"] = deadlines.deadline(0.7)
+
+        await BodyLimits(route, max_bytes=100, seconds=10)(
+            {"type": "http", "headers": []}, slow_network, None
+        )
+        return last_byte, seen["deadline"]
+
+    last_byte, deadline = asyncio.run(scenario())
+    assert deadline >= last_byte + 0.7
