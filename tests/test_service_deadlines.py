@@ -310,6 +310,7 @@ def a_held_call(held_server):
         assert held.result().status_code == 200
 
 
+@pytest.mark.server
 def test_a_client_that_disconnects_takes_its_request_out_of_the_queue(held_server):
     server, _ = held_server
     before = statuses(scrape(server.url), "/predict/{model}")
@@ -349,6 +350,7 @@ def cancel_a_queued_call(client: str, target: str, url: str) -> None:
         assert call.cancelled()
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("client", METHODS)
 def test_a_cancelled_grpc_call_takes_its_request_out_of_the_queue(held_server, client):
     server, _ = held_server

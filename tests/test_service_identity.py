@@ -24,7 +24,8 @@ def test_every_response_names_the_replica_that_answered(client):
 
 def test_refusals_before_the_app_also_name_the_replica(model_dir):
     with serving(model_dir, max_upload_bytes=100) as client:
-        too_big = client.post("/predict/iris", content=b"{" + b" " * 200 + b"}")
+        json = {"Content-Type": "application/json"}
+        too_big = client.post("/predict/iris", content=b"{" + b" " * 200 + b"}", headers=json)
     assert too_big.status_code == 413
     assert too_big.headers["X-Served-By"] == ME
 
