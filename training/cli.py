@@ -95,37 +95,37 @@ def parse_args(argv):
         help="training precision (default auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs "
         "with bfloat16 instructions, else float32); exports are always float32",
     )
-    calibrate = sub.add_parser(
+
+    def of_an_export(name: str, example: str, help_: str) -> argparse.ArgumentParser:
+        """A command on an existing export's version folder, reading its training data again."""
+        command = sub.add_parser(name, help=help_)
+        command.add_argument("source", help=f"an export's version folder, e.g. {example}")
+        command.add_argument(
+            "--data", default=None, help="the training data, if not where the export's metadata says"
+        )
+        return command
+
+    of_an_export(
         "calibrate",
-        help="fit a temperature to an existing export on the validation split it was trained "
+        "models/cifar10/3",
+        "fit a temperature to an existing export on the validation split it was trained "
         "with, and write it as the next version (same weights; the source is left untouched)",
     )
-    calibrate.add_argument("source", help="an export's version folder, e.g. models/cifar10/3")
-    calibrate.add_argument(
-        "--data", default=None, help="the training data, if not where the export's metadata says"
-    )
-    faster = sub.add_parser(
+    of_an_export(
         "fastpath",
-        help="add a TFLite dynamic-range int8 form of an existing export to its version folder, "
+        "models/cifar10/5",
+        "add a TFLite dynamic-range int8 form of an existing export to its version folder, "
         "declared in its metadata only if it keeps the accuracy and calibration (training.fastpath)",
     )
-    faster.add_argument("source", help="an export's version folder, e.g. models/cifar10/4")
-    faster.add_argument(
-        "--data", default=None, help="the training data, if not where the export's metadata says"
-    )
-    scored = sub.add_parser(
+    of_an_export(
         "ood",
-        help="add an out-of-distribution score to an existing calibrated CIFAR-10 export (same weights "
+        "models/cifar10/4 (calibrated, of images)",
+        "add an out-of-distribution score to an existing calibrated CIFAR-10 export (same weights "
         "and temperature, a second output `ood_score`), written as the next version",
-    )
-    scored.add_argument("source", help="a calibrated image export's version folder, e.g. models/cifar10/4")
-    scored.add_argument(
+    ).add_argument(
         "--ood-data",
         required=True,
         help="the folder `python -m training.ood_data --out FOLDER` wrote (ood-dev.npz, ood-eval.npz)",
-    )
-    scored.add_argument(
-        "--data", default=None, help="the training data, if not where the export's metadata says"
     )
     return parser.parse_args(argv)
 
