@@ -36,12 +36,14 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-def behind_a_busy_model(max_batch_size: int, requests: list[np.ndarray]) -> tuple[list[int], list]:
+def behind_a_busy_model(
+    max_batch_size: int, requests: list[np.ndarray], model: type[FakePredictor] = FakePredictor
+) -> tuple[list[int], list]:
     """The rows of each model call, and each answer, when `requests` queue while the model
     computes a first one-row request (whose answer comes first)."""
 
     async def scenario():
-        predictor = FakePredictor()
+        predictor = model()
         batcher = MicroBatcher("fake", max_batch_size=max_batch_size, max_wait_s=0, max_queue_size=100)
         predictor.gate.clear()
         busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
@@ -175,26 +177,12 @@ class ScoringPredictor(FakePredictor):
 
 
 def test_each_request_gets_its_own_rows_of_every_output():
-    async def scenario():
-        predictor = ScoringPredictor()
-        batcher = MicroBatcher("fake", max_batch_size=8, max_wait_s=0, max_queue_size=100)
-        predictor.gate.clear()
-        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
-        await asyncio.sleep(0.05)
-        queued = [asyncio.create_task(batcher.predict(np.array([[i], [i + 0.5]]), predictor)) for i in (1, 2)]
-        await asyncio.sleep(0.05)
-        predictor.gate.set()
-        results = await asyncio.gather(busy, *queued)
-        await batcher.close()
-        return predictor.batches, results
-
-    batches, (_, first, second) = run(scenario())
+    requests = [np.array([[i], [i + 0.5]]) for i in (1, 2)]
+    batches, (_, first, second) = behind_a_busy_model(8, requests, model=ScoringPredictor)
     assert batches == [1, 4]  # the two queued requests shared one call
     assert first["probabilities"].tolist() == [[2.0], [3.0]] and first["ood_score"].tolist() == [101.0, 101.5]
-    assert second["probabilities"].tolist() == [[4.0], [5.0]] and second["ood_score"].tolist() == [
-        102.0,
-        102.5,
-    ]
+    assert second["probabilities"].tolist() == [[4.0], [5.0]]
+    assert second["ood_score"].tolist() == [102.0, 102.5]
 
 
 def test_the_batch_metrics_get_each_calls_rows_and_seconds():
