@@ -8,11 +8,13 @@ import shutil
 import time
 from pathlib import Path
 
+import grpc
 import keras
 import numpy as np
 import tensorflow as tf
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from served import free_port
 
 from service.app import create_app
 from service.settings import Settings
@@ -121,6 +123,17 @@ def serving(model_dir: Path, ready: bool = True, **overrides):
         if ready:
             wait_ready(client)
         yield client
+
+
+@contextlib.contextmanager
+def serving_both_doors(model_dir: Path, **overrides):
+    """`serving`, with the app's gRPC server on a free port: (client, a channel to it)."""
+    port = free_port()
+    with (
+        serving(model_dir, grpc_port=port, **overrides) as client,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield client, channel
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:

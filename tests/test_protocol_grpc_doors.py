@@ -8,7 +8,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from deployments import serving
+from deployments import serving, serving_both_doors
 from payloads import GOOD_IMAGE
 from served import free_port
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -41,11 +41,7 @@ CODES = {  # HTTP status -> gRPC code
 @pytest.fixture(scope="module")
 def doors(shared_models):
     """The in-process app (at most 16 rows per request) with its gRPC server: (client, channel)."""
-    port = free_port()
-    with (
-        serving(shared_models, grpc_port=port) as client,
-        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
+    with serving_both_doors(shared_models) as (client, channel):
         yield client, channel
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import io
 
-import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from deployments import IMAGE_SPEC, install, serving, tiny_image_model
+from deployments import IMAGE_SPEC, install, serving_both_doors, tiny_image_model
 from PIL import Image
-from served import free_port
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from model_repository import load_metadata, write_metadata
@@ -66,11 +64,7 @@ def scored_models(tmp_path_factory, exports):
 
 @pytest.fixture(scope="module")
 def doors(scored_models):
-    port = free_port()
-    with (
-        serving(scored_models, grpc_port=port) as client,
-        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-    ):
+    with serving_both_doors(scored_models) as (client, channel):
         yield client, channel
 
 
