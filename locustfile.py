@@ -109,7 +109,13 @@ V2_IMAGE_MODEL = os.environ.get("V2_IMAGE_MODEL", "cifar10")
 class ServiceUser(FastHttpUser):
     # No think time: each user is a closed loop, so N users means N requests in flight.
     wait_time = constant(0)
-    default_headers = {"X-API-Key": os.environ["API_KEY"]} if os.environ.get("API_KEY") else None
+    # Each user waits for its answer as long as locust's own network timeout, and says so
+    # (service/deadlines.py). Without it the service's REQUEST_TIMEOUT_S applies, and a closed
+    # loop of users that saturates the service is refused as clients who give up in a second are.
+    default_headers = {
+        "Request-Timeout": str(FastHttpUser.network_timeout),
+        **({"X-API-Key": os.environ["API_KEY"]} if os.environ.get("API_KEY") else {}),
+    }
 
     @tag("image")
     @task

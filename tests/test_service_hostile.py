@@ -55,7 +55,9 @@ def test_concurrent_bombs_stay_within_the_workers_decode_budgets(shared_models, 
         reset_peaks(pids)
 
         def send(_) -> httpx.Response:
-            with httpx.Client(base_url=running.url, timeout=120) as client:
+            # Patient clients, who say so: the budget, not the default deadline, is on trial.
+            patient = {"Request-Timeout": "120"}
+            with httpx.Client(base_url=running.url, timeout=120, headers=patient) as client:
                 return client.post("/predict/image/cifar10", files=files)
 
         with ThreadPoolExecutor(8) as clients:
