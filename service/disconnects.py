@@ -5,13 +5,16 @@ Once a request's body is in, the only message the server has left for it is the 
 watcher waits for it beside the route. If the client leaves before the answer starts, the
 request's task is cancelled: whatever it awaits is cancelled with it, and a request waiting in
 a model's queue leaves the queue at once (service/batching.py). The request is counted with
-status 499, nginx's "client closed request" (the answer goes nowhere: uvicorn drops it).
+status 499, nginx's "client closed request" (the answer goes nowhere: uvicorn drops it); so is
+one whose client leaves while its body is still coming in (Starlette's ClientDisconnect), which
+is the client's doing, not an error of the service's.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CLIENT_CLOSED_REQUEST = 499
@@ -59,12 +62,20 @@ class CancelWhenClientLeaves:
         except asyncio.CancelledError:
             if not gone or request.uncancel():  # cancelled for another reason too: a shutdown
                 raise
-            # For the request metrics: the server has nobody to send it to, and drops it.
-            await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await _closed_by_client(send)
+        except ClientDisconnect:  # the client left while its body was still coming in
+            if answering:
+                raise
+            await _closed_by_client(send)
         finally:
             if watcher is not None:
                 watcher.cancel()
+
+
+async def _closed_by_client(send: Send) -> None:
+    """For the request metrics: the server has nobody to send the answer to, and drops it."""
+    await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _disconnect(receive: Receive) -> Message:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from starlette.requests import ClientDisconnect
 
 from service.disconnects import CancelWhenClientLeaves
 
@@ -92,3 +93,16 @@ def test_a_request_cancelled_for_another_reason_stays_cancelled():
         return client.statuses()
 
     assert asyncio.run(scenario()) == []
+
+
+def test_a_client_that_hangs_up_while_its_body_comes_in_is_counted_499_not_an_error():
+    async def scenario():
+        client = Client()
+
+        async def reads_a_body_that_never_ends(scope, receive, send):
+            raise ClientDisconnect()  # what Starlette's request.stream() raises then
+
+        await serve(reads_a_body_that_never_ends, client)
+        return client.statuses()
+
+    assert asyncio.run(scenario()) == [499]
