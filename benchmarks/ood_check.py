@@ -3,7 +3,7 @@ defaults: held-out CIFAR-10 photos (the validation split) and held-out outlier c
 sources of `training.ood_data`) sent as PNG files to the service (in this process, over
 models/), and from the answers: the share abstained of each, and the score's AUROC per group.
 
-    python -m benchmarks.ood_check --ood-data /work/ood-cache --data ../shared/datasets/cifar10-train.tar.gz
+    python -m benchmarks.ood_check --ood-data ../ood-cache --data ../shared/datasets/cifar10-train.tar.gz
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ its temperature on held-out data, export the next version with its reports and m
     python -m training calibrate models/cifar10/3    # same weights, calibrated: the next version
     python -m training fastpath models/cifar10/4 --data ../shared/datasets/cifar10-train.tar.gz
                                                      # adds its TFLite int8 form (training.fastpath)
-    python -m training ood models/cifar10/4 --ood-data /work/ood-cache
+    python -m training ood models/cifar10/4 --ood-data ../ood-cache
                                  # same weights, plus an out-of-distribution score: the next version
 """
 

@@ -4,7 +4,7 @@ synthetic cases. Nothing of it is committed; it is rebuilt from the packages:
 
     pip install scikit-image                      # its bundled sample photographs
     apt-get install gimp-data gimp-data-extras stellarium-data   # texture patterns; landscape photos
-    python -m training.ood_data --out /work/ood-cache
+    python -m training.ood_data --out ../ood-cache
 
 Every source picture belongs to one split, `dev` (the score is fitted and tuned on it) or `eval`
 (only measured), decided by its name, so no crop of an evaluation picture is ever seen in
@@ -224,7 +224,7 @@ def _rgb(picture: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.ood_data", description=__doc__)
-    parser.add_argument("--out", default=os.environ.get("OOD_CACHE", "/work/ood-cache"))
+    parser.add_argument("--out", default=os.environ.get("OOD_CACHE", "../ood-cache"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
