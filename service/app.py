@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -17,6 +16,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from service.dataplane import DataPlane
 from service.deadlines import stated_deadline
+from service.decoders import Decoders
 from service.deps import require_api_key
 from service.device import configure_device
 from service.disconnects import CancelWhenClientLeaves
@@ -91,9 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = configure_device(settings.device, settings.intra_op_threads, settings.inter_op_threads)
         freeze_imports()  # before any model loads and any request is served: service/heap.py
         app.state.registry = registry = ModelRegistry(settings, device, metrics)
-        app.state.decoders = decoders = ThreadPoolExecutor(
-            settings.decode_threads, thread_name_prefix="decode", initializer=yield_the_cpu
-        )
+        app.state.decoders = decoders = Decoders(settings.decode_threads, initializer=yield_the_cpu)
         app.state.dataplane = plane = DataPlane(registry, settings, decoders, metrics)
         grpc_server = grpc_server_for(plane, settings, metrics) if settings.grpc_port else None
         if grpc_server is not None:

@@ -129,12 +129,13 @@ class MicroBatcher:
         self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{name}")
 
     @contextlib.contextmanager
-    def expecting(self, deadline: float | None = None):
+    def expecting(self, deadline: float | None = None, ahead_s: float = 0.0):
         """Announce a request that will submit soon (its body is being read or decoded), so an
         idle model may wait up to `max_wait_s` for it instead of running a smaller batch. One
         that could not be answered by `deadline` even if it had no rows is refused here, as in
-        `predict`, before its body is read or decoded: under overload, that work would be lost."""
-        self._admit(0, deadline)
+        `predict`, before its body is read or decoded: under overload, that work would be lost.
+        `ahead_s`: the time it will wait before it can submit (for the decoders), if any."""
+        self._admit(0, deadline, ahead_s)
         self._expected += 1
         try:
             yield
@@ -176,12 +177,14 @@ class MicroBatcher:
         self._arrived.set()
         return await job.future
 
-    def _admit(self, rows: int, deadline: float | None) -> None:
-        """Refuse what the queue cannot hold, or cannot answer by `deadline` at the recent rate:
-        the sooner a client hears it, the sooner it can retry elsewhere or later. A request with
-        nothing ahead of it is always taken: it gets the model at once."""
+    def _admit(self, rows: int, deadline: float | None, ahead_s: float = 0.0) -> None:
+        """Refuse what the queue cannot hold, or cannot answer by `deadline` at the recent rate,
+        after `ahead_s` spent before it reaches the queue: the sooner a client hears it, the
+        sooner it can retry elsewhere or later. A request with nothing ahead of it is always
+        taken: it gets the model at once. Cautious, as the rate is: the two waits are added,
+        though the model works through its queue while the request waits for the decoders."""
         now = asyncio.get_running_loop().time()
-        backlog = self._backlog_s(now)
+        backlog = ahead_s + self._backlog_s(now)
         retry_after_s = max(1, math.ceil(backlog))
         if self.queued + rows > self.max_queue_size:
             raise QueueFull(f"model {self.name} has {self.queued} rows waiting", retry_after_s)
@@ -190,7 +193,7 @@ class MicroBatcher:
         if deadline <= now:
             raise DeadlineExceeded(f"the request's deadline passed before model {self.name} could take it")
         expected = backlog + self.rate.seconds_for(rows)
-        if (self._jobs or self._running) and now + expected > deadline:
+        if (self._jobs or self._running or ahead_s) and now + expected > deadline:
             raise QueueFull(
                 f"model {self.name} would answer in about {expected:.2f} s, after the request's"
                 f" deadline ({deadline - now:.2f} s); retry in {retry_after_s} s",

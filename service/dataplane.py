@@ -19,10 +19,8 @@ door maps them to its own shape through one table (`service.errors.STATUS`).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import cast
@@ -32,6 +30,7 @@ import numpy as np
 from service import deadlines
 from service.batching import MicroBatcher
 from service.budget import MIB, BudgetExceeded, DecodeBudget
+from service.decoders import Decoders
 from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
 from service.images import ImageRejected, decode_image
 from service.metrics import Metrics
@@ -118,7 +117,7 @@ class DataPlane:
         self,
         registry: ModelRegistry,
         settings: Settings,
-        decoders: ThreadPoolExecutor,
+        decoders: Decoders,
         metrics: Metrics | None = None,
     ):
         self.registry = registry
@@ -172,8 +171,10 @@ class DataPlane:
     def expecting(self, served: Served) -> AbstractContextManager[None]:
         """Hold this around reading and decoding a request's body: an idle model may wait a
         moment for it to batch with others (never around `classify`). Refuses at once a request
-        the work already queued would keep from being answered by its deadline."""
-        return served.batcher.expecting(deadlines.deadline(self.request_timeout_s))
+        the work already queued would keep from being answered by its deadline: the files the
+        decoders have yet to get through (an image model's), then the model's rows."""
+        decoding_s = self._decoders.backlog_s() if served.predictor.kind == "image" else 0.0
+        return served.batcher.expecting(deadlines.deadline(self.request_timeout_s), ahead_s=decoding_s)
 
     async def decode_files(self, served: Served, files: Sequence[bytes | bytearray]) -> np.ndarray:
         """Encoded image files as the model's rows, decoded, oriented and resized on the decoder
@@ -256,8 +257,8 @@ class DataPlane:
     async def _decode_all(self, files: Sequence[bytes | bytearray], decode) -> list:
         """Each file's pixels, or the exception decoding it raised. A single small file is
         decoded right here (unless resizing it needs matrices not built yet, which takes
-        milliseconds); anything larger goes to the decoder threads, where Pillow's decoding runs
-        beside the event loop."""
+        milliseconds); anything larger goes to the decoder threads (service/decoders.py), where
+        Pillow's decoding runs beside the event loop."""
         if len(files) == 1 and len(files[0]) <= INLINE_DECODE_BYTES:
             try:
                 return [decode(files[0], build=False)]
@@ -265,7 +266,4 @@ class DataPlane:
                 pass
             except Exception as error:
                 return [error]
-        loop = asyncio.get_running_loop()
-        return await asyncio.gather(
-            *(loop.run_in_executor(self._decoders, decode, f) for f in files), return_exceptions=True
-        )
+        return await self._decoders.map(decode, files)

@@ -1,0 +1,83 @@
+"""The worker's decoder threads, as a stage a request waits in: how many files they have been
+handed and how fast they have been getting through them.
+
+Under overload the decoders, not the model, can be what a request waits for longest (their
+threads run at a lower priority than the event loop: service/app.py): a queue that admits by the
+model's wait alone then takes requests it cannot answer in time. `backlog_s` is the decoders'
+share of a request's expected wait (DataPlane.expecting adds it to the model's).
+
+A request's files go to the threads as one run per thread, not one task per file: for a small
+file, handing it to a thread and back costs as much as decoding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from service.batching import ServiceRate
+
+
+class Decoders:
+    """`threads` decoder threads with a measured rate (seconds per file)."""
+
+    def __init__(self, threads: int, initializer: Callable[[], None] | None = None):
+        self.threads = threads
+        self.rate = ServiceRate()
+        self.files = 0  # handed to the threads and not yet decoded (nor cancelled)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=initializer)
+
+    def backlog_s(self) -> float:
+        """Seconds until the threads are through the files handed to them, at the recent rate."""
+        return self.rate.seconds_for(self.files) / self.threads
+
+    async def map(self, decode: Callable[[Any], Any], files: Sequence[Any]) -> list:
+        """`decode(file)` for each of `files`, or the exception it raised, in order."""
+        loop = asyncio.get_running_loop()
+        size = math.ceil(len(files) / self.threads)
+        runs = [files[start : start + size] for start in range(0, len(files), size)]
+        futures = []
+        for run in runs:
+            future = self._pool.submit(_decode_run, decode, run)
+            self.files += len(run)
+            # On the event loop, whichever thread ends it: a run decoded, failed, or cancelled
+            # before it started (its request gone).
+            future.add_done_callback(functools.partial(_on_loop, loop, self._finished, len(run)))
+            futures.append(future)
+        results = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+        return [outcome for decoded, _ in results for outcome in decoded]
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run `fn(*args)` on a decoder thread (outside the queue's accounting)."""
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown()
+
+    def _finished(self, files: int, future: Future) -> None:
+        self.files -= files
+        if not future.cancelled() and future.exception() is None:
+            self.rate.record(files, future.result()[1])
+
+
+def _decode_run(decode: Callable[[Any], Any], files: Sequence[Any]) -> tuple[list, float]:
+    """Each file's decoding or the exception it raised, and the seconds the run took."""
+    started = time.perf_counter()
+    outcomes: list = []
+    for file in files:
+        try:
+            outcomes.append(decode(file))
+        except Exception as error:  # the caller reports the first, numbered
+            outcomes.append(error)
+    return outcomes, time.perf_counter() - started
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody counts any more
+        loop.call_soon_threadsafe(callback, *args)

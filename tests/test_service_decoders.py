@@ -1,0 +1,150 @@
+"""The decoders are a stage a request waits in: they know how many files they have been handed
+and how fast they get through them, and a request they could not reach by its deadline is
+refused before its body is read, as one the model could not."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import pytest
+from deployments import serving
+from PIL import Image
+
+from service.decoders import Decoders
+
+FLOWER = [5.1, 3.5, 1.4, 0.2]
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_requests_files_come_back_in_order_each_decoded_or_with_its_own_error():
+    def decode(file: int) -> int:
+        if file == 3:
+            raise ValueError("three")
+        return file * 10
+
+    async def run():
+        decoders = Decoders(2)
+        try:
+            return await decoders.map(decode, list(range(7)))
+        finally:
+            decoders.shutdown()
+
+    outcomes = asyncio.run(run())
+    shown = [str(o) if isinstance(o, Exception) else o for o in outcomes]
+    assert shown == [0, 10, 20, "three", 40, 50, 60]
+
+
+def test_a_requests_files_go_to_the_threads_as_one_run_per_thread():
+    threads_used: list[str] = []
+
+    def decode(file: int) -> int:
+        threads_used.append(threading.current_thread().name)
+        return file
+
+    async def run():
+        decoders = Decoders(2)
+        handed = []
+        original = decoders._pool.submit
+        decoders._pool.submit = lambda *args: handed.append(len(args[2])) or original(*args)
+        try:
+            await decoders.map(decode, list(range(16)))
+        finally:
+            decoders.shutdown()
+        return handed
+
+    assert asyncio.run(run()) == [8, 8]  # two tasks for the pool, not sixteen
+
+
+def test_the_backlog_is_the_files_handed_and_not_yet_decoded_at_the_measured_rate():
+    release = threading.Event()
+
+    def decode(file: int) -> int:
+        release.wait(10)
+        return file
+
+    async def run():
+        decoders = Decoders(2)
+        decoders.rate.record(4, 2.0)  # lately half a second a file
+        decoders.rate.record(4, 2.0)
+        request = asyncio.ensure_future(decoders.map(decode, list(range(8))))
+        await asyncio.sleep(0.05)
+        waiting = decoders.files, decoders.backlog_s()
+        release.set()
+        await request
+        await asyncio.sleep(0.05)  # the runs' ends reach the event loop
+        decoders.shutdown()
+        return waiting, decoders.files
+
+    (files, backlog_s), files_after = asyncio.run(run())
+    assert files == 8
+    assert backlog_s == pytest.approx(8 * 0.5 / 2)  # two threads
+    assert files_after == 0
+
+
+def test_a_request_whose_caller_is_gone_leaves_the_backlog_with_its_runs_not_yet_started():
+    release = threading.Event()
+
+    def decode(file: int) -> int:
+        release.wait(10)
+        return file
+
+    async def run():
+        decoders = Decoders(1)
+        first = asyncio.ensure_future(decoders.map(decode, [1]))  # holds the only thread
+        second = asyncio.ensure_future(decoders.map(decode, [2, 3, 4]))
+        await asyncio.sleep(0.05)
+        before = decoders.files
+        second.cancel()
+        await asyncio.sleep(0.05)
+        after = decoders.files
+        release.set()
+        await first
+        decoders.shutdown()
+        return before, after
+
+    assert asyncio.run(run()) == (4, 1)
+
+
+def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_before_its_body_is_read(
+    shared_models,
+):
+    release = threading.Event()
+
+    def held(file: int) -> int:
+        release.wait(30)
+        return file
+
+    with serving(shared_models) as client:
+        decoders = client.app.state.decoders
+        for _ in range(9):  # as if a file had lately taken 10 s to decode
+            decoders.rate.record(1, 10.0)
+        # Another request's file on each thread: 10 s of decoding ahead of anything else.
+        busy = client.portal.start_task_soon(decoders.map, held, [1, 2])
+        try:
+            response = client.post(
+                "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "5"}
+            )
+            # Iris's requests are not decoded: the decoders' backlog is not theirs to wait for.
+            flower = client.post(
+                "/v2/models/iris/infer",
+                json={"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": FLOWER}]},
+                headers={"Request-Timeout": "5"},
+            )
+        finally:
+            release.set()
+        busy.result(30)
+        patient = client.post(
+            "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "60"}
+        )
+    assert response.status_code == 503
+    assert "after the request's deadline" in response.json()["detail"]
+    assert 8 <= int(response.headers["Retry-After"]) <= 10
+    assert flower.status_code == 200
+    assert patient.status_code == 200
