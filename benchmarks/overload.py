@@ -1,7 +1,9 @@
 """Overload and deadlines against `python -m service` with its defaults, measured from outside.
 
-    python -m benchmarks.overload              # ~1.5 min; prints the figures, writes nothing
+    python -m benchmarks.overload              # ~1.5 min; prints the figures
+    python -m benchmarks.overload --json benchmarks/results/overload.json   # and keeps them
     python -m benchmarks.overload --stated     # clients also state their 1 s (Request-Timeout)
+    python -m benchmarks.overload --client httpx   # the load sent with httpx (see RawClient)
 
 1. Capacity: 8 clients send 16 photos a request (samples/*.jpg) back to back for 10 s, stating
    a deadline of 60 s (a header versions without deadlines ignore): images answered per second.
@@ -28,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -98,9 +102,27 @@ class RawClient:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(self.address.host, self.address.port)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         for _, writer in self._idle:
             writer.close()
+
+
+class HttpxClient:
+    """The same request through httpx (`--client httpx`), as most Python clients send it."""
+
+    def __init__(self, url: str, route: str, body: bytes, headers: dict[str, str]):
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
+        self._client = httpx.AsyncClient(base_url=url, limits=limits, timeout=60)
+        self._request = {"url": route, "content": body, "headers": headers}
+
+    async def post(self) -> int:
+        return (await self._client.post(**self._request)).status_code
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+CLIENTS = {"raw": RawClient, "httpx": HttpxClient}
 
 
 def samples(text: str) -> list:
@@ -130,14 +152,14 @@ def statuses(text: str, protocol: str) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-async def capacity(url: str, body: bytes, headers: dict[str, str]) -> float:
+async def capacity(url: str, body: bytes, headers: dict[str, str], kind: str = "raw") -> float:
     """Images answered per second by CAPACITY_CLIENTS clients sending back to back, each
     stating a deadline of a minute: the service's throughput, with nothing refused for time."""
     headers = {**headers, "request-timeout": "60"}
     answered = 0
     stop = time.monotonic() + CAPACITY_S
 
-    client = RawClient(url, ROUTE, body, headers)
+    client = CLIENTS[kind](url, ROUTE, body, headers)
 
     async def client_loop() -> None:
         nonlocal answered
@@ -150,16 +172,18 @@ async def capacity(url: str, body: bytes, headers: dict[str, str]) -> float:
     started = time.monotonic()
     stop = started + CAPACITY_S
     await asyncio.gather(*(client_loop() for _ in range(CAPACITY_CLIENTS)))
-    client.close()
+    await client.aclose()
     return answered / (time.monotonic() - started)
 
 
-async def overload(url: str, body: bytes, headers: dict[str, str], images_per_s: float) -> dict:
+async def overload(
+    url: str, body: bytes, headers: dict[str, str], images_per_s: float, kind: str = "raw"
+) -> dict:
     rate = OVERLOAD * images_per_s / PHOTOS_PER_REQUEST  # requests per second
     outcomes: Counter = Counter()
     in_time = 0
 
-    client = RawClient(url, ROUTE, body, headers)
+    client = CLIENTS[kind](url, ROUTE, body, headers)
 
     async def one() -> None:
         nonlocal in_time
@@ -170,7 +194,7 @@ async def overload(url: str, body: bytes, headers: dict[str, str], images_per_s:
             in_time += status == 200
         except TimeoutError:
             outcomes["gave up"] += 1
-        except (OSError, EOFError) as error:  # reset, or closed mid-answer (IncompleteReadError)
+        except (OSError, EOFError, httpx.HTTPError) as error:  # reset, or closed mid-answer
             outcomes[type(error).__name__] += 1
 
     async with httpx.AsyncClient(base_url=url) as probe:
@@ -203,7 +227,7 @@ async def overload(url: str, body: bytes, headers: dict[str, str], images_per_s:
                 recovered = time.monotonic() - stopped
             await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - probe_started)))
         await asyncio.gather(*tasks)
-        client.close()
+        await client.aclose()
         await asyncio.sleep(1.0)
         computed_after, *_ = await scrape(probe)
         text = (await probe.get("/metrics")).text
@@ -304,6 +328,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--stated", action="store_true", help="clients send Request-Timeout: 1")
     parser.add_argument("--model-dir", default=str(REPO / "models"))
+    parser.add_argument(
+        "--client", choices=CLIENTS, default="raw", help="how the load is sent (default: bare sockets)"
+    )
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     photos = [p.read_bytes() for p in sorted((REPO / "samples").glob("*.jpg"))]
     body, content_type = multipart(list(itertools.islice(itertools.cycle(photos), PHOTOS_PER_REQUEST)))
@@ -311,15 +339,28 @@ def main() -> None:
     log = Path(tempfile.mkdtemp(prefix="overload-")) / "server.log"
     with serve("service", args.model_dir, log) as server:
         print(f"service: {server.url}, gRPC port {server.grpc_port}, its defaults; log {log}")
-        images_per_s = asyncio.run(capacity(server.url, body, headers))
+        images_per_s = asyncio.run(capacity(server.url, body, headers, args.client))
         print(
             f"capacity: {images_per_s:.0f} images/s"
             f" ({CAPACITY_CLIENTS} clients, {PHOTOS_PER_REQUEST} photos a request)"
         )
-        report_overload(
-            asyncio.run(overload(server.url, body, headers, images_per_s)), images_per_s, args.stated
-        )
-        report_grpc(asyncio.run(grpc_deadlines(server.url, server.grpc_port)))
+        overloaded = asyncio.run(overload(server.url, body, headers, images_per_s, args.client))
+        report_overload(overloaded, images_per_s, args.stated)
+        grpc_calls = asyncio.run(grpc_deadlines(server.url, server.grpc_port))
+        report_grpc(grpc_calls)
+    if args.json:
+        figures = {
+            "command": "python -m benchmarks.overload " + " ".join(sys.argv[1:]),
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "client": args.client,
+            "stated": args.stated,
+            "capacity_images_per_s": images_per_s,
+            "goodput_of_capacity": overloaded["goodput_images_per_s"] / images_per_s,
+            "overload": overloaded,
+            "grpc": grpc_calls,
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"written: {args.json}")
 
 
 if __name__ == "__main__":
