@@ -91,7 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = configure_device(settings.device, settings.intra_op_threads, settings.inter_op_threads)
         freeze_imports()  # before any model loads and any request is served: service/heap.py
         app.state.registry = registry = ModelRegistry(settings, device, metrics)
-        app.state.decoders = decoders = Decoders(settings.decode_threads, initializer=yield_the_cpu)
+        app.state.decoders = decoders = Decoders(
+            settings.decode_threads, yield_the_cpu, metrics.decode_files_waiting.set
+        )
         app.state.dataplane = plane = DataPlane(registry, settings, decoders, metrics)
         grpc_server = grpc_server_for(plane, settings, metrics) if settings.grpc_port else None
         if grpc_server is not None:

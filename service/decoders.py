@@ -27,10 +27,16 @@ from service.batching import ServiceRate
 class Decoders:
     """`threads` decoder threads with a measured rate (seconds per file)."""
 
-    def __init__(self, threads: int, initializer: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        threads: int,
+        initializer: Callable[[], None] | None = None,
+        on_load: Callable[[int], None] = lambda files: None,
+    ):
         self.threads = threads
         self.rate = ServiceRate()
         self.files = 0  # handed to the threads and not yet decoded (nor cancelled)
+        self._on_load = on_load  # told `files` whenever it changes (a gauge)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=initializer)
 
     def backlog_s(self) -> float:
@@ -46,6 +52,7 @@ class Decoders:
         for run in runs:
             future = self._pool.submit(_decode_run, decode, run)
             self.files += len(run)
+            self._on_load(self.files)
             # On the event loop, whichever thread ends it: a run decoded, failed, or cancelled
             # before it started (its request gone).
             future.add_done_callback(functools.partial(_on_loop, loop, self._finished, len(run)))
@@ -62,6 +69,7 @@ class Decoders:
 
     def _finished(self, files: int, future: Future) -> None:
         self.files -= files
+        self._on_load(self.files)
         if not future.cancelled() and future.exception() is None:
             self.rate.record(files, future.result()[1])
 

@@ -73,6 +73,9 @@ class Metrics:
             "decode_budget_bytes_in_use", "Bytes of the decoders' budget held by decodes" + in_all
         )
         self.decode_budget = live_sum("decode_budget_bytes", "The decoders' memory budget" + in_all)
+        self.decode_files_waiting = live_sum(
+            "decode_files_waiting", "Image files handed to the decoder threads, not yet decoded" + in_all
+        )
         self.live_version = Gauge(
             "model_live_version", "Version being served", ["model"], registry=r, multiprocess_mode="livemax"
         )

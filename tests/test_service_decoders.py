@@ -64,13 +64,14 @@ def test_a_requests_files_go_to_the_threads_as_one_run_per_thread():
 
 def test_the_backlog_is_the_files_handed_and_not_yet_decoded_at_the_measured_rate():
     release = threading.Event()
+    told: list[int] = []
 
     def decode(file: int) -> int:
         release.wait(10)
         return file
 
     async def run():
-        decoders = Decoders(2)
+        decoders = Decoders(2, on_load=told.append)
         decoders.rate.record(4, 2.0)  # lately half a second a file
         decoders.rate.record(4, 2.0)
         request = asyncio.ensure_future(decoders.map(decode, list(range(8))))
@@ -83,9 +84,9 @@ def test_the_backlog_is_the_files_handed_and_not_yet_decoded_at_the_measured_rat
         return waiting, decoders.files
 
     (files, backlog_s), files_after = asyncio.run(run())
-    assert files == 8
+    assert files == 8 == told[1]
     assert backlog_s == pytest.approx(8 * 0.5 / 2)  # two threads
-    assert files_after == 0
+    assert files_after == 0 == told[-1]  # as a gauge would have it
 
 
 def test_a_request_whose_caller_is_gone_leaves_the_backlog_with_its_runs_not_yet_started():
@@ -137,6 +138,7 @@ def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_b
                 json={"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": FLOWER}]},
                 headers={"Request-Timeout": "5"},
             )
+            metrics = client.get("/metrics").text
         finally:
             release.set()
         busy.result(30)
@@ -147,4 +149,5 @@ def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_b
     assert "after the request's deadline" in response.json()["detail"]
     assert 8 <= int(response.headers["Retry-After"]) <= 10
     assert flower.status_code == 200
+    assert "\ndecode_files_waiting 2.0\n" in metrics  # the other request's, held
     assert patient.status_code == 200
