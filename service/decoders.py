@@ -7,7 +7,8 @@ model's wait alone then takes requests it cannot answer in time. `backlog_s` is 
 share of a request's expected wait (DataPlane.expecting adds it to the model's).
 
 A request's files go to the threads as one run per thread, not one task per file: for a small
-file, handing it to a thread and back costs as much as decoding it.
+file, handing it to a thread and back costs as much as decoding it. A run stops at the next file
+once its request's caller has gone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,16 +50,21 @@ class Decoders:
         loop = asyncio.get_running_loop()
         size = math.ceil(len(files) / self.threads)
         runs = [files[start : start + size] for start in range(0, len(files), size)]
+        gone = threading.Event()  # the request's caller stopped waiting: its runs stop
         futures = []
         for run in runs:
-            future = self._pool.submit(_decode_run, decode, run)
+            future = self._pool.submit(_decode_run, decode, run, gone)
             self.files += len(run)
             self._on_load(self.files)
             # On the event loop, whichever thread ends it: a run decoded, failed, or cancelled
             # before it started (its request gone).
             future.add_done_callback(functools.partial(_on_loop, loop, self._finished, len(run)))
             futures.append(future)
-        results = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+        try:
+            results = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+        except asyncio.CancelledError:
+            gone.set()
+            raise
         return [outcome for decoded, _ in results for outcome in decoded]
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -71,14 +78,21 @@ class Decoders:
         self.files -= files
         self._on_load(self.files)
         if not future.cancelled() and future.exception() is None:
-            self.rate.record(files, future.result()[1])
+            decoded, seconds = future.result()
+            if decoded:
+                self.rate.record(len(decoded), seconds)
 
 
-def _decode_run(decode: Callable[[Any], Any], files: Sequence[Any]) -> tuple[list, float]:
-    """Each file's decoding or the exception it raised, and the seconds the run took."""
+def _decode_run(
+    decode: Callable[[Any], Any], files: Sequence[Any], gone: threading.Event
+) -> tuple[list, float]:
+    """Each file's decoding or the exception it raised, and the seconds the run took; cut short
+    once the request is `gone`."""
     started = time.perf_counter()
     outcomes: list = []
     for file in files:
+        if gone.is_set():
+            break
         try:
             outcomes.append(decode(file))
         except Exception as error:  # the caller reports the first, numbered

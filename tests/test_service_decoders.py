@@ -113,6 +113,29 @@ def test_a_request_whose_caller_is_gone_leaves_the_backlog_with_its_runs_not_yet
     assert asyncio.run(run()) == (4, 1)
 
 
+def test_a_run_under_way_stops_at_the_next_file_once_its_caller_is_gone():
+    started, release, decoded = threading.Event(), threading.Event(), []
+
+    def decode(file: int) -> int:
+        started.set()
+        release.wait(10)
+        decoded.append(file)
+        return file
+
+    async def run():
+        decoders = Decoders(1)
+        request = asyncio.ensure_future(decoders.map(decode, [1, 2, 3, 4]))
+        await asyncio.to_thread(started.wait, 10)  # the run is on its first file
+        request.cancel()
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.to_thread(decoders.shutdown)
+        return decoders.files
+
+    assert asyncio.run(run()) == 0
+    assert decoded == [1]
+
+
 def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_before_its_body_is_read(
     shared_models,
 ):
