@@ -10,19 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
 
+from service import middleware
 from service.dataplane import DataPlane
 from service.deadlines import stated_deadline
 from service.deps import require_api_key
-from service.disconnects import CancelWhenClientLeaves
 from service.errors import add_error_handlers
 from service.heap import freeze_imports
-from service.identity import ServedBy
-from service.limits import BodyLimits
-from service.loading import WaitForModels
-from service.metrics import Metrics, RequestMetrics
+from service.metrics import Metrics
 from service.process.device import configure_device
 from service.process.draining import Drain
 from service.process.ready import open_when_loaded
@@ -80,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             grpc_server.check_port()  # fails the start-up, and the service, with the reason
             drain.on_start(grpc_server.draining)
             drain.on_stop(grpc_server.closing)
-        registry.start()  # with several workers, requests wait for it: service/loading.py
+        registry.start()  # with several workers, requests wait for it: service/middleware.py
         background = [
             asyncio.create_task(open_when_loaded(app, registry, settings, grpc_server)),
             asyncio.create_task(metrics.keep_recording_memory()),
@@ -98,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             decoders.shutdown()
             metrics.close()
 
-    app = FastAPI(
+    app = middleware.App(
         title="Image and feature classifiers",
         # The description, not the summary: Swagger UI and ReDoc render it as Markdown, and show
         # a summary as typed, backticks and all.
@@ -128,20 +124,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tfserving_routes.router)
     app.include_router(tfserving_routes.inference, dependencies=inference)
     add_error_handlers(app, metrics, protocol_prefixes=("/v2", "/v1"))
-    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
-    if settings.workers > 1:
-        app.add_middleware(WaitForModels)  # outside the body's timer, inside the metrics
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Request-Timeout"],
-        )
-    app.add_middleware(CancelWhenClientLeaves)  # inside the metrics, which count its 499s
-    app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
-    # Outermost of all: on every response, CORS, 413 and the last resort's 500 included (Starlette
-    # answers that one from a layer it puts outside every middleware added to the app).
-    build_stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: ServedBy(build_stack())  # type: ignore[method-assign]
+    middleware.install(app, settings, metrics)
     return app

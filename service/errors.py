@@ -54,9 +54,12 @@ STATUS: dict[type[Exception], int] = {
     DeadlineExceeded: 504,  # still waiting for the model at the request's deadline
 }
 
+# nginx's "client closed request": a request or call whose client went away before its answer,
+# counted under this status (service/middleware.py, grpc_server.py) but never sent.
+CLIENT_CLOSED_REQUEST = 499
+
 # The gRPC status code of each HTTP status above, for every RPC of every gRPC service (the
 # codes a gRPC client branches on). A status a fault may mean must be here: the tests check.
-# 499 is a call its client cancelled (nginx's "client closed request"), counted but never sent.
 GRPC_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,  # malformed: bad binary layout, undecodable image
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -64,7 +67,7 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many rows, too many pixels
     415: grpc.StatusCode.INVALID_ARGUMENT,  # not an image format the service decodes
     422: grpc.StatusCode.INVALID_ARGUMENT,  # well-formed but unfit: shape, datatype, values
-    499: grpc.StatusCode.CANCELLED,  # the client went away
+    CLIENT_CLOSED_REQUEST: grpc.StatusCode.CANCELLED,  # the client went away
     500: grpc.StatusCode.INTERNAL,  # a bug: "internal error", logged
     503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing, too much work ahead: retry
     504: grpc.StatusCode.DEADLINE_EXCEEDED,  # still waiting for the model at the call's deadline

@@ -23,7 +23,7 @@ async def open_when_loaded(
     app: FastAPI, registry: ModelRegistry, settings: Settings, grpc_server: GrpcServer | None
 ) -> None:
     """Once the first scan has loaded the models: open the gRPC port, then log the ready line.
-    Nothing holds a gRPC call while models load, as service/loading.py holds HTTP requests, so
+    Nothing holds a gRPC call while models load, as service/middleware.py holds HTTP requests, so
     the port opens only now: with several workers no call meets one still loading."""
     await registry.first_scan()
     if grpc_server is not None:

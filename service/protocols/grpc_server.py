@@ -33,10 +33,9 @@ from grpc_health.v1.health import aio as health_aio
 
 from service import apikey, deadlines
 from service.dataplane import DataPlane
-from service.disconnects import CLIENT_CLOSED_REQUEST
-from service.errors import grpc_code_of, headers_of, status_of, status_of_grpc_code
-from service.identity import HEADER, replica_identity
+from service.errors import CLIENT_CLOSED_REQUEST, grpc_code_of, headers_of, status_of, status_of_grpc_code
 from service.metrics import Metrics
+from service.middleware import SERVED_BY, replica_identity
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,8 @@ class Door(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.guarded = guarded  # wire paths, "/package.Service/Method"
         self.expected_key = expected_key
-        # Which worker answered, as HTTP's X-Served-By header says (service/identity.py).
-        self.served_by = ((HEADER.lower(), replica_identity()),)
+        # Which worker answered, as HTTP's X-Served-By header says (service/middleware.py).
+        self.served_by = ((SERVED_BY.lower(), replica_identity()),)
 
     async def intercept_service(
         self,

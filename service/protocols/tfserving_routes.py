@@ -25,6 +25,7 @@ from service.protocols.openapi import json_body
 from service.protocols.tensors import numeric_array
 from service.protocols.tfserving_codec import binary_value, encode_predict, parse_predict
 from service.protocols.tfserving_types import ModelMetadata, ModelStatus, PredictRequest, PredictResponse
+from service.responses import JSONResponse
 
 # `router` is open to probes and tooling; `inference` takes the API key when one is set.
 ROUTERS: dict[str, Any] = {
@@ -78,7 +79,7 @@ async def predict(request: Request, model: str, version: str | None = None) -> R
         rows = await _rows(plane, served, parsed.instances)
     classified = await plane.classify(served, rows)
     outputs = tfserving_model.output_values(served.predictor, classified, names)
-    return Response(encode_predict(parsed.form, outputs), media_type="application/json")
+    return JSONResponse(encode_predict(parsed.form, outputs))
 
 
 async def _rows(plane: DataPlane, served: Served, instances: list) -> np.ndarray:

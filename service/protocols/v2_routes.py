@@ -9,7 +9,7 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from service import deadlines, jsonbody
 from service.dataplane import DataPlane, version_number
@@ -30,6 +30,7 @@ from service.protocols.v2_types import (
     ServerMetadata,
     ServerReady,
 )
+from service.responses import JSONResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -151,7 +152,7 @@ async def infer(
     ]
     content, length = encode_response(predictor.name, str(predictor.version), parsed.id, answers)
     if length is None:
-        return Response(content, media_type="application/json")
+        return JSONResponse(content)
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
 
 
