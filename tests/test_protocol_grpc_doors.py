@@ -8,7 +8,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from deployments import serving, serving_both_doors
+from deployments import samples, serving, serving_both_doors, value
 from payloads import GOOD_IMAGE
 from served import free_port
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -22,6 +22,7 @@ from test_front_doors import (
     v2_binary,
 )
 
+from service import errors
 from service.errors import GRPC_CODES, STATUS
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.third_party import tensorflow_serving_pb2 as tfs
@@ -238,3 +239,20 @@ def test_a_wrong_key_is_answered_alike_by_all_six_doors(keyed_doors):
         ),
     }
     assert set(grpc_doors.values()) == {(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key")}
+
+
+def test_a_bug_is_an_internal_error_counted_once_by_every_door(shared_models, monkeypatch, caplog):
+    """Not the client's doing: 500 (INTERNAL) with nothing of what failed, logged, counted."""
+    rows = np.array([FLOWER], np.float32)
+    with serving_both_doors(shared_models) as (client, channel):
+        predictor = client.app.state.registry.models["iris"].predictor
+        monkeypatch.setattr(predictor, "predict", lambda batch: 1 / 0)
+        http = {door: answer(door, feature_rows(client, door, rows)) for door in ("v2 json", "tfserving")}
+        grpc_doors = feature_answers(channel, rows)
+        counted = value(samples(client), "service_errors_total", kind="unhandled")
+    assert set(http.values()) == {(500, "internal error")}
+    assert grpc_doors == dict.fromkeys(GRPC_DOORS, (grpc.StatusCode.INTERNAL, "internal error"))
+    assert counted == len(http) + len(grpc_doors)
+    failures = [r for r in caplog.records if r.name == errors.__name__]  # the batcher logs its own
+    assert len(failures) == len(http) + len(grpc_doors)
+    assert all(r.levelname == "ERROR" and isinstance(r.exc_info[1], ZeroDivisionError) for r in failures)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -33,12 +32,17 @@ from grpc_health.v1.health import aio as health_aio
 
 from service import apikey, deadlines
 from service.dataplane import DataPlane
-from service.errors import CLIENT_CLOSED_REQUEST, grpc_code_of, headers_of, status_of, status_of_grpc_code
+from service.errors import (
+    CLIENT_CLOSED_REQUEST,
+    grpc_code_of,
+    headers_of,
+    internal_error,
+    status_of,
+    status_of_grpc_code,
+)
 from service.metrics import Metrics
 from service.middleware import SERVED_BY, replica_identity
 from service.settings import Settings
-
-log = logging.getLogger(__name__)
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_INTERVAL_S = 0.5
@@ -107,14 +111,11 @@ class Door(grpc.aio.ServerInterceptor):
         return answer
 
     async def _abort(self, context: grpc.aio.ServicerContext, status: int, error: Exception, route: str):
-        if status == 500:  # a bug, not the client's doing: counted and logged as HTTP's are
-            log.error("%s failed", route, exc_info=error)
-            self.metrics.errors.labels("unhandled").inc()
-            await context.abort(grpc_code_of(500), "internal error")
+        message = internal_error(self.metrics, route, error)[1] if status == 500 else str(error)
         trailers = headers_of(status, error=error) or {}
         if "Retry-After" in trailers:
             context.set_trailing_metadata((*self.served_by, ("retry-after", trailers["Retry-After"])))
-        await context.abort(grpc_code_of(status), str(error))
+        await context.abort(grpc_code_of(status), message)
 
 
 class GrpcPortTaken(RuntimeError):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from google.protobuf import any_pb2, json_format, wrappers_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 
 from service import jsonbody
 from service.dataplane import DataPlane, Served
@@ -32,7 +32,6 @@ GUARDED = ("Predict",)  # as over REST, only inference needs the API key
 SIGNATURE_DEF = "signature_def"
 # The type URL TF Serving's clients unpack the metadata's Any by.
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-ERROR_CODES = {"OK": 0, "UNKNOWN": 2}  # tensorflow.error.Code, of the statuses REST reports
 
 # dtype → (numpy dtype, the TensorProto field holding its values when not in tensor_content)
 TENSORS: dict[int, tuple[np.dtype, str]] = {
@@ -177,7 +176,8 @@ class ModelServicer:
                     version=int(v.version),
                     state=pb.ModelVersionStatus.State.Value(v.state),
                     status=pb.StatusProto(
-                        error_code=ERROR_CODES[v.status.error_code], error_message=v.status.error_message
+                        error_code=error_codes_pb2.Code.Value(v.status.error_code),  # REST names it
+                        error_message=v.status.error_message,
                     ),
                 )
                 for v in status.model_version_status

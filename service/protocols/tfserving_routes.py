@@ -18,14 +18,19 @@ from fastapi.responses import Response
 from service import jsonbody
 from service.dataplane import DataPlane, Served, version_number
 from service.deps import DataPlaneDep
+from service.errors import ERRORS, ProtocolRoute
 from service.faults import UnfitInput
 from service.protocols import tfserving_model
-from service.protocols.errors import ERRORS, TFServingRoute
 from service.protocols.openapi import json_body
 from service.protocols.tensors import numeric_array
 from service.protocols.tfserving_codec import binary_value, encode_predict, parse_predict
 from service.protocols.tfserving_types import ModelMetadata, ModelStatus, PredictRequest, PredictResponse
 from service.responses import JSONResponse
+
+
+class TFServingRoute(ProtocolRoute):
+    protocol = "tfserving"
+
 
 # `router` is open to probes and tooling; `inference` takes the API key when one is set.
 ROUTERS: dict[str, Any] = {

@@ -14,11 +14,10 @@ from fastapi.responses import Response
 from service import deadlines, jsonbody
 from service.dataplane import DataPlane, version_number
 from service.deps import DataPlaneDep
-from service.errors import RETRY
+from service.errors import ERRORS, RETRY, ProtocolRoute
 from service.faults import BodyTooLarge
 from service.predictor import Predictor
 from service.protocols import v2_model
-from service.protocols.errors import ERRORS, V2Route
 from service.protocols.openapi import json_body
 from service.protocols.v2_codec import Output, decode_content, encode_response, parse_request
 from service.protocols.v2_types import (
@@ -34,8 +33,13 @@ from service.responses import JSONResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
+
 # `router` is open to probes and tooling, like /healthz and /models; `inference` takes the API
 # key when one is set.
+class V2Route(ProtocolRoute):
+    protocol = "v2"
+
+
 ROUTERS: dict[str, Any] = {"prefix": "/v2", "tags": ["Open Inference Protocol v2"], "route_class": V2Route}
 router, inference = APIRouter(**ROUTERS), APIRouter(**ROUTERS)
 
