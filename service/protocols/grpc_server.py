@@ -81,9 +81,7 @@ class Door(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata(self.served_by)
             try:
                 if guarded:
-                    metadata = dict(context.invocation_metadata() or ())
-                    key = apikey.given(metadata.get("x-api-key"), metadata.get("authorization"))
-                    apikey.check(str(key), self.expected_key or b"")
+                    apikey.require(dict(context.invocation_metadata() or ()), self.expected_key or b"")
                 deadlines.arrived()
                 remaining = context.time_remaining()  # None: the call has no deadline
                 if remaining is not None:
@@ -188,7 +186,7 @@ class GrpcServer:
         settings = self.settings
         age_ms = round(settings.grpc_max_connection_age_s * 1000)
         self.server = grpc.aio.server(
-            interceptors=[Door(self.metrics, self.guarded, _expected_key(settings))],
+            interceptors=[Door(self.metrics, self.guarded, apikey.expected(settings))],
             options=[
                 ("grpc.so_reuseport", 1),
                 # A request message is held to what an HTTP body may be; answers are small.
@@ -247,20 +245,16 @@ class GrpcServer:
         """The whole server and each protocol service are SERVING while the replica is ready
         (as /readyz); each model, under its own name, while it is, and NOT_SERVING once gone."""
         while True:
-            ready = SERVING if self.plane.ready else NOT_SERVING
+            ready = SERVING if self.plane.registry.ready else NOT_SERVING
             for service in ("", *self.services):
                 await self.health.set(service, ready)
-            models = self.plane.states()
+            models = self.plane.registry.states()
             for model in models:
                 await self.health.set(model.name, NOT_SERVING if model.problem else SERVING)
             for gone in self._models - {model.name for model in models}:
                 await self.health.set(gone, NOT_SERVING)
             self._models = {model.name for model in models}
             await asyncio.sleep(HEALTH_INTERVAL_S)
-
-
-def _expected_key(settings: Settings) -> bytes | None:
-    return settings.api_key.get_secret_value().encode() if settings.api_key else None
 
 
 def _without_context(implementation: Callable[[Any], Awaitable[Any]]) -> Callable:

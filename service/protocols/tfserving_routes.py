@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from service import jsonbody
 from service.dataplane import DataPlane, Served, version_number
-from service.deps import DataPlaneDep
+from service.deps import DataPlaneDep, RegistryDep
 from service.errors import ERRORS, ProtocolRoute
 from service.faults import UnfitInput
 from service.protocols import tfserving_model
@@ -54,10 +54,10 @@ PREDICT: dict[str, Any] = {
 
 @router.get("/{model}", response_model=ModelStatus, responses=ERRORS)
 @router.get("/{model}/versions/{version}", response_model=ModelStatus, responses=ERRORS)
-async def model_status(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelStatus:
+async def model_status(model: str, registry: RegistryDep, version: str | None = None) -> ModelStatus:
     """The versions of the model (or the one asked for): the live one AVAILABLE, those that
     failed to load END."""
-    return tfserving_model.status(plane.state(model), version_number(model, version))
+    return tfserving_model.status(registry.state(model), version_number(model, version))
 
 
 @router.get("/{model}/metadata", response_model=ModelMetadata, responses=ERRORS)
@@ -77,9 +77,7 @@ async def predict(request: Request, model: str, version: str | None = None) -> R
     with plane.expecting(served):
         body = await jsonbody.read_capped(request, jsonbody.json_cap(served.predictor, plane.max_rows))
         parsed = await jsonbody.parse_off_the_loop(parse_predict, body, served.predictor.input_name)
-        signature = served.predictor.contract.signature
-        if parsed.signature_name not in (None, signature):
-            raise UnfitInput(f"no signature {parsed.signature_name!r}; the export serves {signature!r}")
+        tfserving_model.check_signature(served.predictor, parsed.signature_name)
         names = tfserving_model.output_names(served.predictor, parsed.output_filter)
         rows = await _rows(plane, served, parsed.instances)
     classified = await plane.classify(served, rows)

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from service import deadlines, jsonbody
 from service.dataplane import DataPlane, version_number
-from service.deps import DataPlaneDep
+from service.deps import DataPlaneDep, RegistryDep
 from service.errors import ERRORS, RETRY, ProtocolRoute
 from service.faults import BodyTooLarge
 from service.predictor import Predictor
@@ -80,9 +80,9 @@ async def server_live() -> ServerLive:
 
 
 @router.get("/health/ready", response_model=ServerReady, responses={503: {"model": ServerReady}})
-async def server_ready(plane: DataPlaneDep):
+async def server_ready(registry: RegistryDep):
     """200 while the replica is ready, as /readyz; 503 otherwise."""
-    if plane.ready:
+    if registry.ready:
         return ServerReady(ready=True)
     return JSONResponse({"ready": False}, 503, RETRY)
 
