@@ -1,5 +1,5 @@
-"""What every HTTP request passes through around the routes, outermost first (`install` adds
-them in this order; gRPC calls have their own door, service/protocols/grpc_server.py):
+"""The HTTP middleware: what every request passes through around the routes. Outermost first
+(`install` adds them in this order; gRPC calls have their own door, protocols/grpc_server.py):
 
 - `ServedBy`: every response names its replica in `X-Served-By`, the last resort's 500 included.
 - `RequestMetrics`: every request counted and timed by its route template, whatever its status.
