@@ -11,6 +11,9 @@ Markdown is read without this hook:
     <!-- figures: hostile-malloc PATH,PATH -->  the same runs side by side, one row per malloc setting
     <!-- figures: fastpath PATH -->          cifar10's fast form against its SavedModel, from a
                                              `python -m benchmarks.fastpath` results JSON
+    <!-- figures: modules -->                the service's modules and their imports, from service/
+    <!-- figures: modules PATH -->           the same, from a snapshot of another commit's
+                                             (mkdocs_hooks/modules.py)
 
 Each table is stamped with where its figures come from (file and commit), when and on what they
 were measured, and the commit the page was built from. An unknown request fails the build.
@@ -35,6 +38,7 @@ def _checkout_importable() -> None:
 
 
 _checkout_importable()
+from mkdocs_hooks import modules as structure  # noqa: E402
 from mkdocs_hooks.stamp import line, source  # noqa: E402
 
 REQUEST = re.compile(r"^<!-- figures: (?P<kind>[\w-]+)(?: (?P<path>\S+))? -->$", re.M)
@@ -62,8 +66,10 @@ def figures(kind: str, path: str | None, where: str) -> str:
         "mutation": mutation,
         "generators": generators,
         "fastpath": fastpath,
+        "modules": modules,
     }
-    if kind not in makers or (path is None) != (kind in ("models", "settings")):
+    either = kind == "modules"  # this checkout's, or a snapshot's
+    if kind not in makers or (not either and (path is None) != (kind in ("models", "settings"))):
         raise ValueError(f"{where}: no such figures request: {kind} {path or ''}")
     return makers[kind](*(ROOT / p for p in path.split(","))) if path else makers[kind]()
 
@@ -320,7 +326,7 @@ def mutation(path: Path) -> str:
 
 def hostile_malloc(*paths: Path) -> str:
     """The same corpus with the workers' malloc set differently: memory at its peak and kept."""
-    from service.__main__ import MALLOC  # what python -m service sets when the report says "default"
+    from service.process.serve import MALLOC  # what python -m service sets when the report says "default"
 
     rows, runs = [], []
     for path in paths:
@@ -350,6 +356,14 @@ def hostile_run(path: Path, report: dict) -> str:
 
 
 SETTING = re.compile(r"^    (?P<name>[a-z_]+): .+$")
+
+
+def modules(snapshot: Path | None = None) -> str:
+    """The service's modules, what each holds and which of the others it imports: this checkout's
+    service/ at build time, or a snapshot another commit's was read into."""
+    if snapshot is None:
+        return f"{structure.table(structure.read(ROOT))}\n\n{line('`service/`, read at build time')}"
+    return f"{structure.table(structure.load(snapshot))}\n\n{line(source(snapshot))}"
 
 
 def settings() -> str:

@@ -4,10 +4,23 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 
 from service.faults import Unauthenticated
+from service.settings import Settings
 
 BEARER = "bearer "
+
+
+def expected(settings: Settings) -> bytes | None:
+    """API_KEY as the bytes `check` compares with; None when no key is set."""
+    return settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+
+def require(headers: Mapping[str, str], key: bytes) -> None:
+    """Unauthenticated (401) unless `headers` (HTTP's, or gRPC's metadata: names in lower
+    case) carry `key`."""
+    check(given(headers.get("x-api-key"), headers.get("authorization")), key)
 
 
 def given(x_api_key: str | None, authorization: str | None) -> str:

@@ -4,38 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import threading
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
-from uvicorn.config import STARTUP_FAILURE
 
+from service import middleware
 from service.dataplane import DataPlane
 from service.deadlines import stated_deadline
 from service.decoders import Decoders
 from service.deps import require_api_key
-from service.device import configure_device
-from service.disconnects import CancelWhenClientLeaves
-from service.draining import Drain
 from service.errors import add_error_handlers
 from service.heap import freeze_imports
-from service.identity import ServedBy
-from service.limits import BodyLimits
-from service.loading import WaitForModels
-from service.metrics import Metrics, RequestMetrics
+from service.metrics import Metrics
+from service.process.device import configure_device
+from service.process.draining import Drain
+from service.process.ready import open_when_loaded
 from service.protocols import tfserving_grpc, tfserving_routes, v2_grpc, v2_routes
-from service.protocols.grpc_server import GrpcPortTaken, GrpcServer
+from service.protocols.grpc_server import GrpcServer
 from service.registry import ModelRegistry
 from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
-from service.startup import announce_when_ready
-
-log = logging.getLogger(__name__)
 
 DECODER_NICENESS = 10
 
@@ -57,22 +49,6 @@ def grpc_server_for(plane: DataPlane, settings: Settings, metrics: Metrics) -> G
     server.add(tfserving_grpc.PREDICTION_SERVICE, tfserving, prediction, tfserving_grpc.GUARDED)
     server.add(tfserving_grpc.MODEL_SERVICE, tfserving, tfserving_grpc.ModelServicer(plane))
     return server
-
-
-async def open_when_loaded(
-    app: FastAPI, registry: ModelRegistry, settings: Settings, grpc_server: GrpcServer | None
-) -> None:
-    """Once the first scan has loaded the models: open the gRPC port, then log the ready line.
-    Nothing holds a gRPC call while models load, as service/loading.py holds HTTP requests, so
-    the port opens only now: with several workers no call meets one still loading."""
-    await registry.first_scan()
-    if grpc_server is not None:
-        try:
-            await grpc_server.start()
-        except GrpcPortTaken as error:  # taken since start-up checked it: stop as that would have
-            log.critical("%s", error)
-            os._exit(STARTUP_FAILURE)  # the supervisor then stops the service (service/supervisor.py)
-    await announce_when_ready(app, registry, settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -100,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             grpc_server.check_port()  # fails the start-up, and the service, with the reason
             drain.on_start(grpc_server.draining)
             drain.on_stop(grpc_server.closing)
-        registry.start()  # with several workers, requests wait for it: service/loading.py
+        registry.start()  # with several workers, requests wait for it: service/middleware.py
         background = [
             asyncio.create_task(open_when_loaded(app, registry, settings, grpc_server)),
             asyncio.create_task(metrics.keep_recording_memory()),
@@ -118,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             decoders.shutdown()
             metrics.close()
 
-    app = FastAPI(
+    app = middleware.App(
         title="Image and feature classifiers",
         # The description, not the summary: Swagger UI and ReDoc render it as Markdown, and show
         # a summary as typed, backticks and all.
@@ -148,20 +124,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tfserving_routes.router)
     app.include_router(tfserving_routes.inference, dependencies=inference)
     add_error_handlers(app, metrics, protocol_prefixes=("/v2", "/v1"))
-    app.add_middleware(BodyLimits, max_bytes=settings.max_upload_bytes, seconds=settings.body_timeout_s)
-    if settings.workers > 1:
-        app.add_middleware(WaitForModels)  # outside the body's timer, inside the metrics
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Request-Timeout"],
-        )
-    app.add_middleware(CancelWhenClientLeaves)  # inside the metrics, which count its 499s
-    app.add_middleware(RequestMetrics, metrics=metrics)  # sees every status
-    # Outermost of all: on every response, CORS, 413 and the last resort's 500 included (Starlette
-    # answers that one from a layer it puts outside every middleware added to the app).
-    build_stack = app.build_middleware_stack
-    app.build_middleware_stack = lambda: ServedBy(build_stack())  # type: ignore[method-assign]
+    middleware.install(app, settings, metrics)
     return app

@@ -35,7 +35,7 @@ from service.faults import NonFiniteOutput, NoRows, TooManyRows, UnfitInput
 from service.images import ImageRejected, decode_image
 from service.metrics import Metrics
 from service.predictor import Predictor
-from service.registry import ModelRegistry, ModelState, ServedModel, UnknownModel
+from service.registry import ModelRegistry, ServedModel, UnknownModel
 from service.resizing import NotBuiltYet
 from service.settings import Settings
 
@@ -98,16 +98,20 @@ class Classified:
         return np.argsort(-self.probabilities[row], kind="stable")[:k].tolist()
 
 
-def version_number(model: str, text: str | None) -> int | None:
-    """A version as the wire spells it (None: whichever is live), as the number the service
-    knows it by."""
-    if text is None:
-        return None
+def version_number(model: str, asked: str | int | None, label: str | None = None) -> int | None:
+    """The version a client asked for, whichever door it came by, as the number the service knows
+    it by; None (whichever is live) when it asked for none. `asked` as the wire spells it: text
+    (a path's, a v2 message's) or a number (TF Serving's ModelSpec); a `label` (TF Serving's
+    other way to ask) names no version here."""
+    if label is not None:
+        raise UnknownVersion(f"model {model!r} has no version label {label!r}; ask by number")
+    if asked is None or isinstance(asked, int):
+        return asked
     # Digits 0-9 only: refuses "+1", " 1" and "1.0", which int() would take, and "¹", which
     # str.isdigit() would pass and int() refuse.
-    if not (text.isascii() and text.isdigit()):
-        raise UnknownVersion(f"model {model!r} has no version {text!r}; versions are whole numbers")
-    return int(text)
+    if not (asked.isascii() and asked.isdigit()):
+        raise UnknownVersion(f"model {model!r} has no version {asked!r}; versions are whole numbers")
+    return int(asked)
 
 
 class DataPlane:
@@ -152,19 +156,6 @@ class DataPlane:
         """The image model served by default: the first by name when there are several."""
         model = self.registry.image_model()
         return Served(model, cast(Predictor, model.predictor))
-
-    def state(self, name: str) -> ModelState:
-        """Model `name` whatever its state (live, loading or rejected), or UnknownModel."""
-        return self.registry.state(name)
-
-    def states(self) -> list[ModelState]:
-        """Every model found, by name."""
-        return self.registry.states()
-
-    @property
-    def ready(self) -> bool:
-        """The replica serves what MODEL_DIR holds (`ModelRegistry.ready`)."""
-        return self.registry.ready
 
     # --- the request -----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ queue what was not (service/batching.py):
 - gRPC: the call's own deadline (service/protocols/grpc_server.py), and v2's `timeout` too.
 When a request states several, the earliest counts; when it states none, it gets
 REQUEST_TIMEOUT_S from when it came in: for HTTP, when the last byte of its body did
-(service/limits.py), so that a client on a slow network is not refused for the time its upload
+(service/middleware.py), so that a client on a slow network is not refused for the time its upload
 took; a stated deadline is the client's own clock, upload included.
 
 Both are context variables because every request runs in a task of its own (uvicorn's per

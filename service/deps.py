@@ -35,13 +35,14 @@ DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
 
 
 async def require_api_key(
+    request: Request,
     settings: SettingsDep,
-    key: Annotated[str | None, Security(APIKeyHeader(name="X-API-Key", auto_error=False))],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(HTTPBearer(auto_error=False))],
+    _key: Annotated[str | None, Security(APIKeyHeader(name="X-API-Key", auto_error=False))],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(HTTPBearer(auto_error=False))],
 ) -> None:
-    """401 unless the request carries API_KEY, as X-API-Key or as a Bearer token."""
-    expected = settings.api_key.get_secret_value().encode() if settings.api_key else b""
-    apikey.check(key if key is not None else bearer.credentials if bearer is not None else "", expected)
+    """401 unless the request carries API_KEY, as X-API-Key or as a Bearer token: read as gRPC's
+    metadata is (service/apikey.py); the two security parameters put both in the OpenAPI schema."""
+    apikey.require(request.headers, apikey.expected(settings) or b"")
 
 
 async def require_json(request: Request) -> None:

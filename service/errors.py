@@ -1,16 +1,25 @@
-"""The one error table: each fault's HTTP status, and the gRPC status code of each HTTP status,
-whichever door it came in by. The service's own routes answer `{"detail": "<message>"}`; the
-protocols' REST routes `{"error": ...}` with the same status and message
-(`service.protocols.errors`); their gRPC services the code of that status with the same message
-(`service.protocols.grpc_server`, one interceptor for every RPC)."""
+"""The one fault table, and how every door answers a fault from it: each fault's HTTP status
+and message, the gRPC status code of each HTTP status, and the shape of an error per protocol.
+The service's own routes answer `{"detail": "<message>"}`; the protocols' REST routes
+(`ProtocolRoute`) `{"error": "<message>"}` with the same status and message; their gRPC
+services the code of that status with the same message (service/protocols/grpc_server.py, one
+interceptor for every RPC). A failure that is no fault of the client's is a bug: 500, logged,
+counted, by `internal_error` at every door.
+
+The faults themselves are raised below the doors (service/faults.py for the codecs' and the
+data plane's, and the registry's, batchers' and decoders' own), which import nothing of this."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import cast
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from service.batching import Closed, DeadlineExceeded, QueueFull
@@ -28,6 +37,8 @@ from service.metrics import Metrics
 from service.registry import ModelNotReady, UnknownModel
 from service.responses import JSONResponse
 from service.schemas import FEATURES_FORMS, FEATURES_TAGS
+
+log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "1"  # what a 503 tells a client to wait before retrying
 RETRY = {"Retry-After": RETRY_AFTER_S}
@@ -54,9 +65,12 @@ STATUS: dict[type[Exception], int] = {
     DeadlineExceeded: 504,  # still waiting for the model at the request's deadline
 }
 
+# nginx's "client closed request": a request or call whose client went away before its answer,
+# counted under this status (service/middleware.py, grpc_server.py) but never sent.
+CLIENT_CLOSED_REQUEST = 499
+
 # The gRPC status code of each HTTP status above, for every RPC of every gRPC service (the
 # codes a gRPC client branches on). A status a fault may mean must be here: the tests check.
-# 499 is a call its client cancelled (nginx's "client closed request"), counted but never sent.
 GRPC_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,  # malformed: bad binary layout, undecodable image
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -64,7 +78,7 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many rows, too many pixels
     415: grpc.StatusCode.INVALID_ARGUMENT,  # not an image format the service decodes
     422: grpc.StatusCode.INVALID_ARGUMENT,  # well-formed but unfit: shape, datatype, values
-    499: grpc.StatusCode.CANCELLED,  # the client went away
+    CLIENT_CLOSED_REQUEST: grpc.StatusCode.CANCELLED,  # the client went away
     500: grpc.StatusCode.INTERNAL,  # a bug: "internal error", logged
     503: grpc.StatusCode.UNAVAILABLE,  # loading, queue full, closing, too much work ahead: retry
     504: grpc.StatusCode.DEADLINE_EXCEEDED,  # still waiting for the model at the call's deadline
@@ -100,6 +114,31 @@ def headers_of(
     return {**(headers or {}), **extra} if extra else headers
 
 
+INTERNAL_ERROR = "internal error"
+
+
+def internal_error(metrics: Metrics, where: str, error: BaseException | None = None) -> tuple[int, str]:
+    """A failure that is not the client's doing (a bug), at any door: counted, logged with its
+    traceback (unless `error` is None: the server logs it), and answered 500 "internal error",
+    without a word of what failed to the client."""
+    if error is not None:
+        log.error("%s failed", where, exc_info=error)
+    metrics.errors.labels("unhandled").inc()
+    return 500, INTERNAL_ERROR
+
+
+def error_response(
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    error: BaseException | None = None,
+    key: str = "error",
+) -> JSONResponse:
+    """`{key: message}` with `status` and its headers: "error" for the protocols, "detail" for
+    the service's own routes."""
+    return JSONResponse({key: message}, status, headers_of(status, dict(headers or {}), error))
+
+
 def _feature_names(request: Request) -> str:
     """` (a, b, c)`: the features by name model `{model}` of the request's path takes, if any."""
     try:
@@ -118,8 +157,7 @@ def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[
     def answer(request: Request, status: int, message: str, headers=None, error=None) -> JSONResponse:
         path = request.url.path
         protocol = any(path == prefix or path.startswith(f"{prefix}/") for prefix in protocol_prefixes)
-        key = "error" if protocol else "detail"
-        return JSONResponse({key: message}, status, headers_of(status, headers, error))
+        return error_response(status, message, headers, error, key="error" if protocol else "detail")
 
     async def domain_error(request: Request, error: Exception) -> JSONResponse:
         return answer(request, status_of(error), str(error), error=error)
@@ -145,11 +183,47 @@ def add_error_handlers(app: FastAPI, metrics: Metrics, protocol_prefixes: tuple[
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # The last resort. Starlette re-raises the error after this response, so the server
         # (uvicorn) logs its traceback once.
-        metrics.errors.labels("unhandled").inc()
-        return answer(request, 500, "internal error")
+        return answer(request, *internal_error(metrics, f"{request.method} {request.url.path}"))
 
     for exception in STATUS:
         app.add_exception_handler(exception, domain_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(Exception, unexpected)
+
+
+class ProtocolError(BaseModel):
+    """Every failure of both protocols: `{"error": "..."}`."""
+
+    error: str
+
+
+# Documented per protocol route, 422 included in this shape ("4XX" for the rest): FastAPI's own
+# validation-error schema never applies there (invalid requests are 400s).
+ERRORS = {status: {"model": ProtocolError} for status in (400, 401, 404, 408, 413, 415, 422, 503, 504, "4XX")}
+
+
+class ProtocolRoute(APIRoute):
+    """A protocol's route (v2, TF Serving): its failures answered `{"error": ...}`, an invalid
+    request as a 400 (the protocols' status for a malformed request) rather than FastAPI's 422;
+    `protocol` labels its metrics. A route class, so the service's own routes keep theirs."""
+
+    protocol = "native"
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def answer_errors_as_the_protocol_does(request: Request):
+            try:
+                return await handler(request)
+            except HTTPException as error:  # the API key, and the routes' own
+                return error_response(error.status_code, str(error.detail), error.headers)
+            except RequestValidationError as error:
+                return error_response(400, validation_message(error.errors()))
+            except tuple(STATUS) as error:
+                return error_response(status_of(error), str(error), error=error)
+            except Exception as error:  # answered here, not re-raised: the connection stays open
+                metrics = request.app.state.metrics
+                return error_response(*internal_error(metrics, f"{request.method} {request.url.path}", error))
+
+        return answer_errors_as_the_protocol_does

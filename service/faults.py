@@ -1,6 +1,7 @@
-"""The client's faults that every front door can meet, each with one status and one message,
-and the one formatter of validation errors. Raised by the data plane and the codecs; answered
-in each protocol's shape by `service.errors` (native) and `service.protocols.errors`.
+"""The client's faults that every front door can meet, each with one message, and the one
+formatter of validation errors. Raised by the data plane and the codecs (which import nothing
+of the doors); each door answers them with the status and shape of the one fault table,
+service/errors.py.
 """
 
 from __future__ import annotations

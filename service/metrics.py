@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests, latency, batches, queue depth, errors, live versions.
+"""Prometheus metrics: requests, latency, batches, queue depth, errors, live versions (each HTTP
+request counted by service/middleware.py, each gRPC call by service/protocols/grpc_server.py).
 
 With several worker processes (WORKERS > 1) the workers write their metrics to files in one
 folder (prometheus_client's multiprocess mode, turned on by `share_between_workers` before they
@@ -10,12 +11,9 @@ import asyncio
 import contextlib
 import os
 import tempfile
-import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -117,7 +115,7 @@ class Metrics:
 def forget_worker(pid: int) -> None:
     """Take the live gauges of worker `pid`, which has exited, out of what scrapes sum. Called by
     the worker itself as it stops, and by the server process when it sees a worker die (killed,
-    or crashed, with no chance to call it: service/supervisor.py)."""
+    or crashed, with no chance to call it: service/process/supervisor.py)."""
     if os.environ.get(MULTIPROCESS_DIR):
         multiprocess.mark_process_dead(pid)
 
@@ -136,48 +134,3 @@ def share_between_workers() -> Path:
         stale.unlink()
     os.environ[MULTIPROCESS_DIR] = str(directory)
     return directory
-
-
-class RequestMetrics:
-    """ASGI middleware counting and timing every HTTP request by its route template (not its
-    raw path, which would let clients create unbounded label values)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        status = 500  # unless a response starts
-        self.metrics.in_flight.inc()
-
-        async def send_and_record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record_status)
-        finally:
-            self.metrics.in_flight.dec()
-            route = scope.get("route")
-            path = _route_template(scope)
-            protocol = getattr(route, "protocol", "native")  # set by the protocols' route classes
-            self.metrics.requests.labels(path, scope["method"], str(status), protocol).inc()
-            self.metrics.latency.labels(path, protocol).observe(time.perf_counter() - started)
-
-
-def _route_template(scope: Scope) -> str:
-    """The path template of the route that answered, "unmatched" for none. FastAPI's own routes
-    put themselves in the scope; plain Starlette routes (/docs, /redoc, /openapi.json) do not,
-    so those are looked up again, which only requests outside the API's routes pay for."""
-    route = scope.get("route")
-    if route is not None:
-        return route.path
-    for candidate in getattr(scope.get("app"), "routes", ()):
-        if candidate.matches(scope)[0] == Match.FULL:
-            return getattr(candidate, "path", "unmatched")
-    return "unmatched"

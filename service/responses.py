@@ -1,5 +1,5 @@
-"""JSON answers as the service sends them: ending in a newline, so a shell prompt after `curl`
-starts on a line of its own."""
+"""JSON answers as the service sends them, over every HTTP door: ending in a newline, so a
+shell prompt after `curl` starts on a line of its own."""
 
 from __future__ import annotations
 
@@ -9,5 +9,8 @@ from fastapi import responses
 
 
 class JSONResponse(responses.JSONResponse):
+    """`content` as JSON and a newline; bytes are JSON already encoded (a protocol codec's
+    answer, pydantic's serialization), sent as they are."""
+
     def render(self, content: Any) -> bytes:
-        return super().render(content) + b"\n"
+        return (content if isinstance(content, bytes) else super().render(content)) + b"\n"

@@ -2,7 +2,7 @@
 
 Starlette's form parser spools files over 1 MB to temporary files on disk; here uploads never
 touch the disk, user-chosen file names are never used, and the total size is already capped
-(`service.limits`). python-multipart bounds part headers (count and size).
+(`service.middleware`). python-multipart bounds part headers (count and size).
 """
 
 from __future__ import annotations

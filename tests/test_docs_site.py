@@ -17,6 +17,7 @@ from shipped_service import ROOT, newest_versions
 from test_docs_examples import sh_blocks
 
 from mkdocs_hooks import figures
+from mkdocs_hooks import modules as structure
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +134,31 @@ def test_the_readmes_python_examples_import_only_what_its_own_commands_install()
                     assert not owners or owners & installed, f"README imports {top} before installing it"
                     checked += 1
     assert checked >= 2
+
+
+def test_the_structure_page_shows_the_modules_now_and_before_from_the_code(site):
+    page = (site / "developing" / "structure.html").read_text()
+    now, before = page.split('id="before-main-at-c723bef"')
+    assert "<code>process.serve</code>" in now and "<code>middleware</code>" in now
+    assert "<code>startup</code>" not in now
+    assert "<code>startup</code>" in before and "<code>process.serve</code>" not in before
+
+
+def test_the_module_map_reads_each_form_of_import_and_nothing_generated(tmp_path):
+    package = tmp_path / "service"
+    (package / "process").mkdir(parents=True)
+    (package / "third_party").mkdir()
+    (package / "__init__.py").write_text('"""The package."""\n')
+    (package / "process" / "__init__.py").write_text("")
+    (package / "process" / "ready.py").write_text(
+        '"""Ready: the line. More."""\nimport service.settings\nfrom service.process import serve\n'
+    )
+    (package / "process" / "serve.py").write_text("from service import settings, heap\n")
+    (package / "settings.py").write_text("import json\nfrom .process import ready\n")
+    (package / "third_party" / "wire_pb2.py").write_text("import service.settings\n")
+    by_name = {module.name: module for module in structure.read(tmp_path)}
+    assert set(by_name) == {"__init__", "process", "process.ready", "process.serve", "settings"}
+    assert by_name["process.ready"].imports == ["process.serve", "settings"]
+    assert by_name["process.ready"].summary == "Ready: the line"
+    assert by_name["process.serve"].imports == ["settings"]  # heap is no module of the package
+    assert by_name["settings"].imports == []  # relative imports: the service writes none

@@ -194,6 +194,21 @@ def test_unknown_paths_elsewhere_answer_in_the_native_shape(client):
     assert answer("native", client.get("/v3/models")) == (404, "Not Found")
 
 
+def test_every_json_answer_ends_in_a_newline_whichever_door_and_status(client):
+    rows = np.array([FLOWER], np.float32)
+    answers = {door: feature_rows(client, door, rows) for door in ("native", "v2 json", "tfserving")}
+    answers |= {
+        "status": client.get("/v1/models/iris"),
+        "v2 metadata": client.get("/v2/models/iris"),
+        "models": client.get("/models"),
+        "ready": client.get("/readyz"),
+    }
+    for door, response in answers.items():
+        assert response.status_code == 200, (door, response.text)
+        assert response.headers["content-type"] == "application/json", door
+        assert response.content.endswith(b"}\n"), (door, response.content[-20:])
+
+
 def imports_of(path: Path) -> set[str]:
     """The modules a source file imports, as written; `from a import b` counts as `a` and `a.b`,
     since `b` may be a module (`from service.protocols import v2_routes`)."""

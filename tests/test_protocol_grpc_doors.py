@@ -5,10 +5,14 @@ status to: the codes a gRPC client branches on, written out here as the specific
 
 from __future__ import annotations
 
+import base64
+from functools import partial
+
 import grpc
 import numpy as np
 import pytest
-from deployments import serving, serving_both_doors
+from deployments import samples, serving, serving_both_doors, value
+from google.protobuf import json_format
 from payloads import GOOD_IMAGE
 from served import free_port
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -20,8 +24,10 @@ from test_front_doors import (
     feature_rows,
     image_files,
     v2_binary,
+    v2_json,
 )
 
+from service import errors
 from service.errors import GRPC_CODES, STATUS
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.third_party import tensorflow_serving_pb2 as tfs
@@ -238,3 +244,126 @@ def test_a_wrong_key_is_answered_alike_by_all_six_doors(keyed_doors):
         ),
     }
     assert set(grpc_doors.values()) == {(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key")}
+
+
+def test_a_bug_is_an_internal_error_counted_once_by_every_door(shared_models, monkeypatch, caplog):
+    """Not the client's doing: 500 (INTERNAL) with nothing of what failed, logged, counted."""
+    rows = np.array([FLOWER], np.float32)
+    with serving_both_doors(shared_models) as (client, channel):
+        predictor = client.app.state.registry.models["iris"].predictor
+        monkeypatch.setattr(predictor, "predict", lambda batch: 1 / 0)
+        http = {door: answer(door, feature_rows(client, door, rows)) for door in ("v2 json", "tfserving")}
+        grpc_doors = feature_answers(channel, rows)
+        counted = value(samples(client), "service_errors_total", kind="unhandled")
+    assert set(http.values()) == {(500, "internal error")}
+    assert grpc_doors == dict.fromkeys(GRPC_DOORS, (grpc.StatusCode.INTERNAL, "internal error"))
+    assert counted == len(http) + len(grpc_doors)
+    failures = [r for r in caplog.records if r.name == errors.__name__]  # the batcher logs its own
+    assert len(failures) == len(http) + len(grpc_doors)
+    assert all(r.levelname == "ERROR" and isinstance(r.exc_info[1], ZeroDivisionError) for r in failures)
+
+
+def test_encoded_images_of_any_shape_but_a_column_are_refused_alike_by_every_door(doors):
+    client, channel = doors
+    refused = "of encoded images must have shape [n] (or [n, 1]); got [1, 2]"
+    encoded = base64.b64encode(GOOD_IMAGE).decode()
+    data, parameters = [encoded, encoded], {"content_type": "base64"}
+    rest = v2_json(client, "image_bytes", "BYTES", [1, 2], data, "cifar10", parameters=parameters)
+    assert answer("v2", rest) == (422, f"input 'image_bytes' {refused}")
+    for shape, ok in (([1, 2], False), ([1, 1], True)):  # [n, 1]: a column of files, as some send
+        files = [GOOD_IMAGE] * shape[1]
+        raw = infer_claim("cifar10", "image_bytes", "BYTES", shape)
+        raw.raw_input_contents.append(serialize_bytes(files))
+        typed = infer_claim("cifar10", "image_bytes", "BYTES", shape)
+        typed.inputs[0].contents.bytes_contents.extend(files)
+        strings = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]
+            ),
+            string_val=files,
+        )
+        calls = {
+            "grpc v2 raw": partial(rpc, channel, INFER, raw, oip.ModelInferResponse),
+            "grpc v2 typed": partial(rpc, channel, INFER, typed, oip.ModelInferResponse),
+            "grpc tfserving": partial(predict, channel, "cifar10", "image", strings),
+        }
+        if ok:
+            assert all(call().outputs for call in calls.values())
+            continue
+        assert {door: grpc_answer(call) for door, call in calls.items()} == {
+            "grpc v2 raw": (grpc.StatusCode.INVALID_ARGUMENT, f"input 'image_bytes' {refused}"),
+            "grpc v2 typed": (grpc.StatusCode.INVALID_ARGUMENT, f"input 'image_bytes' {refused}"),
+            "grpc tfserving": (grpc.StatusCode.INVALID_ARGUMENT, f"input 'image' {refused}"),
+        }
+
+
+def test_a_signature_the_export_lacks_is_refused_alike_by_both_tf_serving_doors(doors):
+    client, channel = doors
+    message = "no signature 'other'; the export serves 'serving_default'"
+    rest = client.post("/v1/models/iris:predict", json={"signature_name": "other", "instances": [FLOWER]})
+    assert answer("tfserving", rest) == (422, message)
+    features = np.array([FLOWER], np.float32)
+    proto = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=shape_of(features), tensor_content=features.tobytes()
+    )
+
+    def asking_for(signature: str) -> tfs.PredictRequest:
+        spec = tfs.ModelSpec(name="iris", signature_name=signature)
+        return tfs.PredictRequest(model_spec=spec, inputs={"features": proto})
+
+    path = "/tensorflow.serving.PredictionService/Predict"
+    call = lambda: rpc(channel, path, asking_for("other"), tfs.PredictResponse)  # noqa: E731
+    assert grpc_answer(call) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    for default in ("", "serving_default"):  # none named is TF Serving's default, the export's one
+        assert rpc(channel, path, asking_for(default), tfs.PredictResponse).outputs
+        ok = client.post("/v1/models/iris:predict", json={"signature_name": default, "instances": [FLOWER]})
+        assert ok.status_code == 200, ok.text
+
+
+def test_a_version_is_read_alike_by_every_door(doors):
+    client, channel = doors
+    metadata = "/tensorflow.serving.PredictionService/GetModelMetadata"
+
+    def tf_asking(**version) -> tfs.GetModelMetadataRequest:
+        spec = tfs.ModelSpec(name="iris", **version)
+        return tfs.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+
+    not_live = (404, "model 'iris' has no live version 9; version 1 is live")
+    not_a_number = (404, "model 'iris' has no version 'abc'; versions are whole numbers")
+    assert answer("tfserving", client.get("/v1/models/iris/versions/9/metadata")) == not_live
+    assert answer("v2", client.get("/v2/models/iris/versions/abc")) == not_a_number
+    v2_metadata = "/inference.GRPCInferenceService/ModelMetadata"
+    tf_answer, v2_answer = tfs.GetModelMetadataResponse, oip.ModelMetadataResponse
+    asked = {
+        "tf number": (metadata, tf_asking(version={"value": 9}), tf_answer),
+        "tf label": (metadata, tf_asking(version_label="stable"), tf_answer),
+        "v2 text": (v2_metadata, oip.ModelMetadataRequest(name="iris", version="abc"), v2_answer),
+    }
+    answers = {door: grpc_answer(partial(rpc, channel, *call)) for door, call in asked.items()}
+    assert answers == {
+        "tf number": (grpc.StatusCode.NOT_FOUND, not_live[1]),
+        "tf label": (grpc.StatusCode.NOT_FOUND, "model 'iris' has no version label 'stable'; ask by number"),
+        "v2 text": (grpc.StatusCode.NOT_FOUND, not_a_number[1]),
+    }
+    for live in (tf_asking(version={"value": 1}), tf_asking()):
+        assert rpc(channel, metadata, live, tfs.GetModelMetadataResponse).model_spec.version.value == 1
+
+
+@pytest.mark.parametrize("model", ["iris", "cifar10"])
+def test_tf_serving_metadata_over_grpc_is_the_message_rest_writes_as_json(doors, model):
+    client, channel = doors
+    request = tfs.GetModelMetadataRequest(
+        model_spec=tfs.ModelSpec(name=model), metadata_field=["signature_def"]
+    )
+    path = "/tensorflow.serving.PredictionService/GetModelMetadata"
+    response = rpc(channel, path, request, tfs.GetModelMetadataResponse)
+    signatures = tfs.SignatureDefMap()
+    signatures.ParseFromString(response.metadata["signature_def"].value)
+    as_json = json_format.MessageToDict(
+        signatures, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for signature in as_json["signature_def"].values():
+        assert signature.pop("defaults") == {}  # a newer SignatureDef field, which REST leaves out
+    rest = client.get(f"/v1/models/{model}/metadata").json()["metadata"]["signature_def"]
+    assert as_json == rest

@@ -396,7 +396,7 @@ def test_a_caller_that_stops_waiting_takes_its_rows_out_of_the_queue_at_once():
         leaving = asyncio.create_task(batcher.predict(np.array([[1.0], [2.0]]), predictor))
         staying = asyncio.create_task(batcher.predict(np.array([[3.0]]), predictor))
         await until(lambda: batcher.queued == 3)
-        leaving.cancel()  # what grpc.aio does to a cancelled call, and service.disconnects to a gone client
+        leaving.cancel()  # what grpc.aio does to a cancelled call, and service.middleware to a gone client
         await until(lambda: batcher.queued == 1)
         predictor.gate.set()
         await busy

@@ -24,7 +24,7 @@ from served import free_port, serve
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from service import deadlines
-from service.limits import BodyLimits
+from service.middleware import BodyLimits
 from service.protocols.third_party import open_inference_pb2 as oip
 
 FLOWER = [5.1, 3.5, 1.4, 0.2]
@@ -367,7 +367,7 @@ def test_a_cancelled_grpc_call_takes_its_request_out_of_the_queue(held_server, c
 
 def test_the_default_deadline_counts_from_the_last_byte_of_the_body_not_from_a_slow_upload():
     """A client on a slow network is not refused for the time its upload took: REQUEST_TIMEOUT_S
-    starts when its body is in (service/limits.py), not when its headers were."""
+    starts when its body is in (service/middleware.py), not when its headers were."""
 
     async def scenario() -> tuple[float, float]:
         loop = asyncio.get_running_loop()

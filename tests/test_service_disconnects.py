@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from starlette.requests import ClientDisconnect
 
-from service.disconnects import CancelWhenClientLeaves
+from service.middleware import CancelWhenClientLeaves
 
 
 class Client:

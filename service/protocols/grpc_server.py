@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -33,13 +32,17 @@ from grpc_health.v1.health import aio as health_aio
 
 from service import apikey, deadlines
 from service.dataplane import DataPlane
-from service.disconnects import CLIENT_CLOSED_REQUEST
-from service.errors import grpc_code_of, headers_of, status_of, status_of_grpc_code
-from service.identity import HEADER, replica_identity
+from service.errors import (
+    CLIENT_CLOSED_REQUEST,
+    grpc_code_of,
+    headers_of,
+    internal_error,
+    status_of,
+    status_of_grpc_code,
+)
 from service.metrics import Metrics
+from service.middleware import SERVED_BY, replica_identity
 from service.settings import Settings
-
-log = logging.getLogger(__name__)
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_INTERVAL_S = 0.5
@@ -55,8 +58,8 @@ class Door(grpc.aio.ServerInterceptor):
         self.metrics = metrics
         self.guarded = guarded  # wire paths, "/package.Service/Method"
         self.expected_key = expected_key
-        # Which worker answered, as HTTP's X-Served-By header says (service/identity.py).
-        self.served_by = ((HEADER.lower(), replica_identity()),)
+        # Which worker answered, as HTTP's X-Served-By header says (service/middleware.py).
+        self.served_by = ((SERVED_BY.lower(), replica_identity()),)
 
     async def intercept_service(
         self,
@@ -78,9 +81,7 @@ class Door(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata(self.served_by)
             try:
                 if guarded:
-                    metadata = dict(context.invocation_metadata() or ())
-                    key = apikey.given(metadata.get("x-api-key"), metadata.get("authorization"))
-                    apikey.check(str(key), self.expected_key or b"")
+                    apikey.require(dict(context.invocation_metadata() or ()), self.expected_key or b"")
                 deadlines.arrived()
                 remaining = context.time_remaining()  # None: the call has no deadline
                 if remaining is not None:
@@ -108,14 +109,11 @@ class Door(grpc.aio.ServerInterceptor):
         return answer
 
     async def _abort(self, context: grpc.aio.ServicerContext, status: int, error: Exception, route: str):
-        if status == 500:  # a bug, not the client's doing: counted and logged as HTTP's are
-            log.error("%s failed", route, exc_info=error)
-            self.metrics.errors.labels("unhandled").inc()
-            await context.abort(grpc_code_of(500), "internal error")
+        message = internal_error(self.metrics, route, error)[1] if status == 500 else str(error)
         trailers = headers_of(status, error=error) or {}
         if "Retry-After" in trailers:
             context.set_trailing_metadata((*self.served_by, ("retry-after", trailers["Retry-After"])))
-        await context.abort(grpc_code_of(status), str(error))
+        await context.abort(grpc_code_of(status), message)
 
 
 class GrpcPortTaken(RuntimeError):
@@ -188,7 +186,7 @@ class GrpcServer:
         settings = self.settings
         age_ms = round(settings.grpc_max_connection_age_s * 1000)
         self.server = grpc.aio.server(
-            interceptors=[Door(self.metrics, self.guarded, _expected_key(settings))],
+            interceptors=[Door(self.metrics, self.guarded, apikey.expected(settings))],
             options=[
                 ("grpc.so_reuseport", 1),
                 # A request message is held to what an HTTP body may be; answers are small.
@@ -247,20 +245,16 @@ class GrpcServer:
         """The whole server and each protocol service are SERVING while the replica is ready
         (as /readyz); each model, under its own name, while it is, and NOT_SERVING once gone."""
         while True:
-            ready = SERVING if self.plane.ready else NOT_SERVING
+            ready = SERVING if self.plane.registry.ready else NOT_SERVING
             for service in ("", *self.services):
                 await self.health.set(service, ready)
-            models = self.plane.states()
+            models = self.plane.registry.states()
             for model in models:
                 await self.health.set(model.name, NOT_SERVING if model.problem else SERVING)
             for gone in self._models - {model.name for model in models}:
                 await self.health.set(gone, NOT_SERVING)
             self._models = {model.name for model in models}
             await asyncio.sleep(HEALTH_INTERVAL_S)
-
-
-def _expected_key(settings: Settings) -> bytes | None:
-    return settings.api_key.get_secret_value().encode() if settings.api_key else None
 
 
 def _without_context(implementation: Callable[[Any], Awaitable[Any]]) -> Callable:

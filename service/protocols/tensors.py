@@ -34,6 +34,16 @@ def check_declared(
         )
 
 
+def encoded_files(tensor: np.ndarray, name: str) -> list[bytes]:
+    """A tensor of encoded image files as the files: shape [n], or [n, 1] as a column of them;
+    UnfitInput for any other shape."""
+    if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
+        raise UnfitInput(
+            f"input {name!r} of encoded images must have shape [n] (or [n, 1]); got {list(tensor.shape)}"
+        )
+    return tensor.ravel().tolist()
+
+
 def numeric_array(data, dtype: np.dtype, what: str = "tensor") -> np.ndarray:
     """`data` (a number or nested lists of them, of even shape) as an array of `dtype`, or
     CodecError: integers only for integer dtypes, within range; numbers for floats (too large

@@ -89,9 +89,8 @@ def binary_value(value: Any) -> bytes | None:
 
 
 def encode_predict(form: str, outputs: dict[str, np.ndarray]) -> bytes:
-    """The answer TF Serving gives (ending in a newline, as every JSON answer of the service
-    does): one output's values unnamed; several by name, in each instance (row format) or for
-    the batch (columnar)."""
+    """The answer TF Serving gives, as JSON: one output's values unnamed; several by name, in
+    each instance (row format) or for the batch (columnar)."""
     key = "predictions" if form == ROW else "outputs"
     if len(outputs) == 1:
         (values,) = outputs.values()
@@ -102,7 +101,7 @@ def encode_predict(form: str, outputs: dict[str, np.ndarray]) -> bytes:
         answer = [{name: column[i] for name, column in columns.items()} for i in range(count)]
     else:
         answer = {name: values.tolist() for name, values in outputs.items()}
-    return json.dumps({key: answer}, separators=(",", ":")).encode() + b"\n"
+    return json.dumps({key: answer}, separators=(",", ":")).encode()
 
 
 def tensor_info(dtype: np.dtype, shape: list[int | None]) -> dict:

@@ -12,18 +12,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from google.protobuf import any_pb2, json_format, wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 
 from service import jsonbody
-from service.dataplane import DataPlane, Served
+from service.dataplane import DataPlane, Served, version_number
 from service.faults import CodecError, UnfitInput
 from service.predictor import Predictor
 from service.protocols import tfserving_model
-from service.protocols.tensors import check_declared, numeric_array
+from service.protocols.tensors import check_declared, encoded_files, numeric_array
+from service.protocols.tfserving_codec import TF_DTYPES
 from service.protocols.third_party import tensorflow_serving_pb2 as pb
-from service.registry import UnknownModel
 
 WIRE_PACKAGE = "tensorflow.serving"
 PREDICTION_SERVICE = pb.DESCRIPTOR.services_by_name["PredictionService"]
@@ -32,7 +32,6 @@ GUARDED = ("Predict",)  # as over REST, only inference needs the API key
 SIGNATURE_DEF = "signature_def"
 # The type URL TF Serving's clients unpack the metadata's Any by.
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-ERROR_CODES = {"OK": 0, "UNKNOWN": 2}  # tensorflow.error.Code, of the statuses REST reports
 
 # dtype → (numpy dtype, the TensorProto field holding its values when not in tensor_content)
 TENSORS: dict[int, tuple[np.dtype, str]] = {
@@ -88,10 +87,28 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     )
 
 
+def signature_def(signature: tfserving_model.Signature) -> meta_graph_pb2.SignatureDef:
+    """The signature as TensorFlow's SignatureDef."""
+
+    def info(tensor: tfserving_model.Tensor) -> meta_graph_pb2.TensorInfo:
+        dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if d is None else d) for d in tensor.shape]
+        return meta_graph_pb2.TensorInfo(
+            dtype=types_pb2.DataType.Value(TF_DTYPES[tensor.dtype.name]),
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims),
+        )
+
+    return meta_graph_pb2.SignatureDef(
+        inputs={name: info(tensor) for name, tensor in signature.inputs.items()},
+        outputs={name: info(tensor) for name, tensor in signature.outputs.items()},
+        method_name=signature.method_name,
+    )
+
+
 def requested_version(spec: pb.ModelSpec) -> int | None:
-    if spec.WhichOneof("version_choice") == "version_label":
-        raise UnknownModel(f"model {spec.name!r} has no version label {spec.version_label!r}; ask by number")
-    return spec.version.value if spec.HasField("version") else None
+    """The version `spec` asks for (service.dataplane.version_number)."""
+    choice = spec.WhichOneof("version_choice")
+    number = spec.version.value if choice == "version" else None
+    return version_number(spec.name, number, spec.version_label if choice == "version_label" else None)
 
 
 def answered_spec(predictor: Predictor) -> pb.ModelSpec:
@@ -109,9 +126,7 @@ class PredictionServicer:
         served = self.plane.live(spec.name, requested_version(spec))
         predictor = served.predictor
         with self.plane.expecting(served):
-            signature = predictor.contract.signature
-            if spec.signature_name not in ("", signature):
-                raise UnfitInput(f"no signature {spec.signature_name!r}; the export serves {signature!r}")
+            tfserving_model.check_signature(predictor, spec.signature_name)
             wanted = tfserving_model.output_names(predictor, list(request.output_filter))
             if set(request.inputs) != {predictor.input_name}:
                 names = ", ".join(sorted(map(repr, request.inputs))) or "none"
@@ -136,14 +151,9 @@ class PredictionServicer:
         if list(request.metadata_field) != [SIGNATURE_DEF]:
             raise UnfitInput(f'metadata_field must be ["{SIGNATURE_DEF}"], the only metadata served')
         predictor = self.plane.live(request.model_spec.name, requested_version(request.model_spec)).predictor
-        # REST's metadata is this message's JSON form: one description, two encodings.
-        signatures = tfserving_model.metadata(predictor).metadata[SIGNATURE_DEF][SIGNATURE_DEF]
-        definitions = pb.SignatureDefMap(
-            signature_def={
-                name: json_format.ParseDict(signature, meta_graph_pb2.SignatureDef())
-                for name, signature in signatures.items()
-            }
-        )
+        # One description (tfserving_model.signature), which REST writes as this message's JSON form.
+        served = tfserving_model.signature(predictor)
+        definitions = pb.SignatureDefMap(signature_def={served.name: signature_def(served)})
         metadata = any_pb2.Any(type_url=SIGNATURE_DEF_MAP_URL, value=definitions.SerializeToString())
         runtime = any_pb2.Any()
         runtime.Pack(wrappers_pb2.StringValue(value=predictor.runtime_name))
@@ -156,12 +166,7 @@ class PredictionServicer:
         """Numbers as they are (the data plane checks them), or strings as encoded image files."""
         if tensor.dtype != object:
             return tensor
-        if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
-            raise UnfitInput(
-                f"input {served.predictor.input_name!r} of encoded images must have shape [n];"
-                f" got {list(tensor.shape)}"
-            )
-        return await self.plane.decode_files(served, tensor.ravel().tolist())
+        return await self.plane.decode_files(served, encoded_files(tensor, served.predictor.input_name))
 
 
 class ModelServicer:
@@ -170,14 +175,15 @@ class ModelServicer:
 
     async def GetModelStatus(self, request: pb.GetModelStatusRequest) -> pb.GetModelStatusResponse:
         spec = request.model_spec
-        status = tfserving_model.status(self.plane.state(spec.name), requested_version(spec))
+        status = tfserving_model.status(self.plane.registry.state(spec.name), requested_version(spec))
         return pb.GetModelStatusResponse(
             model_version_status=[
                 pb.ModelVersionStatus(
                     version=int(v.version),
                     state=pb.ModelVersionStatus.State.Value(v.state),
                     status=pb.StatusProto(
-                        error_code=ERROR_CODES[v.status.error_code], error_message=v.status.error_message
+                        error_code=error_codes_pb2.Code.Value(v.status.error_code),  # REST names it
+                        error_message=v.status.error_message,
                     ),
                 )
                 for v in status.model_version_status

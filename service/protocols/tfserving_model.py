@@ -5,6 +5,8 @@ protobuf messages, whose JSON form they are.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from service.dataplane import Classified
@@ -51,25 +53,59 @@ def status(state: ModelState, version: int | None) -> ModelStatus:
     return ModelStatus(model_version_status=versions, ready=state.live is not None)
 
 
-def metadata(predictor: Predictor) -> ModelMetadata:
-    """The model's spec, its one serving signature (the export's input and output tensors) and, as
-    `runtime`, what computes the answers: "savedmodel" or the export's fast form (e.g. "tflite-int8")."""
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of the serving signature (a SignatureDef's TensorInfo), whatever the wire."""
+
+    dtype: np.dtype
+    shape: list[int | None]  # None: any size
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The export's one serving signature (a SignatureDef), whatever the wire: REST writes it
+    as JSON (`metadata`), gRPC as TensorFlow's protobuf, of which that JSON is the JSON form."""
+
+    name: str
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
+    method_name: str = PREDICT_METHOD
+
+
+def signature(predictor: Predictor) -> Signature:
+    """The export's input and output tensors, and the out-of-distribution score where it has one."""
     contract = predictor.contract
-    outputs = {contract.output.name: tensor_info(predictor.output_dtype, contract.output.shape)}
+    outputs = {contract.output.name: Tensor(predictor.output_dtype, contract.output.shape)}
     if predictor.ood is not None:
-        outputs[predictor.ood.output] = tensor_info(np.dtype(np.float32), [None])
-    signature = {
-        "inputs": {contract.input.name: tensor_info(predictor.input_dtype, contract.input.shape)},
-        "outputs": outputs,
-        "method_name": PREDICT_METHOD,
+        outputs[predictor.ood.output] = Tensor(np.dtype(np.float32), [None])
+    inputs = {contract.input.name: Tensor(predictor.input_dtype, contract.input.shape)}
+    return Signature(contract.signature, inputs, outputs)
+
+
+def metadata(predictor: Predictor) -> ModelMetadata:
+    """The model's spec, its one serving signature and, as `runtime`, what computes the answers:
+    "savedmodel" or the export's fast form (e.g. "tflite-int8")."""
+    served = signature(predictor)
+    described = {
+        "inputs": {name: tensor_info(t.dtype, t.shape) for name, t in served.inputs.items()},
+        "outputs": {name: tensor_info(t.dtype, t.shape) for name, t in served.outputs.items()},
+        "method_name": served.method_name,
     }
     return ModelMetadata(
         model_spec=ModelSpec(name=predictor.name, version=str(predictor.version)),
         metadata={
-            "signature_def": {"signature_def": {contract.signature: signature}},
+            "signature_def": {"signature_def": {served.name: described}},
             RUNTIME: predictor.runtime_name,
         },
     )
+
+
+def check_signature(predictor: Predictor, asked: str | None) -> None:
+    """UnfitInput unless `asked` names the export's one signature; none (or "", which TF Serving
+    takes for its default) asks for it."""
+    signature = predictor.contract.signature
+    if asked and asked != signature:
+        raise UnfitInput(f"no signature {asked!r}; the export serves {signature!r}")
 
 
 def output_names(predictor: Predictor, asked: list[str]) -> list[str]:

@@ -17,14 +17,20 @@ from fastapi.responses import Response
 
 from service import jsonbody
 from service.dataplane import DataPlane, Served, version_number
-from service.deps import DataPlaneDep
+from service.deps import DataPlaneDep, RegistryDep
+from service.errors import ERRORS, ProtocolRoute
 from service.faults import UnfitInput
 from service.protocols import tfserving_model
-from service.protocols.errors import ERRORS, TFServingRoute
 from service.protocols.openapi import json_body
 from service.protocols.tensors import numeric_array
 from service.protocols.tfserving_codec import binary_value, encode_predict, parse_predict
 from service.protocols.tfserving_types import ModelMetadata, ModelStatus, PredictRequest, PredictResponse
+from service.responses import JSONResponse
+
+
+class TFServingRoute(ProtocolRoute):
+    protocol = "tfserving"
+
 
 # `router` is open to probes and tooling; `inference` takes the API key when one is set.
 ROUTERS: dict[str, Any] = {
@@ -48,10 +54,10 @@ PREDICT: dict[str, Any] = {
 
 @router.get("/{model}", response_model=ModelStatus, responses=ERRORS)
 @router.get("/{model}/versions/{version}", response_model=ModelStatus, responses=ERRORS)
-async def model_status(model: str, plane: DataPlaneDep, version: str | None = None) -> ModelStatus:
+async def model_status(model: str, registry: RegistryDep, version: str | None = None) -> ModelStatus:
     """The versions of the model (or the one asked for): the live one AVAILABLE, those that
     failed to load END."""
-    return tfserving_model.status(plane.state(model), version_number(model, version))
+    return tfserving_model.status(registry.state(model), version_number(model, version))
 
 
 @router.get("/{model}/metadata", response_model=ModelMetadata, responses=ERRORS)
@@ -71,14 +77,12 @@ async def predict(request: Request, model: str, version: str | None = None) -> R
     with plane.expecting(served):
         body = await jsonbody.read_capped(request, jsonbody.json_cap(served.predictor, plane.max_rows))
         parsed = await jsonbody.parse_off_the_loop(parse_predict, body, served.predictor.input_name)
-        signature = served.predictor.contract.signature
-        if parsed.signature_name not in (None, signature):
-            raise UnfitInput(f"no signature {parsed.signature_name!r}; the export serves {signature!r}")
+        tfserving_model.check_signature(served.predictor, parsed.signature_name)
         names = tfserving_model.output_names(served.predictor, parsed.output_filter)
         rows = await _rows(plane, served, parsed.instances)
     classified = await plane.classify(served, rows)
     outputs = tfserving_model.output_values(served.predictor, classified, names)
-    return Response(encode_predict(parsed.form, outputs), media_type="application/json")
+    return JSONResponse(encode_predict(parsed.form, outputs))
 
 
 async def _rows(plane: DataPlane, served: Served, instances: list) -> np.ndarray:

@@ -208,8 +208,8 @@ def encode_response(
     if request_id is not None:
         response["id"] = request_id
     header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
-    if not blobs:  # JSON alone ends in a newline, as every JSON answer of the service does
-        return header + b"\n", None
+    if not blobs:  # JSON alone, answered as every JSON answer is (service/responses.py)
+        return header, None
     return b"".join([header, *blobs]), len(header)
 
 

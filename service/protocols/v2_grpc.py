@@ -115,7 +115,7 @@ class InferenceServicer:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.plane.ready)
+        return pb.ServerReadyResponse(ready=self.plane.registry.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         metadata = v2_model.server_metadata()
@@ -167,4 +167,4 @@ class InferenceServicer:
 
     def _live(self, name: str, version: str) -> Served:
         """The live version of `name`; an empty version (proto3's unset) asks for none in particular."""
-        return self.plane.live(name, version_number(name, version) if version else None)
+        return self.plane.live(name, version_number(name, version or None))

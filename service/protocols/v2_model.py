@@ -17,6 +17,7 @@ import numpy as np
 from service.dataplane import Classified, DataPlane, Served
 from service.faults import UnfitInput
 from service.predictor import Predictor
+from service.protocols.tensors import encoded_files
 from service.protocols.v2_codec import BYTES, datatype_of
 from service.protocols.v2_types import MetadataTensor, ModelMetadata, ServerMetadata
 
@@ -127,9 +128,7 @@ async def rows(plane: DataPlane, served: Served, tensors: dict[str, np.ndarray])
     if (given := datatype(tensor)) != expected.datatype:
         raise UnfitInput(f"input {name!r} must be {expected.datatype}; got {given}")
     if expected.datatype == BYTES:
-        if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != 1):
-            raise UnfitInput(f"input {name!r} must have shape [n] (or [n, 1]); got {list(tensor.shape)}")
-        return await plane.decode_files(served, tensor.ravel().tolist())
+        return await plane.decode_files(served, encoded_files(tensor, name))
     return tensor
 
 

@@ -9,16 +9,15 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from service import deadlines, jsonbody
 from service.dataplane import DataPlane, version_number
-from service.deps import DataPlaneDep
-from service.errors import RETRY
+from service.deps import DataPlaneDep, RegistryDep
+from service.errors import ERRORS, RETRY, ProtocolRoute
 from service.faults import BodyTooLarge
 from service.predictor import Predictor
 from service.protocols import v2_model
-from service.protocols.errors import ERRORS, V2Route
 from service.protocols.openapi import json_body
 from service.protocols.v2_codec import Output, decode_content, encode_response, parse_request
 from service.protocols.v2_types import (
@@ -30,11 +29,17 @@ from service.protocols.v2_types import (
     ServerMetadata,
     ServerReady,
 )
+from service.responses import JSONResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
+
 # `router` is open to probes and tooling, like /healthz and /models; `inference` takes the API
 # key when one is set.
+class V2Route(ProtocolRoute):
+    protocol = "v2"
+
+
 ROUTERS: dict[str, Any] = {"prefix": "/v2", "tags": ["Open Inference Protocol v2"], "route_class": V2Route}
 router, inference = APIRouter(**ROUTERS), APIRouter(**ROUTERS)
 
@@ -75,9 +80,9 @@ async def server_live() -> ServerLive:
 
 
 @router.get("/health/ready", response_model=ServerReady, responses={503: {"model": ServerReady}})
-async def server_ready(plane: DataPlaneDep):
+async def server_ready(registry: RegistryDep):
     """200 while the replica is ready, as /readyz; 503 otherwise."""
-    if plane.ready:
+    if registry.ready:
         return ServerReady(ready=True)
     return JSONResponse({"ready": False}, 503, RETRY)
 
@@ -151,7 +156,7 @@ async def infer(
     ]
     content, length = encode_response(predictor.name, str(predictor.version), parsed.id, answers)
     if length is None:
-        return Response(content, media_type="application/json")
+        return JSONResponse(content)
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
 
 

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service import jsonbody
@@ -21,6 +20,7 @@ from service.images import encode_png
 from service.predictor import Predictor
 from service.protocols.openapi import inline
 from service.registry import UnknownModel
+from service.responses import JSONResponse
 from service.schemas import (
     Error,
     FeaturesRequest,
@@ -110,7 +110,7 @@ async def vector_model(model: str, plane: DataPlaneDep) -> Served:
 @router.post("/image", openapi_extra=IMAGE_UPLOAD, **ANSWERS)
 async def predict_image(
     request: Request, top_k: TopK = None, preview: Preview = False, abstain_threshold: AbstainThreshold = None
-) -> Response:
+) -> JSONResponse:
     """Classify uploaded images with the image model (the first by name if several are served)."""
     plane: DataPlane = request.app.state.dataplane
     return await _classify_images(request, plane, plane.image_model(), top_k, preview, abstain_threshold)
@@ -123,7 +123,7 @@ async def predict_image_with(
     top_k: TopK = None,
     preview: Preview = False,
     abstain_threshold: AbstainThreshold = None,
-) -> Response:
+) -> JSONResponse:
     """Classify uploaded images with the image model called `model`."""
     plane: DataPlane = request.app.state.dataplane
     served = _of_kind(plane.live(model), "image")
@@ -142,7 +142,7 @@ async def predict_features(
     served: Annotated[Served, Depends(vector_model)],
     plane: DataPlaneDep,
     top_k: TopK = None,
-) -> Response:
+) -> JSONResponse:
     """Classify feature vectors: `{"features": [...]}` or features by name answer one
     prediction; `{"instances": [[...], ...]}` answers `{"predictions": [...]}` in order."""
     # Read here rather than as a body parameter, which FastAPI would read and parse before any
@@ -181,7 +181,7 @@ async def _classify_images(
     top_k: int | None,
     preview: bool,
     abstain_threshold: float | None,
-) -> Response:
+) -> JSONResponse:
     with plane.expecting(served):
         files = await read_files(request, "file", plane.max_rows)
         rows = await plane.decode_files(served, files)
@@ -239,7 +239,7 @@ def _predictions(predictor: Predictor, classified: Classified, top_k: int | None
     return predictions
 
 
-def _answer(answer: BaseModel) -> Response:
-    """The answer as JSON ending in a newline; serialized directly, as FastAPI's own fast path
-    does, without validating what was just built."""
-    return Response(answer.model_dump_json(exclude_none=True).encode() + b"\n", media_type="application/json")
+def _answer(answer: BaseModel) -> JSONResponse:
+    """The answer serialized directly, as FastAPI's own fast path does, without validating what
+    was just built."""
+    return JSONResponse(answer.model_dump_json(exclude_none=True).encode())

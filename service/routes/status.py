@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import DataPlaneDep, RegistryDep
+from service.deps import RegistryDep
 from service.errors import RETRY
 from service.registry import ModelState
+from service.responses import JSONResponse
 from service.schemas import Health, ModelInfo, ModelList, Readiness
 
 router = APIRouter(tags=["status"])
@@ -18,7 +19,7 @@ router = APIRouter(tags=["status"])
 @router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
-    """The process is up and answering (models may still be loading: service/loading.py)."""
+    """The process is up and answering (models may still be loading: service/middleware.py)."""
     return Health()
 
 
@@ -53,10 +54,10 @@ async def readyz(registry: RegistryDep, request: Request):
 
 
 @router.get("/models", response_model=ModelList)
-async def models(plane: DataPlaneDep) -> ModelList:
+async def models(registry: RegistryDep) -> ModelList:
     """Every model found: versions on disk, the live one, labels, input and output, metrics, device,
     and the live version's calibration and model card."""
-    return ModelList(models=[_info(state) for state in plane.states()])
+    return ModelList(models=[_info(state) for state in registry.states()])
 
 
 @router.get(
