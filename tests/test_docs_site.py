@@ -95,11 +95,16 @@ def test_the_mutation_page_shows_each_modules_score_from_its_report(site):
     assert "reports/mutation/README.md" in page  # in the stamp
 
 
-def test_the_readme_states_the_mutation_score_of_the_last_report():
+def test_the_readme_states_the_mutation_scores_and_module_count_of_the_last_report():
     report = (ROOT / "reports" / "mutation" / "README.md").read_text()
-    total = re.search(r"^\*\*Total: .*: ([\d.]+%) \(", report, re.MULTILINE)
-    stated = re.search(r"\*\*([\d.]+%) of the mutants killed\*\*", (ROOT / "README.md").read_text())
-    assert total and stated and stated.group(1) == total.group(1)
+    total = re.search(r"^\*\*Total: .*: ([\d.]+%) \(([\d.]+%) raw\)", report, re.MULTILINE)
+    stated = re.search(
+        r"\*\*([\d.]+%) of the mutants killed\*\*\s+across the (\d+) guard modules\s+\(([\d.]+%) counting",
+        (ROOT / "README.md").read_text(),
+    )
+    assert total and stated
+    assert (stated[1], stated[3]) == (total[1], total[2])
+    assert int(stated[2]) == len(list((ROOT / "reports" / "mutation").glob("*.json")))
 
 
 def test_the_grpc_page_shows_its_benchmarks_from_their_results(site):
