@@ -17,6 +17,7 @@ from shipped_service import ROOT, newest_versions
 from test_docs_examples import sh_blocks
 
 from mkdocs_hooks import figures
+from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,11 @@ def test_the_readmes_python_examples_import_only_what_its_own_commands_install()
                     assert not owners or owners & installed, f"README imports {top} before installing it"
                     checked += 1
     assert checked >= 2
+
+
+def test_the_readmes_upload_limits_are_the_settings_defaults():
+    stated = re.search(r"up to (\d+) MiB and (\d+) megapixels", (ROOT / "README.md").read_text())
+    assert stated, "README no longer states the limits; drop this test or say them again"
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    assert int(stated[1]) * 2**20 == defaults["max_upload_bytes"]
+    assert int(stated[2]) * 10**6 == defaults["max_image_pixels"]
