@@ -147,3 +147,11 @@ def test_the_readmes_upload_limits_are_the_settings_defaults():
     defaults = {name: field.default for name, field in Settings.model_fields.items()}
     assert int(stated[1]) * 2**20 == defaults["max_upload_bytes"]
     assert int(stated[2]) * 10**6 == defaults["max_image_pixels"]
+
+
+def test_the_readmes_links_name_files_of_the_checkout():
+    """README is read on GitHub and in the clone, outside the site that `--strict` checks."""
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert len(local) > 10
+    assert not [link for link in local if not (ROOT / link).exists()]
