@@ -20,13 +20,20 @@ from mkdocs_hooks import figures
 from service.settings import Settings
 
 
+def readmes_docs_install() -> list[str]:
+    """The arguments of the `pip install` in README's command that reads the docs with mkdocs."""
+    command = re.search(r"`([^`]*pip install [^`]*mkdocs[^`]*)`", (ROOT / "README.md").read_text())
+    assert command, "README no longer says how to read the docs with mkdocs"
+    return pip_installs(command[1])[0]
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The site as a reader builds it after README's `pip install -e ".[docs]"`: with only what
     that installs importable, and from outside the checkout, which nothing puts on sys.path."""
     out = tmp_path_factory.mktemp("site")
     result = run_confined(
-        installed_by(["-e", ".[docs]"]),
+        installed_by(readmes_docs_install()),
         ["-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "-d", str(out)],
         cwd=tmp_path_factory.mktemp("elsewhere"),
         # Material's notice about its end of life, which says nothing about this site.
