@@ -162,3 +162,14 @@ def test_the_readmes_links_name_files_of_the_checkout():
     local = [link for link in links if not re.match(r"[a-z]+://", link)]
     assert len(local) > 10
     assert not [link for link in local if not (ROOT / link).exists()]
+
+
+def test_reading_the_docs_locally_leaves_the_services_port_free():
+    """mkdocs serves on 127.0.0.1:8000 unless told otherwise, where the service the pages talk to
+    listens: mkdocs.yml's dev_addr, and any --dev-addr a page gives, are another port."""
+    service = Settings.model_fields["port"].default
+    configured = re.search(r"^dev_addr: [\w.]+:(\d+)", (ROOT / "mkdocs.yml").read_text(), re.M)
+    assert configured and int(configured[1]) != service
+    for page in (ROOT / "README.md", *(ROOT / "docs").rglob("*.md")):
+        for port in re.findall(r"mkdocs serve --dev-addr [\w.]+:(\d+)", page.read_text()):
+            assert int(port) != service, page
