@@ -1,0 +1,53 @@
+"""README's set-up command is all the service needs: `python -m service`, able to import only
+what that command's `pip install` installed (tests/installs.py), gets ready on the shipped models
+and answers README's calls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import httpx
+import pytest
+from installs import confined_python, installed_by, pip_installs
+from served import free_port, stop, wait_ready
+from shipped_service import ROOT, UNSET
+from test_docs_examples import sh_blocks
+
+
+def readmes_setup_installs() -> set[str]:
+    """What the `pip install`s of README's block that starts the service install."""
+    blocks = sh_blocks("README.md", (ROOT / "README.md").read_text())
+    setup = next(block for block in blocks if "-m service" in block.text)
+    return set().union(*(installed_by(arguments) for arguments in pip_installs(setup.text)))
+
+
+@pytest.mark.server
+def test_the_service_gets_ready_and_answers_with_only_what_readmes_set_up_installs(tmp_path):
+    allowed = readmes_setup_installs()
+    assert "tensorflow-cpu" in allowed
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name not in UNSET}
+    # One worker, in the confined process itself: further workers start afresh, unconfined.
+    env.update({"HOST": "127.0.0.1", "PORT": str(port), "GRPC_PORT": str(free_port()), "WORKERS": "1"})
+    log = tmp_path / "service.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [*confined_python(allowed), "-m", "service"],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, process, 180, log)
+        image = httpx.post(
+            f"{url}/predict/image", files={"file": (ROOT / "samples" / "cat.jpg").read_bytes()}
+        )
+        flower = httpx.post(f"{url}/predict/iris", json={"features": [5.1, 3.5, 1.4, 0.2]})
+        assert (image.status_code, image.json()["label"]) == (200, "cat"), image.text
+        assert (flower.status_code, flower.json()["label"]) == (200, "setosa"), flower.text
+    finally:
+        stop(process)
+    assert "No module named" not in log.read_text()
