@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import io
 import json
 import os
 import re
+import tomllib
 
 import pytest
 from installs import installed_by, pip_installs, run_confined
 from packaging.utils import canonicalize_name
+from PIL import Image
 from shipped_service import ROOT, newest_versions
 from test_docs_examples import sh_blocks
 
@@ -173,3 +176,13 @@ def test_reading_the_docs_locally_leaves_the_services_port_free():
     for page in (ROOT / "README.md", *(ROOT / "docs").rglob("*.md")):
         for port in re.findall(r"mkdocs serve --dev-addr [\w.]+:(\d+)", page.read_text()):
             assert int(port) != service, page
+
+
+def test_the_readmes_python_and_samples_are_the_projects():
+    readme = (ROOT / "README.md").read_text()
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert re.search(r"Python (\d+\.\d+) or newer", readme)[1] == requires.removeprefix(">=")
+    samples = sorted((ROOT / "samples").glob("*.jpg"))
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    assert f"{words[len(samples) - 1]} 32×32 photos" in readme
+    assert {Image.open(io.BytesIO(sample.read_bytes())).size for sample in samples} == {(32, 32)}
