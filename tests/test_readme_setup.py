@@ -5,6 +5,7 @@ and answers README's calls."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import httpx
@@ -50,4 +51,15 @@ def test_the_service_gets_ready_and_answers_with_only_what_readmes_set_up_instal
         assert (flower.status_code, flower.json()["label"]) == (200, "setosa"), flower.text
     finally:
         stop(process)
-    assert "No module named" not in log.read_text()
+    output = log.read_text()
+    assert "No module named" not in output
+    # The ready line getting-started shows has the parts this one has (the numbers are the machine's).
+    shown = re.search(r"`ready: ([^`]+)`", (ROOT / "docs" / "getting-started.md").read_text())
+    logged = re.search(r"ready: (.+)", output)
+    assert shown and logged
+    assert parts(shown[1]) == parts(logged[1]), (shown[1], logged[1])
+
+
+def parts(ready_line: str) -> list[str]:
+    """The first word of each part of a `ready:` line, numbers as N."""
+    return [re.sub(r"\d+", "N", part.split()[0]) for part in ready_line.split("; ")]
