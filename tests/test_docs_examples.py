@@ -7,11 +7,11 @@ the test's server, unless the line right above its fence says why not:
 must exit 0 (curl fails on an HTTP error unless the `# →` line names the status, as in
 `# → 422 {...}`), and prints what its `# →` line shows: JSON with the same keys and the same
 strings, booleans and integers, and numbers with a fraction within one unit of their last digit
-shown (a page shows what its command prints, rounded; a new version means new figures, as it
-means a new version number), `...` standing for what is left out; other output must contain the line's
-text, piece by piece between the `...`. The models' versions shown must be the newest shipped.
-README's blocks run their `.venv/bin/python` as a reader's would after README's own commands:
-able to import only what README's `pip install`s up to that block installed.
+shown (a page shows what its command prints, rounded: a new model version means new figures, as
+it means a new version number), `...` standing for what is left out; other output must contain
+the line's text, piece by piece between the `...`. The models' versions shown must be the newest
+shipped. README's blocks run their `.venv/bin/python` as a reader's would after README's own
+commands: able to import only what README's `pip install`s up to that block installed.
 """
 
 from __future__ import annotations
@@ -173,14 +173,15 @@ def run(step: Step, ports: Ports, python: str) -> tuple[int | None, str]:
     status = STATUS.fullmatch(step.expected or "")
     # Quiet curl, failing on HTTP errors; or, where the page shows an error, printing its status.
     options = '--write-out "\\n%{http_code}"' if status else "--fail-with-body"
-    script = f'set -euo pipefail\ncurl() {{ command curl --silent --show-error {options} "$@"; }}\n' + re.sub(
-        r"\.venv/bin/(python|pip)\b",
-        # The reader's .venv, set up as the page says: this environment, with what `python` may import.
-        lambda m: python if m[1] == "python" else f"{shlex.quote(sys.executable)} -m pip",
+    commands = (
         step.commands.replace("localhost:8000", f"localhost:{ports.http}")
         .replace("127.0.0.1:8000", f"127.0.0.1:{ports.http}")
-        .replace("localhost:8081", f"localhost:{ports.grpc}"),
+        .replace("localhost:8081", f"localhost:{ports.grpc}")
     )
+    # The reader's .venv, set up as the page says: this environment, with what `python` may import.
+    pip = f"{shlex.quote(sys.executable)} -m pip"
+    commands = re.sub(r"\.venv/bin/(python|pip)\b", lambda m: python if m[1] == "python" else pip, commands)
+    script = f'set -euo pipefail\ncurl() {{ command curl --silent --show-error {options} "$@"; }}\n{commands}'
     result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (
         f"exit {result.returncode}\n{step.commands}\n{result.stdout}{result.stderr}"
