@@ -1,6 +1,7 @@
-"""README's set-up command is all the service needs: `python -m service`, able to import only
-what that command's `pip install` installed (tests/installs.py), gets ready on the shipped models
-and answers README's calls."""
+"""The set-up commands the pages give are enough for what they then run: `python -m service`,
+able to import only what README's set-up command installed (tests/installs.py), gets ready on
+the shipped models and answers README's calls; the training command, only what getting-started's
+training set-up installed, starts."""
 
 from __future__ import annotations
 
@@ -10,22 +11,22 @@ import subprocess
 
 import httpx
 import pytest
-from installs import confined_python, installed_by, pip_installs
+from installs import confined_python, installed_by, pip_installs, run_confined
 from served import free_port, stop, wait_ready
 from shipped_service import ROOT, UNSET
 from test_docs_examples import sh_blocks
 
 
-def readmes_setup_installs() -> set[str]:
-    """What the `pip install`s of README's block that starts the service install."""
-    blocks = sh_blocks("README.md", (ROOT / "README.md").read_text())
-    setup = next(block for block in blocks if "-m service" in block.text)
+def installs_before(page: str, command: str) -> set[str]:
+    """What the `pip install`s of `page`'s block that runs `command` install."""
+    blocks = sh_blocks(page, (ROOT / page).read_text())
+    setup = next(block for block in blocks if command in block.text)
     return set().union(*(installed_by(arguments) for arguments in pip_installs(setup.text)))
 
 
 @pytest.mark.server
 def test_the_service_gets_ready_and_answers_with_only_what_readmes_set_up_installs(tmp_path):
-    allowed = readmes_setup_installs()
+    allowed = installs_before("README.md", "-m service")
     assert "tensorflow-cpu" in allowed
     port = free_port()
     env = {name: value for name, value in os.environ.items() if name not in UNSET}
@@ -63,3 +64,11 @@ def test_the_service_gets_ready_and_answers_with_only_what_readmes_set_up_instal
 def parts(ready_line: str) -> list[str]:
     """The first word of each part of a `ready:` line, numbers as N."""
     return [re.sub(r"\d+", "N", part.split()[0]) for part in ready_line.split("; ")]
+
+
+def test_the_training_command_starts_with_only_what_getting_starteds_training_set_up_installs(tmp_path):
+    allowed = installs_before("docs/getting-started.md", "-m training")
+    # --help imports every training module (training/cli.py imports them all) and trains nothing.
+    result = run_confined(allowed, ["-m", "training", "--help"], cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "iris" in result.stdout
