@@ -5,6 +5,11 @@ and TensorFlow's download) for it.
 
     allowed = installed_by(['-e', '.[docs]'])      # distributions, with their dependencies
     run_confined(allowed, ['-m', 'mkdocs', 'build'])  # ModuleNotFoundError for anything else
+    confined_python(allowed) + ['-']               # a `python` for a shell line, reading stdin
+
+This project's own requirements are read from the checkout's pyproject.toml, not from its
+installed metadata, which is as old as the last `pip install -e .`: a requirement just taken out
+of an extra is missing at once.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-from packaging.markers import default_environment
+from packaging.markers import Marker, default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -42,10 +48,14 @@ class Confined(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Confined())
-import runpy
-target = sys.argv.pop(1)
-sys.argv[0] = target
-runpy.run_module(target, run_name="__main__", alter_sys=True)
+if sys.argv.pop(1) == "-":  # the program on stdin, as `python -` runs it
+    sys.argv[0] = "-"
+    exec(compile(sys.stdin.read(), "<stdin>", "exec"), {"__name__": "__main__"})
+else:  # -m module
+    import runpy
+    target = sys.argv.pop(1)
+    sys.argv[0] = target
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
 """
 
 
@@ -66,7 +76,7 @@ def installed_by(arguments: list[str]) -> set[str]:
             continue
         done.add((name, extras))
         try:
-            requires = metadata.requires(name) or []
+            requires = project_requirements() if name == PROJECT else metadata.requires(name) or []
         except metadata.PackageNotFoundError:  # not installed here: nothing of it can be imported
             continue
         for text in requires:
@@ -77,12 +87,32 @@ def installed_by(arguments: list[str]) -> set[str]:
     return {name for name, _ in done}
 
 
+def project_requirements() -> list[str]:
+    """This checkout's requirements as its metadata would list them: pyproject.toml's
+    dependencies, and each extra's with an `extra == ...` marker."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requires = list(project["dependencies"])
+    for extra, texts in project["optional-dependencies"].items():
+        for text in texts:
+            requirement = Requirement(text)
+            own = f"({requirement.marker}) and " if requirement.marker else ""
+            requirement.marker = Marker(f'{own}extra == "{extra}"')
+            requires.append(str(requirement))
+    return requires
+
+
+def confined_python(allowed: set[str]) -> list[str]:
+    """A `python` command that imports only what the `allowed` distributions provide; it takes
+    `-m <module> ...`, or `-` for a program on stdin."""
+    return [sys.executable, "-c", _CONFINE, json.dumps(sorted(allowed))]
+
+
 def run_confined(allowed: set[str], arguments: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     """`python -m <module> ...` (arguments[0] is `-m`) in a child that imports only what the
     `allowed` distributions provide, started in `cwd`."""
     assert arguments[0] == "-m"
     return subprocess.run(
-        [sys.executable, "-c", _CONFINE, json.dumps(sorted(allowed)), *arguments[1:]],
+        [*confined_python(allowed), *arguments],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -6,9 +6,12 @@ the test's server, unless the line right above its fence says why not:
 `<!-- docs-test: skip (reason) -->`. A block is cut into steps at its `# →` lines; each step
 must exit 0 (curl fails on an HTTP error unless the `# →` line names the status, as in
 `# → 422 {...}`), and prints what its `# →` line shows: JSON with the same keys and the same
-strings, booleans and integers (numbers with a fraction only have to be numbers: they move with
-every retraining), `...` standing for what is left out; other output must contain the line's
-text, piece by piece between the `...`. The models' versions shown must be the newest shipped.
+strings, booleans and integers, and numbers with a fraction within one unit of their last digit
+shown (a page shows what its command prints, rounded: a new model version means new figures, as
+it means a new version number), `...` standing for what is left out; other output must contain
+the line's text, piece by piece between the `...`. The models' versions shown must be the newest
+shipped. README's blocks run their `.venv/bin/python` as a reader's would after README's own
+commands: able to import only what README's `pip install`s up to that block installed.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from decimal import Decimal
 
 import pytest
+from installs import confined_python, installed_by, pip_installs
 from served import free_port
 from shipped_service import ROOT, newest_versions, shipped_service
 
@@ -86,7 +91,7 @@ def without_ellipses(text: str) -> str:
 
 
 def mismatches(expected, actual, where: str = "") -> list[str]:
-    """How `actual` differs from the page's `expected` (a subset, numbers with fractions loose)."""
+    """How `actual` differs from the page's `expected` (a subset, numbers with fractions as shown)."""
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
             return [f"{where or 'output'}: expected an object, got {actual!r}"]
@@ -108,8 +113,12 @@ def mismatches(expected, actual, where: str = "") -> list[str]:
             for p in mismatches(e, a, f"{where}[{i}]")
         ]
     if isinstance(expected, float):
-        ok = isinstance(actual, int | float) and not isinstance(actual, bool)
-        return [] if ok else [f"{where}: expected a number, got {actual!r}"]
+        if not isinstance(actual, int | float) or isinstance(actual, bool):
+            return [f"{where}: expected a number, got {actual!r}"]
+        # The place of the last digit the page shows: 0.0092 → 0.0001, -12.1 → 0.1, 4.2e-06 → 1e-07.
+        shown = float(10 ** Decimal(repr(expected)).as_tuple().exponent)
+        close = abs(actual - expected) <= shown * (1 + 1e-9)
+        return [] if close else [f"{where}: the page shows {expected!r}, got {actual!r}"]
     return (
         []
         if expected == actual and type(expected) is type(actual)
@@ -144,20 +153,35 @@ def ports(tmp_path_factory):
         yield Ports(http, grpc)
 
 
-def run(step: Step, ports: Ports) -> tuple[int | None, str]:
-    """Run a step as the page's reader would; (HTTP status when the page names one, stdout)."""
+def readers_python(block: Block) -> str:
+    """The `python` of the reader's .venv when `block` runs, as a shell word. README's is built by
+    README's own commands, so it imports only what README's `pip install`s up to this block
+    installed; the docs' pages say in their text what to install, and run with the tests' own."""
+    if block.page != "README.md":
+        return shlex.quote(sys.executable)
+    installed: set[str] = set()
+    for earlier in BLOCKS:
+        if earlier.page == block.page and earlier.line <= block.line:
+            for arguments in pip_installs(earlier.text):
+                installed |= installed_by(arguments)
+    return shlex.join(confined_python(installed))
+
+
+def run(step: Step, ports: Ports, python: str) -> tuple[int | None, str]:
+    """Run a step as the page's reader would, `python` standing for the reader's .venv/bin/python;
+    (HTTP status when the page names one, stdout)."""
     status = STATUS.fullmatch(step.expected or "")
     # Quiet curl, failing on HTTP errors; or, where the page shows an error, printing its status.
     options = '--write-out "\\n%{http_code}"' if status else "--fail-with-body"
-    script = (
-        "set -euo pipefail\n"
-        f'curl() {{ command curl --silent --show-error {options} "$@"; }}\n'
-        + step.commands.replace("localhost:8000", f"localhost:{ports.http}")
+    commands = (
+        step.commands.replace("localhost:8000", f"localhost:{ports.http}")
         .replace("127.0.0.1:8000", f"127.0.0.1:{ports.http}")
         .replace("localhost:8081", f"localhost:{ports.grpc}")
-        # The reader's .venv, set up as the page says, is the environment running these tests.
-        .replace(".venv/bin/python", shlex.quote(sys.executable))
     )
+    # The reader's .venv, set up as the page says: this environment, with what `python` may import.
+    pip = f"{shlex.quote(sys.executable)} -m pip"
+    commands = re.sub(r"\.venv/bin/(python|pip)\b", lambda m: python if m[1] == "python" else pip, commands)
+    script = f'set -euo pipefail\ncurl() {{ command curl --silent --show-error {options} "$@"; }}\n{commands}'
     result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (
         f"exit {result.returncode}\n{step.commands}\n{result.stdout}{result.stderr}"
@@ -200,8 +224,9 @@ def test_docs_block_runs_as_written(block, ports):
         if re.search(rf"^\s*{tool} ", block.text, re.M) and not shutil.which(tool):
             pytest.skip(f"{block.page}'s example runs {tool}: {how}")
     newest = {name: str(version) for name, version in newest_versions().items()}
+    python = readers_python(block)
     for step in steps(block):
-        status, output = run(step, ports)
+        status, output = run(step, ports, python)
         if step.expected is None:
             continue
         expected_text = step.expected

@@ -6,18 +6,29 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import io
 import json
 import os
 import re
+import tomllib
 
 import pytest
 from installs import installed_by, pip_installs, run_confined
 from packaging.utils import canonicalize_name
+from PIL import Image
 from shipped_service import ROOT, newest_versions
 from test_docs_examples import sh_blocks
 
 from mkdocs_hooks import figures
 from mkdocs_hooks import modules as structure
+from service.settings import Settings
+
+
+def readmes_docs_install() -> list[str]:
+    """The arguments of the `pip install` in README's command that reads the docs with mkdocs."""
+    command = re.search(r"`([^`]*pip install [^`]*mkdocs[^`]*)`", (ROOT / "README.md").read_text())
+    assert command, "README no longer says how to read the docs with mkdocs"
+    return pip_installs(command[1])[0]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +37,7 @@ def site(tmp_path_factory):
     that installs importable, and from outside the checkout, which nothing puts on sys.path."""
     out = tmp_path_factory.mktemp("site")
     result = run_confined(
-        installed_by(["-e", ".[docs]"]),
+        installed_by(readmes_docs_install()),
         ["-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "-d", str(out)],
         cwd=tmp_path_factory.mktemp("elsewhere"),
         # Material's notice about its end of life, which says nothing about this site.
@@ -96,11 +107,16 @@ def test_the_mutation_page_shows_each_modules_score_from_its_report(site):
     assert "reports/mutation/README.md" in page  # in the stamp
 
 
-def test_the_readme_states_the_mutation_score_of_the_last_report():
+def test_the_readme_states_the_mutation_scores_and_module_count_of_the_last_report():
     report = (ROOT / "reports" / "mutation" / "README.md").read_text()
-    total = re.search(r"^\*\*Total: .*: ([\d.]+%) \(", report, re.MULTILINE)
-    stated = re.search(r"\*\*([\d.]+%) of the mutants killed\*\*", (ROOT / "README.md").read_text())
-    assert total and stated and stated.group(1) == total.group(1)
+    total = re.search(r"^\*\*Total: .*: ([\d.]+%) \(([\d.]+%) raw\)", report, re.MULTILINE)
+    stated = re.search(
+        r"\*\*([\d.]+%) of the mutants killed\*\*\s+across the (\d+) guard modules\s+\(([\d.]+%) counting",
+        (ROOT / "README.md").read_text(),
+    )
+    assert total and stated
+    assert (stated[1], stated[3]) == (total[1], total[2])
+    assert int(stated[2]) == len(list((ROOT / "reports" / "mutation").glob("*.json")))
 
 
 def test_the_grpc_page_shows_its_benchmarks_from_their_results(site):
@@ -162,3 +178,40 @@ def test_the_module_map_reads_each_form_of_import_and_nothing_generated(tmp_path
     assert by_name["process.ready"].summary == "Ready: the line"
     assert by_name["process.serve"].imports == ["settings"]  # heap is no module of the package
     assert by_name["settings"].imports == []  # relative imports: the service writes none
+
+
+def test_the_readmes_upload_limits_are_the_settings_defaults():
+    stated = re.search(r"up to (\d+) MiB and (\d+) megapixels", (ROOT / "README.md").read_text())
+    assert stated, "README no longer states the limits; drop this test or say them again"
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    assert int(stated[1]) * 2**20 == defaults["max_upload_bytes"]
+    assert int(stated[2]) * 10**6 == defaults["max_image_pixels"]
+
+
+def test_the_readmes_links_name_files_of_the_checkout():
+    """README is read on GitHub and in the clone, outside the site that `--strict` checks."""
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    assert len(local) > 10
+    assert not [link for link in local if not (ROOT / link).exists()]
+
+
+def test_reading_the_docs_locally_leaves_the_services_port_free():
+    """mkdocs serves on 127.0.0.1:8000 unless told otherwise, where the service the pages talk to
+    listens: mkdocs.yml's dev_addr, and any --dev-addr a page gives, are another port."""
+    service = Settings.model_fields["port"].default
+    configured = re.search(r"^dev_addr: [\w.]+:(\d+)", (ROOT / "mkdocs.yml").read_text(), re.M)
+    assert configured and int(configured[1]) != service
+    for page in (ROOT / "README.md", *(ROOT / "docs").rglob("*.md")):
+        for port in re.findall(r"mkdocs serve --dev-addr [\w.]+:(\d+)", page.read_text()):
+            assert int(port) != service, page
+
+
+def test_the_readmes_python_and_samples_are_the_projects():
+    readme = (ROOT / "README.md").read_text()
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert re.search(r"Python (\d+\.\d+) or newer", readme)[1] == requires.removeprefix(">=")
+    samples = sorted((ROOT / "samples").glob("*.jpg"))
+    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    assert f"{words[len(samples) - 1]} 32×32 photos" in readme
+    assert {Image.open(io.BytesIO(sample.read_bytes())).size for sample in samples} == {(32, 32)}

@@ -345,24 +345,43 @@ def calibrate_export(source: Path, command: str, data_path: str | None = None) -
     dataset = _training_data(metadata, data_path)
     metrics_file = source / export.METADATA.parent / "metrics.json"
     history = json.loads(metrics_file.read_text()).get("history") if metrics_file.is_file() else None
+    return export_run(next_version(source, metadata, command, loaded, predict, dataset, history=history))
+
+
+def next_version(
+    source: Path,
+    metadata: dict,
+    command: str,
+    model: keras.Model | tf.Module,
+    predict: Callable,
+    dataset: data.Dataset,
+    *,
+    history: dict | None = None,
+    carried: dict | None = None,
+    serve: Callable | None = None,
+) -> Run:
+    """The Run that exports `model` as the next version of `source`'s model: the same input,
+    training record and further metrics, its metadata carried over (but what export_run writes
+    afresh, and the source's calibration and lineage) with the lineage to `source` and `carried`."""
     spec = metadata["input"]
-    return export_run(
-        Run(
-            name=source.parent.name,
-            command=command,
-            out=source.parent.parent,
-            model=loaded,
-            predict=predict,
-            dataset=dataset,
-            input_spec={**spec, "shape": spec["shape"][1:]},  # export_model adds the batch axis
-            training=metadata["training"],
-            extra_metrics={k: v for k, v in metadata["metrics"].items() if k not in ("validation", "test")},
-            history=history,
-            carried={
-                **{k: v for k, v in metadata.items() if k not in REWRITTEN},
-                "lineage": {"source_version": int(source.name), "command": command},
-            },
-        )
+    kept = {k: v for k, v in metadata.items() if k not in REWRITTEN | {"calibration", "lineage"}}
+    return Run(
+        name=source.parent.name,
+        command=command,
+        out=source.parent.parent,
+        model=model,
+        predict=predict,
+        dataset=dataset,
+        input_spec={**spec, "shape": spec["shape"][1:]},  # export_model adds the batch axis
+        training=metadata["training"],
+        extra_metrics={k: v for k, v in metadata["metrics"].items() if k not in ("validation", "test")},
+        history=history,
+        carried={
+            **kept,
+            "lineage": {"source_version": int(source.name), "command": command},
+            **(carried or {}),
+        },
+        serve=serve,
     )
 
 
@@ -470,23 +489,15 @@ def ood_export(source: Path, command: str, ood_folder: Path, data_path: str | No
         pooled, logits = pooled_and_logits(images)
         return {"probabilities": tf.nn.softmax(logits, axis=-1), ood.OUTPUT: head.in_graph(pooled, logits)}
 
-    spec = metadata["input"]
     return export_run(
-        Run(
-            name=source.parent.name,
-            command=command,
-            out=source.parent.parent,
-            model=network,
-            predict=tf.function(cifar10.predict_fn(network, recipe, jpeg=jpeg), reduce_retracing=True),
-            dataset=dataset,
-            input_spec={**spec, "shape": spec["shape"][1:]},
-            training=metadata["training"],
-            extra_metrics={k: v for k, v in metadata["metrics"].items() if k not in ("validation", "test")},
-            carried={
-                **{k: v for k, v in metadata.items() if k not in REWRITTEN | {"calibration", "lineage"}},
-                "lineage": {"source_version": int(source.name), "command": command},
-                "ood": declared,
-            },
+        next_version(
+            source,
+            metadata,
+            command,
+            network,
+            tf.function(cifar10.predict_fn(network, recipe, jpeg=jpeg), reduce_retracing=True),
+            dataset,
+            carried={"ood": declared},
             serve=tf.function(serve, reduce_retracing=True),
         )
     )
