@@ -129,13 +129,14 @@ class MicroBatcher:
         self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{name}")
 
     @contextlib.contextmanager
-    def expecting(self, deadline: float | None = None, ahead_s: float = 0.0):
+    def expecting(self, deadline: float | None = None, ahead_s: float = 0.0, own_s: float = 0.0):
         """Announce a request that will submit soon (its body is being read or decoded), so an
         idle model may wait up to `max_wait_s` for it instead of running a smaller batch. One
         that could not be answered by `deadline` even if it had no rows is refused here, as in
         `predict`, before its body is read or decoded: under overload, that work would be lost.
-        `ahead_s`: the time it will wait before it can submit (for the decoders), if any."""
-        self._admit(0, deadline, ahead_s)
+        Before it can submit it waits `ahead_s` for others' work (the decoders'), then `own_s`
+        for its own."""
+        self._admit(0, deadline, ahead_s, own_s)
         self._expected += 1
         try:
             yield
@@ -177,11 +178,11 @@ class MicroBatcher:
         self._arrived.set()
         return await job.future
 
-    def _admit(self, rows: int, deadline: float | None, ahead_s: float = 0.0) -> None:
+    def _admit(self, rows: int, deadline: float | None, ahead_s: float = 0.0, own_s: float = 0.0) -> None:
         """Refuse what the queue cannot hold, or cannot answer by `deadline` at the recent rate,
-        after `ahead_s` spent before it reaches the queue: the sooner a client hears it, the
-        sooner it can retry elsewhere or later. A request with nothing ahead of it is always
-        taken: it gets the model at once. Cautious, as the rate is: the two waits are added,
+        after `ahead_s` and `own_s` spent before it reaches the queue: the sooner a client hears
+        it, the sooner it can retry elsewhere or later. A request with nothing ahead of it is
+        always taken: it gets the model at once. Cautious, as the rate is: the waits are added,
         though the model works through its queue while the request waits for the decoders."""
         now = asyncio.get_running_loop().time()
         backlog = ahead_s + self._backlog_s(now)
@@ -192,7 +193,7 @@ class MicroBatcher:
             return
         if deadline <= now:
             raise DeadlineExceeded(f"the request's deadline passed before model {self.name} could take it")
-        expected = backlog + self.rate.seconds_for(rows)
+        expected = backlog + own_s + self.rate.seconds_for(rows)
         if (self._jobs or self._running or ahead_s) and now + expected > deadline:
             raise QueueFull(
                 f"model {self.name} would answer in about {expected:.2f} s, after the request's"

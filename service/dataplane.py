@@ -164,8 +164,12 @@ class DataPlane:
         moment for it to batch with others (never around `classify`). Refuses at once a request
         the work already queued would keep from being answered by its deadline: the files the
         decoders have yet to get through (an image model's), then the model's rows."""
-        decoding_s = self._decoders.backlog_s() if served.predictor.kind == "image" else 0.0
-        return served.batcher.expecting(deadlines.deadline(self.request_timeout_s), ahead_s=decoding_s)
+        deadline = deadlines.deadline(self.request_timeout_s)
+        if served.predictor.kind != "image":
+            return served.batcher.expecting(deadline)
+        # Its files have not been read yet: as many as the recent requests', for the estimate.
+        decoders = self._decoders
+        return served.batcher.expecting(deadline, ahead_s=decoders.backlog_s(), own_s=decoders.request_s())
 
     async def decode_files(self, served: Served, files: Sequence[bytes | bytearray]) -> np.ndarray:
         """Encoded image files as the model's rows, decoded, oriented and resized on the decoder

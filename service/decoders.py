@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import functools
 import math
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -39,15 +41,23 @@ class Decoders:
         self.rate = ServiceRate()
         self.files = 0  # handed to the threads and not yet decoded (nor cancelled)
         self._on_load = on_load  # told `files` whenever it changes (a gauge)
+        self._recent: deque[int] = deque(maxlen=9)  # the last requests' numbers of files
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=initializer)
 
     def backlog_s(self) -> float:
         """Seconds until the threads are through the files handed to them, at the recent rate."""
         return self.rate.seconds_for(self.files) / self.threads
 
+    def request_s(self) -> float:
+        """Seconds a request's own files take, if it brings as many as the recent requests did
+        (the median of the last 9)."""
+        files = statistics.median_low(self._recent) if self._recent else 0
+        return self.rate.seconds_for(files) / self.threads
+
     async def map(self, decode: Callable[[Any], Any], files: Sequence[Any]) -> list:
         """`decode(file)` for each of `files`, or the exception it raised, in order."""
         loop = asyncio.get_running_loop()
+        self._recent.append(len(files))
         size = math.ceil(len(files) / self.threads)
         runs = [files[start : start + size] for start in range(0, len(files), size)]
         gone = threading.Event()  # the request's caller stopped waiting: its runs stop

@@ -174,3 +174,35 @@ def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_b
     assert flower.status_code == 200
     assert "\ndecode_files_waiting 2.0\n" in metrics  # the other request's, held
     assert patient.status_code == 200
+
+
+def test_an_image_request_counts_its_own_files_as_many_as_the_recent_requests_brought(shared_models):
+    release = threading.Event()
+
+    def held(file: int) -> int:
+        release.wait(30)
+        return file
+
+    with serving(shared_models) as client:
+        decoders = client.app.state.decoders
+        for _ in range(3):  # the recent requests brought 16 files each
+            client.portal.call(decoders.map, lambda file: file, list(range(16)))
+        for _ in range(9):  # and a file has lately taken a second to decode
+            decoders.rate.record(1, 1.0)
+        busy = client.portal.start_task_soon(decoders.map, held, [1, 2])  # a second ahead
+        try:
+            # 1 s ahead and 8 s of its own (16 files on two threads): past its 5 s.
+            response = client.post(
+                "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "5"}
+            )
+        finally:
+            release.set()
+        busy.result(30)
+        # With nothing ahead of it, the same request is taken: the estimate may be wrong.
+        alone = client.post(
+            "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "5"}
+        )
+    assert response.status_code == 503
+    assert "would answer in about 9.00 s" in response.json()["detail"]
+    assert alone.status_code == 200
+    assert response.headers["Retry-After"] == "1"  # when the work ahead of it is done
