@@ -56,7 +56,7 @@ def test_the_service_gets_ready_and_answers_with_only_what_readmes_set_up_instal
     assert "No module named" not in output
     # The ready line getting-started shows has the parts this one has (the numbers are the machine's).
     shown = re.search(r"`ready: ([^`]+)`", (ROOT / "docs" / "getting-started.md").read_text())
-    logged = re.search(r"ready: (.+)", output)
+    logged = re.search(r": ready: (.+)", output)  # the message, after its logger's name
     assert shown and logged
     assert parts(shown[1]) == parts(logged[1]), (shown[1], logged[1])
 
