@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from deployments import samples, value
+import time
+
+from deployments import samples, serving, value
 from payloads import GOOD_FEATURES, GOOD_IMAGE
 
 
@@ -33,6 +35,29 @@ def test_requests_are_counted_by_route_template_and_status(client):
     assert delta("http_request_duration_seconds_count", route="/predict/image", protocol="native") == 1
     assert delta("model_batch_size_count", model="cifar10") == 1
     assert delta("model_batch_size_sum", model="iris") == 1
+
+
+def test_a_requests_latency_is_the_time_it_took(client):
+    route = {"route": "/predict/{model}", "protocol": "native"}
+    before = samples(client)
+    started = time.perf_counter()
+    assert client.post("/predict/iris", json=GOOD_FEATURES).status_code == 200
+    took = time.perf_counter() - started
+    after = samples(client)
+    name = "http_request_duration_seconds_sum"
+    observed = value(after, name, **route) - before.get((name, tuple(sorted(route.items()))), 0.0)
+    assert 0 < observed <= took
+
+
+def test_a_request_the_service_fails_on_is_counted_as_a_500(shared_models, monkeypatch):
+    # The last resort answers from outside every middleware: the count cannot read its status.
+    with serving(shared_models) as client:
+        predictor = client.app.state.registry.models["iris"].predictor
+        monkeypatch.setattr(predictor, "predict", lambda batch: 1 / 0)
+        assert client.post("/predict/iris", json=GOOD_FEATURES).status_code == 500
+        counted = samples(client)
+    labels = {"route": "/predict/{model}", "method": "POST", "status": "500", "protocol": "native"}
+    assert value(counted, "http_requests_total", **labels) == 1
 
 
 def test_idle_models_report_an_empty_queue_and_their_live_version(client):
