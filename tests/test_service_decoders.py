@@ -206,3 +206,56 @@ def test_an_image_request_counts_its_own_files_as_many_as_the_recent_requests_br
     assert "would answer in about 9.00 s" in response.json()["detail"]
     assert alone.status_code == 200
     assert response.headers["Retry-After"] == "1"  # when the work ahead of it is done
+
+
+def test_the_rate_is_the_seconds_per_file_of_each_run_timed_in_its_thread(monkeypatch):
+    clock = iter(range(0, 1000, 6))  # every reading of the clock 6 s after the last
+    monkeypatch.setattr("service.decoders.time.perf_counter", lambda: next(clock))
+
+    async def run():
+        decoders = Decoders(1)
+        await decoders.map(lambda file: file, [1, 2, 3])  # one run: 6 s for 3 files
+        await decoders.map(lambda file: file, [1, 2, 3])
+        decoders.shutdown()
+        return decoders.rate.seconds_for(1)
+
+    assert asyncio.run(run()) == 2.0
+
+
+def test_a_run_that_never_started_teaches_the_rate_nothing_and_raises_nothing():
+    release, errors = threading.Event(), []
+
+    async def run():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        decoders = Decoders(1)
+        first = asyncio.ensure_future(decoders.map(lambda file: release.wait(10), [1]))
+        second = asyncio.ensure_future(decoders.map(lambda file: file, [2]))
+        await asyncio.sleep(0.05)
+        second.cancel()  # before it started: its run is cancelled
+        await asyncio.sleep(0.05)
+        release.set()
+        await first
+        await asyncio.to_thread(decoders.shutdown)
+        await asyncio.sleep(0.05)
+        return decoders.rate._per_row
+
+    recorded = asyncio.run(run())
+    assert len(recorded) == 1  # the first run only
+    assert errors == []
+
+
+def test_a_requests_own_files_are_counted_as_the_median_of_the_last_nine_requests():
+    async def run():
+        decoders = Decoders(1)
+        for _ in range(9):
+            decoders.rate.record(1, 1.0)
+        estimates = [decoders.request_s()]  # no request yet: nothing to count
+        for files in [1, 16, 16, 16, 16, 16, 1, 1, 1, 1]:  # the first falls out of the nine
+            await decoders.map(lambda file: file, list(range(files)))
+        for _ in range(9):
+            decoders.rate.record(1, 1.0)
+        estimates.append(decoders.request_s())
+        decoders.shutdown()
+        return estimates
+
+    assert asyncio.run(run()) == [0.0, 16.0]
