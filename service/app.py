@@ -29,15 +29,18 @@ from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
 
-DECODER_NICENESS = 10
+DECODER_NICENESS = 10  # added to the process's own niceness, up to the lowest priority (19)
 
 
 def yield_the_cpu() -> None:
     """Run this (decoder) thread at a lower CPU priority than the event loop and the model: on
     a busy machine, a large upload's decoding waits, not every other client's request (Linux
-    schedules threads one by one; elsewhere this does nothing)."""
+    schedules threads one by one; elsewhere this does nothing). Relative to the thread's own
+    niceness: a service started with `nice -n 19` must not get decoders at a higher priority."""
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread) + DECODER_NICENESS
+        os.setpriority(os.PRIO_PROCESS, thread, min(niceness, 19))
 
 
 def grpc_server_for(plane: DataPlane, settings: Settings, metrics: Metrics) -> GrpcServer:

@@ -219,7 +219,8 @@ def test_decoder_threads_run_at_a_lower_cpu_priority_than_the_event_loop(client)
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     decoders = client.app.state.decoders
-    assert decoders.submit(niceness).result() == niceness() + DECODER_NICENESS
+    # Relative to the event loop's (the tests may run under `nice -n 19`: 19 is the lowest).
+    assert decoders.submit(niceness).result() == min(niceness() + DECODER_NICENESS, 19)
 
 
 def test_python_m_service_gives_freed_memory_back_unless_told_otherwise(monkeypatch):
