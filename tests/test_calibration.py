@@ -276,9 +276,8 @@ def test_the_card_and_its_diagrams_are_written(calibrated):
     assert report["out_of_distribution_confidence"]["all"]["count"] == 4 * robustness.OOD_PER_KIND
 
 
-def test_iris_training_calibrates_on_out_of_fold_predictions_and_writes_its_card(tmp_path):
-    training_main(["iris", "--epochs", "3", "--out", str(tmp_path)])
-    version = tmp_path / "iris" / "1"
+def test_iris_training_calibrates_on_out_of_fold_predictions_and_writes_its_card(iris_trained):
+    version = iris_trained
     meta = export.load_metadata(version)
     assert meta["calibration"]["fitted_on"].startswith("cross_validation")
     assert meta["calibration"]["before"]["accuracy"] == meta["metrics"]["cross_validation"]["mean_accuracy"]

@@ -239,11 +239,27 @@ def test_a_new_export_is_the_next_version_and_leaves_older_ones_alone(tmp_path):
 # --- CLI end to end --------------------------------------------------------------------------
 
 
-def test_cifar10_cli_trains_exports_and_reports_on_a_tiny_dataset(tmp_path, monkeypatch):
-    archive = _class_folder_tar(tmp_path / "tiny.tar.gz", per_class=20)
-    monkeypatch.setattr(cifar10, "Recipe", lambda: SMALL)  # the full-width net is for real runs
-    train_main(["cifar10", "--data", str(archive), "--epochs", "1", "--out", str(tmp_path / "models")])
-    version = tmp_path / "models" / "cifar10" / "1"
+@pytest.fixture(scope="module")
+def cifar10_run(tmp_path_factory):
+    """`python -m training cifar10` run once on a tiny archive, in mixed_bfloat16 (what `auto`
+    picks on a CPU with native bfloat16): (archive, export, the policy before, the policy after)."""
+    root = tmp_path_factory.mktemp("cifar10-cli")
+    archive = _class_folder_tar(root / "tiny.tar.gz", per_class=20)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIFAR_SERVING_CACHE", str(root / "cache"))
+        patch.setattr(cifar10, "Recipe", lambda: SMALL)  # the full-width net is for real runs
+        before = keras.mixed_precision.global_policy().name
+        try:
+            args = ["--data", str(archive), "--epochs", "1", "--precision", "mixed_bfloat16"]
+            train_main(["cifar10", *args, "--out", str(root / "models")])
+            after = keras.mixed_precision.global_policy().name
+        finally:
+            keras.mixed_precision.set_global_policy("float32")  # for the tests after, if it failed
+    return archive, root / "models" / "cifar10" / "1", before, after
+
+
+def test_cifar10_cli_trains_exports_and_reports_on_a_tiny_dataset(cifar10_run):
+    archive, version, _, _ = cifar10_run
     meta = export.load_metadata(version)
     assert meta["labels"] == CLASSES
     assert meta["training"]["command"].startswith("python -m training cifar10 --data")
@@ -260,23 +276,15 @@ def test_cifar10_cli_trains_exports_and_reports_on_a_tiny_dataset(tmp_path, monk
     assert sum(map(sum, metrics["confusion_matrix"])) == meta["metrics"]["validation"]["examples"]
 
 
-def test_the_cli_restores_the_precision_policy_it_found(tmp_path, monkeypatch, request):
-    request.addfinalizer(lambda: keras.mixed_precision.set_global_policy("float32"))  # if it fails
-    archive = _class_folder_tar(tmp_path / "tiny.tar.gz", per_class=20)
-    monkeypatch.setattr(cifar10, "Recipe", lambda: SMALL)
-    assert keras.mixed_precision.global_policy().name == "float32"
-    args = ["--data", str(archive), "--epochs", "1", "--precision", "mixed_bfloat16"]
-    train_main(["cifar10", *args, "--out", str(tmp_path / "models")])
-    assert (
-        export.load_metadata(tmp_path / "models" / "cifar10" / "1")["training"]["precision"]
-        == "mixed_bfloat16"
-    )
-    assert keras.mixed_precision.global_policy().name == "float32"
+def test_the_cli_restores_the_precision_policy_it_found(cifar10_run):
+    _, version, before, after = cifar10_run
+    assert before == "float32"
+    assert export.load_metadata(version)["training"]["precision"] == "mixed_bfloat16"
+    assert after == "float32"
 
 
-def test_iris_cli_reports_test_and_cross_validated_accuracy(tmp_path):
-    train_main(["iris", "--epochs", "2", "--out", str(tmp_path)])
-    meta = export.load_metadata(tmp_path / "iris" / "1")
+def test_iris_cli_reports_test_and_cross_validated_accuracy(iris_trained):
+    meta = export.load_metadata(iris_trained)
     assert meta["input"]["feature_names"] == data.IRIS_FEATURES
     assert meta["metrics"]["test"]["examples"] == 15
     assert len(meta["metrics"]["cross_validation"]["fold_accuracies"]) == 10
