@@ -125,14 +125,3 @@ def client(shared_models):
     """One app for the tests that only read: cifar10 v1 and iris v1, ready."""
     with serving(shared_models) as client:
         yield client
-
-
-@pytest.fixture(scope="session")
-def iris_trained(tmp_path_factory) -> Path:
-    """`python -m training iris --epochs 2` run once (eleven small networks: the model and its
-    ten cross-validation folds): its export, for the tests that only read it."""
-    from training.cli import main as training_main
-
-    out = tmp_path_factory.mktemp("iris-training")
-    training_main(["iris", "--epochs", "2", "--out", str(out)])
-    return out / "iris" / "1"

@@ -276,19 +276,6 @@ def test_the_card_and_its_diagrams_are_written(calibrated):
     assert report["out_of_distribution_confidence"]["all"]["count"] == 4 * robustness.OOD_PER_KIND
 
 
-def test_iris_training_calibrates_on_out_of_fold_predictions_and_writes_its_card(iris_trained):
-    version = iris_trained
-    meta = export.load_metadata(version)
-    assert meta["calibration"]["fitted_on"].startswith("cross_validation")
-    assert meta["calibration"]["before"]["accuracy"] == meta["metrics"]["cross_validation"]["mean_accuracy"]
-    features = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
-    signature = tf.saved_model.load(str(version)).signatures["serving_default"]
-    served = signature(features=tf.constant(features))["probabilities"].numpy()
-    np.testing.assert_allclose(served.sum(1), 1, atol=1e-5)
-    assert "## Robustness" not in (version / meta["card"]).read_text()  # images only
-    assert (version / "assets.extra" / "reliability_after.png").stat().st_size > 0
-
-
 # --- corruptions -----------------------------------------------------------------------------
 
 

@@ -283,11 +283,33 @@ def test_the_cli_restores_the_precision_policy_it_found(cifar10_run):
     assert after == "float32"
 
 
+@pytest.fixture(scope="module")
+def iris_trained(tmp_path_factory):
+    """`python -m training iris --epochs 2` run once (eleven small networks: the model and its
+    ten cross-validation folds): its export, for the tests that only read it."""
+    out = tmp_path_factory.mktemp("iris-training")
+    train_main(["iris", "--epochs", "2", "--out", str(out)])
+    return out / "iris" / "1"
+
+
 def test_iris_cli_reports_test_and_cross_validated_accuracy(iris_trained):
     meta = export.load_metadata(iris_trained)
     assert meta["input"]["feature_names"] == data.IRIS_FEATURES
     assert meta["metrics"]["test"]["examples"] == 15
     assert len(meta["metrics"]["cross_validation"]["fold_accuracies"]) == 10
+
+
+def test_iris_training_calibrates_on_out_of_fold_predictions_and_writes_its_card(iris_trained):
+    version = iris_trained
+    meta = export.load_metadata(version)
+    assert meta["calibration"]["fitted_on"].startswith("cross_validation")
+    assert meta["calibration"]["before"]["accuracy"] == meta["metrics"]["cross_validation"]["mean_accuracy"]
+    features = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
+    signature = tf.saved_model.load(str(version)).signatures["serving_default"]
+    served = signature(features=tf.constant(features))["probabilities"].numpy()
+    np.testing.assert_allclose(served.sum(1), 1, atol=1e-5)
+    assert "## Robustness" not in (version / meta["card"]).read_text()  # images only
+    assert (version / "assets.extra" / "reliability_after.png").stat().st_size > 0
 
 
 # --- the fast form (training.fastpath) -------------------------------------------------------
