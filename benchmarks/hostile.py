@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.server import REPO, cpu_seconds, rss_bytes, serve
+from benchmarks.server import REPO, cpu_seconds, peak_rss_bytes, reset_peak_rss, rss_bytes, serve
 from service.process.serve import MALLOC
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -210,21 +210,14 @@ def _jpeg_with_metadata() -> bytes:
 
 
 class Watch:
-    """The server's tree RSS every 50 ms, the victim's latencies, by phase."""
+    """The victim's latencies, by phase. (Memory peaks are the kernel's: `peak_rss_bytes`.)"""
 
-    def __init__(self, url: str, pid: int):
-        self.url, self.pid = url, pid
+    def __init__(self, url: str):
+        self.url = url
         self.phase = "start"
-        self.peaks: dict[str, int] = {}
         self.latencies: dict[str, list[float]] = {}
         self.victim_errors: Counter = Counter()
         self.stopping = threading.Event()
-
-    def sample_rss(self) -> None:
-        while not self.stopping.is_set():
-            rss = rss_bytes(self.pid)
-            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
-            time.sleep(0.05)
 
     def victim(self) -> None:
         flower = {"features": [5.1, 3.5, 1.4, 0.2]}
@@ -300,24 +293,25 @@ def main() -> None:
     ]
     log = Path(tempfile.gettempdir()) / "hostile_server.log"
     with serve("service", REPO / "models", log, settings={"ACCESS_LOG": "false"}) as running:
-        watch = Watch(running.url, running.pid)
-        helpers = [threading.Thread(target=watch.sample_rss), threading.Thread(target=watch.victim)]
-        for thread in helpers:
-            thread.start()
+        watch = Watch(running.url)
+        victim = threading.Thread(target=watch.victim)
+        victim.start()
         watch.phase = "idle"
+        reset_peak_rss(running.pid)
         cpu = cpu_seconds(running.pid)
         time.sleep(8)
         idle_cpu_rate = (cpu_seconds(running.pid) - cpu) / 8
-        idle_rss = watch.peaks["idle"]
+        idle_rss = peak_rss_bytes(running.pid)  # the idle phase's peak, on the same basis as each phase's
         report: dict = {"idle_rss_mib": idle_rss / MIB, "phases": {}}
         for name, items in phases:
             watch.phase = name
+            reset_peak_rss(running.pid)
             cpu, started = cpu_seconds(running.pid), time.monotonic()
             result = run_phase(running.url, items, args.phase_seconds)
             elapsed = time.monotonic() - started
             spent = cpu_seconds(running.pid) - cpu
             result.update(
-                peak_over_idle_mib=(watch.peaks[name] - idle_rss) / MIB,
+                peak_over_idle_mib=(peak_rss_bytes(running.pid) - idle_rss) / MIB,
                 server_cpu_s=spent,
                 cpu_s_per_request=(spent - idle_cpu_rate * elapsed) / max(1, result["requests"]),
                 victim_p50_ms=p(watch.latencies.get(name, []), 50),
@@ -330,8 +324,7 @@ def main() -> None:
         time.sleep(args.settle_seconds)
         kept = rss_bytes(running.pid)
         watch.stopping.set()
-        for thread in helpers:
-            thread.join()
+        victim.join()
     report.update(
         kept_over_idle_mib=(kept - idle_rss) / MIB,
         settle_seconds=args.settle_seconds,

@@ -151,5 +151,22 @@ def rss_bytes(pid: int) -> int:
     return sum(p.memory_info().rss for p in process_tree(pid))
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start each process's high-water mark of resident memory (VmHWM) again from what it holds
+    now (Linux: /proc/PID/clear_refs), so that `peak_rss_bytes` is the peak from here."""
+    for process in process_tree(pid):
+        Path(f"/proc/{process.pid}/clear_refs").write_text("5")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Each process's peak resident memory since `reset_peak_rss` (or its start), added up: kept
+    by the kernel, so no peak between two samples is missed; at least the tree's own peak."""
+    peaks = 0
+    for process in process_tree(pid):
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        peaks += int(status.split("VmHWM:")[1].split()[0]) * 1024
+    return peaks
+
+
 def cpu_seconds(pid: int) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in process_tree(pid))

@@ -9,17 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deployments import (
-    IMAGE_SPEC,
-    IRIS_LABELS,
-    IRIS_SPEC,
-    export,
-    install,
-    serving,
-    tiny_feature_model,
-    tiny_image_model,
-)
 
+# `deployments` imports TensorFlow (seconds): the fixtures import it, so that pytest-xdist's
+# controller process, which runs no test, starts without it.
 from service.settings import Settings
 from training.data import CIFAR10_LABELS
 
@@ -85,6 +77,8 @@ def _no_service_settings_from_the_shell():
 def exports(tmp_path_factory) -> dict[str, Path]:
     """Version folders: cifar10 v1 and v2 (other weights), iris v1, a 16x24 image model, and an
     iris-shaped model whose weights are all ones (its outputs overflow on huge features)."""
+    from deployments import IMAGE_SPEC, IRIS_LABELS, IRIS_SPEC, export, tiny_feature_model, tiny_image_model
+
     root = tmp_path_factory.mktemp("exports")
     return {
         "cifar10": export(tiny_image_model(32, 32, 10, seed=1), root, "cifar10", IMAGE_SPEC, CIFAR10_LABELS),
@@ -106,6 +100,8 @@ def exports(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def model_dir(tmp_path, exports) -> Path:
     """A fresh MODEL_DIR with cifar10 v1 and iris v1, for tests that change it."""
+    from deployments import install
+
     root = tmp_path / "models"
     install(exports["cifar10"], root)
     install(exports["iris"], root)
@@ -114,6 +110,8 @@ def model_dir(tmp_path, exports) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_models(tmp_path_factory, exports) -> Path:
+    from deployments import install
+
     root = tmp_path_factory.mktemp("shared") / "models"
     install(exports["cifar10"], root)
     install(exports["iris"], root)
@@ -123,5 +121,7 @@ def shared_models(tmp_path_factory, exports) -> Path:
 @pytest.fixture(scope="session")
 def client(shared_models):
     """One app for the tests that only read: cifar10 v1 and iris v1, ready."""
+    from deployments import serving
+
     with serving(shared_models) as client:
         yield client
