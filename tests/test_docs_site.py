@@ -65,7 +65,9 @@ def test_the_shipped_models_cards_are_pages_with_their_figures(site):
 
 def test_the_models_table_shows_every_shipped_version_and_its_calibration(site):
     page = (site / "models" / "shipped.html").read_text()
-    for metadata in ROOT.glob("models/*/*/assets.extra/metadata.json"):
+    shipped = sorted(ROOT.glob("models/*/*/assets.extra/metadata.json"))
+    assert shipped, "no shipped model found: the loop below would check nothing"
+    for metadata in shipped:
         name, version = metadata.parts[-4], metadata.parts[-3]
         assert f"{name}/{version}" in page
         assert metadata.relative_to(ROOT).as_posix() in page  # in the stamp
