@@ -243,12 +243,10 @@ def test_sigterm_turns_health_not_serving_while_rpcs_are_still_answered_then_exi
         target = f"127.0.0.1:{server.grpc_port}"
         assert health(target) == SERVING
         server.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        wait_for(lambda: health(target) == NOT_SERVING, 1.5)
+        # Answered at all, the call was answered within the 3 s delay: after it, the port closes.
+        wait_for(lambda: health(target) == NOT_SERVING, 3)
         response, _ = infer(target, iris_request(), ())
-        answered_within = time.monotonic() - signalled
         assert server.process.wait(timeout=60) == 0
-    assert answered_within < 2.5, "too slow to tell anything about the delay"
     assert response.model_name == "iris"
 
 

@@ -28,13 +28,12 @@ def test_sigterm_turns_readiness_off_while_requests_are_still_served_then_exits(
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         # With several workers the server process passes the signal on to each (some 0.1 s).
-        readiness = wait_for(lambda: (r := httpx.get(f"{server.url}/readyz")).status_code == 503 and r, 1)
+        # Answered at all, these were answered within the delay: after it, nothing listens.
+        readiness = wait_for(lambda: (r := httpx.get(f"{server.url}/readyz")).status_code == 503 and r, 3)
         alive = httpx.get(f"{server.url}/healthz")
         prediction = httpx.post(f"{server.url}/predict/iris", json=GOOD_FEATURES)
-        answered_within = time.monotonic() - signalled
         assert server.process.wait(timeout=60) == 0
         stopped_after = time.monotonic() - signalled
-    assert answered_within < 2.5, "too slow to tell anything about the delay"
     assert (readiness.status_code, readiness.json()["detail"]) == (503, "draining: stopping soon")
     assert alive.status_code == 200 and prediction.status_code == 200
     assert stopped_after >= 3, "the listener closed before the delay was over"
