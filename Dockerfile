@@ -86,7 +86,7 @@ COPY model_repository /app/model_repository
 COPY service /app/service
 # HOST=0.0.0.0: a container is reached through its published port; without API_KEY the ready
 # line warns that predictions are open (docs/operating/security.md). MALLOC_*: memory freed after a burst
-# goes back to the system (service/__main__.py says why; here for the one-worker case too).
+# goes back to the system (service/process/serve.py says why; here for the one-worker case too).
 ENV PYTHONPATH=/app \
     HOST=0.0.0.0 \
     PORT=8000 \

@@ -43,7 +43,8 @@ from training import calibration, data
 
 DATA = "../shared/datasets/cifar10-train.tar.gz"
 BATCH_SIZES = [1, 8, 32, 64, 128]
-SERVICE_SETTINGS = {"INTRA_OP_THREADS": "1"}  # the CPU layout's (service/layout.py), as the image runs it
+# The CPU layout's (service/process/layout.py), as the image runs it.
+SERVICE_SETTINGS = {"INTRA_OP_THREADS": "1"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.server import REPO, cpu_seconds, rss_bytes, serve
-from service.__main__ import MALLOC
+from service.process.serve import MALLOC
 
 RESULTS = REPO / "benchmarks" / "results"
 CLIENTS = 4

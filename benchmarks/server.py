@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from service.layout import layout_for
+from service.process.layout import layout_for
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = ("service", "baseline")
@@ -86,7 +86,7 @@ def serve(
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            # Unset, the service runs its default layout's worker count (service/layout.py).
+            # Unset, the service runs its default layout's worker count (service/process/layout.py).
             workers = int(env.get("WORKERS") or layout_for(env.get("DEVICE", "auto")).workers)
             wait_ready(url, process, ready_timeout, log_path, 10 if until_ready else 0, workers)
             yield Running(url, process.pid, process, int(env["GRPC_PORT"]))

@@ -320,7 +320,7 @@ def mutation(path: Path) -> str:
 
 def hostile_malloc(*paths: Path) -> str:
     """The same corpus with the workers' malloc set differently: memory at its peak and kept."""
-    from service.__main__ import MALLOC  # what python -m service sets when the report says "default"
+    from service.process.serve import MALLOC  # what python -m service sets when the report says "default"
 
     rows, runs = [], []
     for path in paths:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -13,29 +12,26 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from threadpoolctl import threadpool_limits
-from uvicorn.config import STARTUP_FAILURE
 
 from service.dataplane import DataPlane
 from service.deadlines import stated_deadline
 from service.deps import require_api_key
-from service.device import configure_device
 from service.disconnects import CancelWhenClientLeaves
-from service.draining import Drain
 from service.errors import add_error_handlers
 from service.heap import freeze_imports
 from service.identity import ServedBy
 from service.limits import BodyLimits
 from service.loading import WaitForModels
 from service.metrics import Metrics, RequestMetrics
+from service.process.device import configure_device
+from service.process.draining import Drain
+from service.process.ready import open_when_loaded
 from service.protocols import tfserving_grpc, tfserving_routes, v2_grpc, v2_routes
-from service.protocols.grpc_server import GrpcPortTaken, GrpcServer
+from service.protocols.grpc_server import GrpcServer
 from service.registry import ModelRegistry
 from service.responses import JSONResponse
 from service.routes import cards, docs, page, predict, status
 from service.settings import Settings
-from service.startup import announce_when_ready
-
-log = logging.getLogger(__name__)
 
 DECODER_NICENESS = 10
 
@@ -57,22 +53,6 @@ def grpc_server_for(plane: DataPlane, settings: Settings, metrics: Metrics) -> G
     server.add(tfserving_grpc.PREDICTION_SERVICE, tfserving, prediction, tfserving_grpc.GUARDED)
     server.add(tfserving_grpc.MODEL_SERVICE, tfserving, tfserving_grpc.ModelServicer(plane))
     return server
-
-
-async def open_when_loaded(
-    app: FastAPI, registry: ModelRegistry, settings: Settings, grpc_server: GrpcServer | None
-) -> None:
-    """Once the first scan has loaded the models: open the gRPC port, then log the ready line.
-    Nothing holds a gRPC call while models load, as service/loading.py holds HTTP requests, so
-    the port opens only now: with several workers no call meets one still loading."""
-    await registry.first_scan()
-    if grpc_server is not None:
-        try:
-            await grpc_server.start()
-        except GrpcPortTaken as error:  # taken since start-up checked it: stop as that would have
-            log.critical("%s", error)
-            os._exit(STARTUP_FAILURE)  # the supervisor then stops the service (service/supervisor.py)
-    await announce_when_ready(app, registry, settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

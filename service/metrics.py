@@ -114,7 +114,7 @@ class Metrics:
 def forget_worker(pid: int) -> None:
     """Take the live gauges of worker `pid`, which has exited, out of what scrapes sum. Called by
     the worker itself as it stops, and by the server process when it sees a worker die (killed,
-    or crashed, with no chance to call it: service/supervisor.py)."""
+    or crashed, with no chance to call it: service/process/supervisor.py)."""
     if os.environ.get(MULTIPROCESS_DIR):
         multiprocess.mark_process_dead(pid)
 

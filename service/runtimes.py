@@ -149,7 +149,7 @@ _announced = threading.Lock()
 def _announce_xnnpack_quietly(model: bytes) -> None:
     """LiteRT prints its XNNPACK notice to stderr once per process, at the first interpreter: make
     that one here, at load time, with the notice left out of the log and every other line kept,
-    as service.device does for TensorFlow's import notices."""
+    as service.process.device does for TensorFlow's import notices."""
     if not _announced.acquire(blocking=False):
         return
     sys.stderr.flush()

@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.layout import layout_for
+from service.process.layout import layout_for
 
 
 def from_the_machine(part: str):
-    """A default taken from this machine's layout (service/layout.py) for the device asked for,
+    """A default taken from this machine's layout (service/process/layout.py) for the device asked for,
     which is validated first: fields are validated in the order they are declared."""
     return lambda fields: getattr(layout_for(fields.get("device", "auto")), part)
 
@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # Server processes, each with its own event loop, copy of the models and batcher, and
     # TensorFlow's thread pools in each; 0 threads lets TensorFlow choose (one per core). Unset,
     # they follow the cores this process may use, container CPU limits included
-    # (service/layout.py): on CPUs a worker per core with one model thread each, on a GPU one
+    # (service/process/layout.py): on CPUs a worker per core with one model thread each, on a GPU one
     # worker. One scrape of /metrics sums all workers (service/metrics.py).
     workers: int = Field(default_factory=from_the_machine("workers"), ge=1)
     intra_op_threads: int = Field(default_factory=from_the_machine("intra_op_threads"), ge=0)
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     shutdown_timeout_s: int = Field(30, ge=1)
     # After SIGTERM, seconds of answering /readyz with 503 while still serving, before the
     # listener closes: load balancers that check /readyz stop sending requests first
-    # (service/draining.py). 0 under Kubernetes, where the pod's preStop sleep does this.
+    # (service/process/draining.py). 0 under Kubernetes, where the pod's preStop sleep does this.
     drain_delay_s: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")

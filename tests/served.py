@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from service.layout import layout_for
+from service.process.layout import layout_for
 
 ROOT = Path(__file__).resolve().parents[1]
 READY, ANSWERING, STARTED = "ready", "answering", "started"  # how long `serve` waits
@@ -65,7 +65,7 @@ def serve(
     try:
         url = f"http://127.0.0.1:{port}"
         if until != STARTED:
-            # Unset, the service runs its default layout's worker count (service/layout.py).
+            # Unset, the service runs its default layout's worker count (service/process/layout.py).
             workers = int(env.get("WORKERS") or layout_for(env.get("DEVICE", "auto")).workers)
             wait_ready(url, process, ready_timeout, log_path, 10 if until == READY else 0, workers)
         yield Running(url, port, process, int(env["GRPC_PORT"]))

@@ -17,10 +17,10 @@ from payloads import assert_error, encode, photo
 from PIL import Image, ImageFile
 from prometheus_client import CollectorRegistry, Gauge
 
-from service.__main__ import give_memory_back
 from service.app import DECODER_NICENESS
 from service.budget import MIB, BudgetExceeded, DecodeBudget, DecoderBusy
 from service.images import decode_image
+from service.process.serve import give_memory_back
 
 SIZE = (32, 32)
 MAX_PIXELS = 50_000_000

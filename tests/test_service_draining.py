@@ -14,7 +14,7 @@ from deployments import wait_for
 from payloads import GOOD_FEATURES
 from served import serve
 
-from service.draining import Drain
+from service.process.draining import Drain
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service import layout
-from service.layout import usable_cores
+from service.process import layout
+from service.process.layout import usable_cores
 from service.settings import Settings
 
 

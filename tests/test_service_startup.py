@@ -13,8 +13,8 @@ from deployments import wait_for
 from served import ROOT, free_port, stop
 from shipped_service import newest_versions, shipped_service
 
-from service import device
-from service.layout import layout_for
+from service.process import device
+from service.process.layout import layout_for
 
 cpu_only = pytest.mark.skipif(
     device.nvidia_driver_present(), reason="about machines without an NVIDIA driver"

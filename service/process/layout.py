@@ -25,9 +25,9 @@ from pathlib import Path
 
 from joblib import cpu_count
 
-from service.device import nvidia_driver_present
+from service.process.device import nvidia_driver_present
 
-# Set by `python -m service` for its workers: how their number was chosen (service/main.py).
+# Set by `python -m service` for its workers: how their number was chosen (service/process/worker.py).
 WORKERS_WHY = "WORKERS_WHY"
 WORKER_MEMORY_BYTES = 2**30  # a worker's resident size, and room for its batches
 MAX_UNLIMITED_WORKERS = 8
