@@ -42,7 +42,9 @@ def doors(tmp_path_factory, exports):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(registry_module, "load_predictor", broken_refused)
-        with serving_both_doors(root) as both:
+        with serving_both_doors(
+            root, grpc_max_connection_age_s=0
+        ) as both:  # connections kept: docs/api/grpc.md
             yield both
 
 
