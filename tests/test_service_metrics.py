@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from deployments import samples, value
 from payloads import GOOD_FEATURES, GOOD_IMAGE
+from prometheus_client.parser import text_string_to_metric_families
+from shipped_service import ROOT
 
 
 def test_requests_are_counted_by_route_template_and_status(client):
@@ -44,3 +48,24 @@ def test_idle_models_report_an_empty_queue_and_their_live_version(client):
     assert value(now, "model_live_version", model="cifar10") == 1
     assert value(now, "model_live_version", model="iris") == 1
     assert ("model_batch_duration_seconds_count", (("model", "iris"),)) in now
+
+
+def test_the_histograms_buckets_are_those_the_metrics_page_lists(client):
+    """Queries and alerts are written against the `le` labels (the latency alert's 1 s among
+    them): docs/operating/metrics.md lists them, and a scrape serves exactly those."""
+    page = (ROOT / "docs" / "operating" / "metrics.md").read_text()
+    listed = [
+        [float(le) for le in found.split(", ")]
+        for found in re.findall(r"`(\d[\d., ]+\d)`", page.split("The histograms' buckets")[1])[:2]
+    ]
+    client.post("/predict/iris", json=GOOD_FEATURES)
+    served: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf":
+                bounds = served.setdefault(family.name, [])
+                if float(sample.labels["le"]) not in bounds:
+                    bounds.append(float(sample.labels["le"]))
+    assert served["http_request_duration_seconds"] == served["model_batch_duration_seconds"] == listed[0]
+    assert served["model_batch_size"] == listed[1]
+    assert 1.0 in listed[0]  # CifarServingLatencyHigh: p99 above 1 s
