@@ -35,6 +35,9 @@ def test_requests_are_counted_by_route_template_and_status(client):
     )
     assert delta("http_requests_total", route="unmatched", method="GET", status="404", protocol="native") == 1
     assert delta("http_request_duration_seconds_count", route="/predict/image", protocol="native") == 1
+    assert (
+        0 < delta("http_request_duration_seconds_sum", route="/predict/image", protocol="native") < 10
+    )  # seconds
     assert delta("model_batch_size_count", model="cifar10") == 1
     assert delta("model_batch_size_sum", model="iris") == 1
 
