@@ -16,6 +16,7 @@ def test_requests_are_counted_by_route_template_and_status(client):
     client.post("/predict/iris", json={"features": [1]})
     client.post("/predict/image", files={"file": GOOD_IMAGE})
     client.get("/no/such/path/123")
+    client.get("/openapi.json")  # a plain Starlette route, which puts itself in no scope
     after = samples(client)
 
     def delta(name, **labels):  # a counter's series appears with its first increment
@@ -34,6 +35,10 @@ def test_requests_are_counted_by_route_template_and_status(client):
         == 1
     )
     assert delta("http_requests_total", route="unmatched", method="GET", status="404", protocol="native") == 1
+    assert (
+        delta("http_requests_total", route="/openapi.json", method="GET", status="200", protocol="native")
+        == 1
+    )
     assert delta("http_request_duration_seconds_count", route="/predict/image", protocol="native") == 1
     assert (
         0 < delta("http_request_duration_seconds_sum", route="/predict/image", protocol="native") < 10
