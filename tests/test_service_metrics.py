@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from deployments import samples, value
+from deployments import samples, serving, value
 from payloads import GOOD_FEATURES, GOOD_IMAGE
 from prometheus_client.parser import text_string_to_metric_families
 from shipped_service import ROOT
@@ -77,3 +77,20 @@ def test_the_histograms_buckets_are_those_the_metrics_page_lists(client):
     assert served["http_request_duration_seconds"] == served["model_batch_duration_seconds"] == listed[0]
     assert served["model_batch_size"] == listed[1]
     assert 1.0 in listed[0]  # CifarServingLatencyHigh: p99 above 1 s
+
+
+def test_a_request_that_fails_unexpectedly_is_counted_500(shared_models, monkeypatch):
+    """Starlette answers it from outside every middleware, so the metrics never see a response
+    start: counted as the 500 its client gets."""
+    with serving(shared_models) as client:
+        before = samples(client)
+        monkeypatch.setattr(client.app.state.dataplane, "classify", lambda *args: 1 / 0)
+        assert client.post("/predict/iris", json=GOOD_FEATURES).status_code == 500
+        after = samples(client)
+    labels = {"route": "/predict/{model}", "method": "POST", "status": "500", "protocol": "native"}
+    key = ("http_requests_total", tuple(sorted(labels.items())))
+    assert value(after, "http_requests_total", **labels) - before.get(key, 0.0) == 1
+
+
+def test_the_app_records_its_workers_resident_memory(client):
+    assert value(samples(client), "process_worker_resident_memory_bytes") > 0
