@@ -373,3 +373,15 @@ def test_connections_end_at_their_age_and_a_call_in_flight_still_finishes(tmp_pa
     answered, state = running(scenario())
     assert answered == "a second"
     assert (state == grpc.ChannelConnectivity.READY) == (age_s == 0)
+
+
+def test_a_port_taken_between_the_check_and_the_start_is_refused_with_why(tmp_path):
+    server = server_for(tmp_path, Plane())
+    server.check_port()
+    with socket.socket() as other:  # another program, quicker than the models' loading
+        other.bind(("127.0.0.1", server.settings.grpc_port))
+        other.listen()
+        with pytest.raises(
+            GrpcPortTaken, match=f"GRPC_PORT {server.settings.grpc_port} on 127.0.0.1 cannot be bound"
+        ):
+            running(server.start())
