@@ -186,7 +186,7 @@ GIB = 2**30
     ("cores", "memory", "workers"),
     [
         (2, None, 2),  # no memory limit: a worker per core...
-        (32, None, layout.MAX_UNLIMITED_WORKERS),  # ...up to a cap
+        (32, None, 8),  # ...up to 8, as a 32-core host without limits runs
         (8, 3 * GIB, 3),  # the memory limit holds three workers of 1 GiB
         (2, 16 * GIB, 2),  # plenty of memory: the cores decide
         (4, GIB // 2, 1),  # too little for one: one all the same
@@ -199,11 +199,20 @@ def test_workers_are_the_fewest_of_cores_and_what_fits_the_memory_limit(cores, m
     assert ("memory limit" in why) == (memory is not None or cores > layout.MAX_UNLIMITED_WORKERS)
 
 
+def test_the_ready_line_says_how_the_memory_limit_chose_the_workers():
+    assert layout.worker_count(8, 3 * GIB + GIB // 2) == (
+        3,
+        "8 usable cores, 3 fit in the 3.5 GiB memory limit at 1 GiB each",
+    )
+
+
 def test_the_memory_limit_is_read_from_the_cgroup(tmp_path):
     v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
     assert layout.memory_limit((v2, v1)) is None  # no cgroup files: no limit
     v1.write_text(f"{2**63 - 4096}\n")  # cgroup v1's "no limit"
     assert layout.memory_limit((v2, v1)) is None
+    v1.write_text(f"{3 * GIB}\n")  # cgroup v1 alone (no v2 file) with a limit
+    assert layout.memory_limit((v2, v1)) == 3 * GIB
     v2.write_text("max\n")
     assert layout.memory_limit((v2, v1)) is None
     v2.write_text(f"{4 * GIB}\n")

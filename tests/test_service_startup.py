@@ -3,18 +3,25 @@ line on a CPU-only machine, and one line per worker saying what it serves and wh
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 
+import grpc
 import pytest
-from deployments import wait_for
+from deployments import serving, wait_for
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from served import ROOT, free_port, stop
 from shipped_service import newest_versions, shipped_service
 
-from service.process import device
+from service import registry as registry_module
+from service.process import device, ready
 from service.process.layout import layout_for
+from service.protocols.grpc_server import GrpcServer
 
 cpu_only = pytest.mark.skipif(
     device.nvidia_driver_present(), reason="about machines without an NVIDIA driver"
@@ -125,3 +132,52 @@ def test_under_a_server_of_its_own_the_app_says_it_is_one_process(tmp_path):
         stop(process)
     [line] = ready_lines(log.read_text())
     assert "; 1 worker (this process, started by a server other than python -m service);" in line
+
+
+def test_the_grpc_port_opens_only_once_the_models_are_loaded_and_before_the_ready_line(
+    model_dir, monkeypatch, caplog
+):
+    """Nothing holds a gRPC call while models load (as WaitForModels holds HTTP requests): a
+    port open early would answer calls with "not ready" that another worker could have served.
+    Loading is held until the app has started and answered a request; meanwhile the port must
+    refuse connections; then it opens after both models have loaded, and before the ready line
+    that names it."""
+    events: list[str] = []
+    gate = threading.Event()
+    load, start = registry_module.load_predictor, GrpcServer.start
+
+    def held_load(*args):
+        gate.wait(60)
+        loaded = load(*args)
+        events.append("model loaded")
+        return loaded
+
+    async def spied_start(self):
+        events.append("grpc opens")
+        return await start(self)
+
+    class ReadyLine(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("ready:"):
+                events.append("ready line")
+
+    monkeypatch.setattr(registry_module, "load_predictor", held_load)
+    monkeypatch.setattr(GrpcServer, "start", spied_start)
+    caplog.set_level(logging.INFO, logger=ready.__name__)
+    logging.getLogger(ready.__name__).addHandler(handler := ReadyLine())
+    port = free_port()
+    try:
+        with serving(model_dir, ready=False, grpc_port=port) as client:
+            assert client.get("/healthz").status_code == 200  # the event loop has run its tasks
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            assert events == []
+            gate.set()
+            wait_for(lambda: "ready line" in events, timeout=60)
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        gate.set()
+        logging.getLogger(ready.__name__).removeHandler(handler)
+    assert events == ["model loaded", "model loaded", "grpc opens", "ready line"]
