@@ -15,9 +15,9 @@ import pytest
 from deployments import service_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from served import free_port
+from service.identity import replica_identity
 
 from service.batching import QueueFull
-from service.identity import replica_identity
 from service.metrics import Metrics
 from service.protocols.grpc_server import GrpcPortTaken, GrpcServer
 from service.protocols.third_party import open_inference_pb2 as oip
