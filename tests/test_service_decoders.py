@@ -5,6 +5,7 @@ refused before its body is read, as one the model could not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 
@@ -136,25 +137,38 @@ def test_a_run_under_way_stops_at_the_next_file_once_its_caller_is_gone():
     assert decoded == [1]
 
 
-def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_before_its_body_is_read(
-    shared_models,
-):
+def upload(client, timeout_s: str):
+    return client.post(
+        "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": timeout_s}
+    )
+
+
+@contextlib.contextmanager
+def another_request_decoding(client, files: list[int]):
+    """Another request's `files` on the decoder threads until the block ends."""
     release = threading.Event()
 
     def held(file: int) -> int:
         release.wait(30)
         return file
 
+    busy = client.portal.start_task_soon(client.app.state.decoders.map, held, files)
+    try:
+        yield
+    finally:
+        release.set()
+    busy.result(30)
+
+
+def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_before_its_body_is_read(
+    shared_models,
+):
     with serving(shared_models) as client:
-        decoders = client.app.state.decoders
         for _ in range(9):  # as if a file had lately taken 10 s to decode
-            decoders.rate.record(1, 10.0)
-        # Another request's file on each thread: 10 s of decoding ahead of anything else.
-        busy = client.portal.start_task_soon(decoders.map, held, [1, 2])
-        try:
-            response = client.post(
-                "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "5"}
-            )
+            client.app.state.decoders.rate.record(1, 10.0)
+        # A file on each thread: 10 s of decoding ahead of anything else.
+        with another_request_decoding(client, [1, 2]):
+            response = upload(client, "5")
             # Iris's requests are not decoded: the decoders' backlog is not theirs to wait for.
             flower = client.post(
                 "/v2/models/iris/infer",
@@ -162,12 +176,7 @@ def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_b
                 headers={"Request-Timeout": "5"},
             )
             metrics = client.get("/metrics").text
-        finally:
-            release.set()
-        busy.result(30)
-        patient = client.post(
-            "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "60"}
-        )
+        patient = upload(client, "60")
     assert response.status_code == 503
     assert "after the request's deadline" in response.json()["detail"]
     assert 8 <= int(response.headers["Retry-After"]) <= 10
@@ -177,31 +186,17 @@ def test_an_image_request_the_decoders_cannot_reach_by_its_deadline_is_refused_b
 
 
 def test_an_image_request_counts_its_own_files_as_many_as_the_recent_requests_brought(shared_models):
-    release = threading.Event()
-
-    def held(file: int) -> int:
-        release.wait(30)
-        return file
-
     with serving(shared_models) as client:
         decoders = client.app.state.decoders
         for _ in range(3):  # the recent requests brought 16 files each
             client.portal.call(decoders.map, lambda file: file, list(range(16)))
         for _ in range(9):  # and a file has lately taken a second to decode
             decoders.rate.record(1, 1.0)
-        busy = client.portal.start_task_soon(decoders.map, held, [1, 2])  # a second ahead
-        try:
+        with another_request_decoding(client, [1, 2]):  # a second ahead
             # 1 s ahead and 8 s of its own (16 files on two threads): past its 5 s.
-            response = client.post(
-                "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "5"}
-            )
-        finally:
-            release.set()
-        busy.result(30)
+            response = upload(client, "5")
         # With nothing ahead of it, the same request is taken: the estimate may be wrong.
-        alone = client.post(
-            "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": "5"}
-        )
+        alone = upload(client, "5")
     assert response.status_code == 503
     assert "would answer in about 9.00 s" in response.json()["detail"]
     assert alone.status_code == 200

@@ -86,9 +86,15 @@ def test_one_worker_runs_a_server_configured_from_the_settings(command, monkeypa
     assert {name: os.environ[name] for name in serve.MALLOC} == serve.MALLOC
 
 
-def test_a_server_that_never_started_exits_as_a_failed_start_up(command, monkeypatch):
-    monkeypatch.setenv("WORKERS", "1")
-    command.started = False
+@pytest.mark.parametrize(
+    "workers, failure",
+    [("1", {"started": False}), ("2", {"failed_to_start": True})],
+    ids=["a server that never started", "a worker that failed to start"],
+)
+def test_a_failed_start_up_exits_as_one(command, monkeypatch, workers, failure):
+    monkeypatch.setenv("WORKERS", workers)
+    for flag, value in failure.items():
+        setattr(command, flag, value)
     with pytest.raises(SystemExit) as exit_:
         serve.main()
     assert exit_.value.code == STARTUP_FAILURE
@@ -101,14 +107,6 @@ def test_several_workers_run_under_the_supervisor_on_one_bound_socket_sharing_me
     [listening] = command.sockets
     assert listening.getsockname()[1] == Settings().port
     assert (ROOT / os.environ["PROMETHEUS_MULTIPROC_DIR"]).is_dir()
-
-
-def test_a_worker_that_failed_to_start_fails_the_service(command, monkeypatch):
-    monkeypatch.setenv("WORKERS", "2")
-    command.failed_to_start = True
-    with pytest.raises(SystemExit) as exit_:
-        serve.main()
-    assert exit_.value.code == STARTUP_FAILURE
 
 
 def test_ctrl_c_is_a_quiet_stop(command, monkeypatch):
