@@ -15,10 +15,10 @@ import pytest
 from deployments import service_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from served import free_port
-from service.identity import replica_identity
 
 from service.batching import QueueFull
 from service.metrics import Metrics
+from service.middleware import replica_identity
 from service.protocols.grpc_server import GrpcPortTaken, GrpcServer
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.registry import UnknownModel
@@ -47,6 +47,11 @@ class Plane:
     def states(self) -> list[Model]:
         self.looks += 1
         return self.models
+
+    @property
+    def registry(self) -> Plane:
+        """The server reads both from the plane's registry: here, the stand-in itself."""
+        return self
 
 
 class Servicer:

@@ -280,7 +280,7 @@ def test_predict_refuses_encoded_images_of_any_other_shape(doors, shape):
     request = predict_request("cifar10", "image", strings([GOOD_IMAGE] * 2, shape))
     assert code_of(channel, PREDICTION + "Predict", request, tfs.PredictResponse) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"input 'image' of encoded images must have shape [n]; got {shape}",
+        f"input 'image' of encoded images must have shape [n] (or [n, 1]); got {shape}",
     )
 
 

@@ -299,7 +299,10 @@ def test_without_shared_metrics_forgetting_a_worker_does_nothing_and_a_scrape_is
 
 
 def test_a_metrics_folder_is_made_when_none_is_named(monkeypatch, tmp_path):
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # Set before it is deleted, so that monkeypatch puts back its absence: the call below sets it,
+    # and a folder named there would turn every later test's metrics into files' (none).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(metrics.tempfile, "tempdir", None)
     made = metrics.share_between_workers()
