@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -378,6 +379,40 @@ def test_connections_end_at_their_age_and_a_call_in_flight_still_finishes(tmp_pa
     answered, state = running(scenario())
     assert answered == "a second"
     assert (state == grpc.ChannelConnectivity.READY) == (age_s == 0)
+
+
+def test_health_reads_the_models_twice_a_second_not_in_a_busy_loop(tmp_path):
+    plane = Plane(ready=True)
+
+    async def scenario():
+        server = server_for(tmp_path, plane)
+        await server.start()
+        try:
+            await asyncio.sleep(1.2)
+            return plane.looks
+        finally:
+            await server.stop(0)
+
+    assert 1 <= running(scenario()) <= 4  # HEALTH_INTERVAL_S = 0.5
+
+
+def test_an_aged_connections_calls_get_shutdown_timeout_s_to_finish_and_no_more(tmp_path):
+    """An aged connection is held open for its calls in flight for SHUTDOWN_TIMEOUT_S, as a
+    draining server is: a call that outlives that is ended, not kept for ever."""
+
+    async def scenario():
+        server = server_for(tmp_path, Plane(), grpc_max_connection_age_s=0.2, shutdown_timeout_s=1)
+        await server.start()
+        try:
+            started = time.monotonic()
+            code, *_ = await call(server, INFER, oip.ModelInferRequest(id="slow"), oip.ModelInferResponse)
+            return code, time.monotonic() - started
+        finally:
+            await server.stop(0)
+
+    code, seconds = running(scenario())
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert seconds < 4  # the call takes 5 s: ended at the age plus the grace
 
 
 def test_a_port_taken_between_the_check_and_the_start_is_refused_with_why(tmp_path):

@@ -13,7 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from service import deadlines
 from service.metrics import Metrics
-from service.middleware import BodyLimits, WaitForModels, install
+from service.middleware import BodyLimits, CancelWhenClientLeaves, WaitForModels, install
 from service.settings import Settings
 
 CAP = 100
@@ -123,3 +123,27 @@ def test_while_loading_only_what_needs_no_model_is_answered_without_waiting():
     assert scan_waited == [True]
     asyncio.run(run({"type": "lifespan", "path": "/predict/iris", "app": App()}))
     assert scan_waited == [True]  # only HTTP requests wait
+
+
+def test_the_disconnect_is_watched_for_only_once_the_whole_body_is_in():
+    """The watcher reads the messages after the body: started on a first chunk, it would take
+    the rest of the body from the route."""
+    scope, receive = body([b"a" * 10, b"b" * 10, b"c" * 10])
+    read: list[bytes] = []
+
+    async def route(scope, receive, send):
+        while True:
+            message = await receive()
+            read.append(message["body"])
+            await asyncio.sleep(0.01)  # the watcher, if started, would read meanwhile
+            if not message["more_body"]:
+                break
+
+    async def run():
+        async def sent(message):
+            pass
+
+        await asyncio.wait_for(CancelWhenClientLeaves(route)(scope, receive, sent), 5)
+
+    asyncio.run(run())
+    assert read == [b"a" * 10, b"b" * 10, b"c" * 10]
