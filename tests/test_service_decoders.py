@@ -6,22 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import threading
 
 import pytest
 from deployments import serving
-from PIL import Image
+from payloads import GOOD_FEATURES, GOOD_IMAGE
 
 from service.decoders import Decoders
 
-FLOWER = [5.1, 3.5, 1.4, 0.2]
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 40), "red").save(buffer, "PNG")
-    return buffer.getvalue()
+FLOWER = GOOD_FEATURES["features"]
 
 
 def test_a_requests_files_come_back_in_order_each_decoded_or_with_its_own_error():
@@ -139,7 +132,9 @@ def test_a_run_under_way_stops_at_the_next_file_once_its_caller_is_gone():
 
 def upload(client, timeout_s: str):
     return client.post(
-        "/predict/image/cifar10", files={"file": ("a.png", png())}, headers={"Request-Timeout": timeout_s}
+        "/predict/image/cifar10",
+        files={"file": ("a.png", GOOD_IMAGE)},
+        headers={"Request-Timeout": timeout_s},
     )
 
 
