@@ -20,7 +20,7 @@ from served import free_port
 from service.batching import QueueFull
 from service.metrics import Metrics
 from service.middleware import replica_identity
-from service.protocols.grpc_server import GrpcPortTaken, GrpcServer
+from service.protocols.grpc_server import Door, GrpcPortTaken, GrpcServer
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.registry import UnknownModel
 
@@ -132,6 +132,22 @@ async def health_becomes(server: GrpcServer, expected: dict[str, int | grpc.Stat
 
 def running(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def test_health_answers_truly_from_the_first_call(tmp_path):
+    """Not grpc's default (the whole server SERVING, every other name NOT_FOUND) until the
+    server's first look at its models."""
+    plane = Plane(ready=False, models=[Model("iris")])
+
+    async def scenario():
+        server = server_for(tmp_path, plane)
+        await server.start()
+        try:
+            return {name: await health(server, name) for name in ("", V2, "iris")}
+        finally:
+            await server.stop(0)
+
+    assert running(scenario()) == {"": NOT_SERVING, V2: NOT_SERVING, "iris": SERVING}
 
 
 def test_health_follows_readiness_the_server_each_service_and_each_model_by_name(tmp_path):
@@ -250,9 +266,53 @@ def test_errors_get_the_tables_code_and_message_and_a_full_queue_its_retry_hint(
     assert metrics.registry.get_sample_value("service_errors_total", {"kind": "unhandled"}) == 1
 
 
+class CancelledContext:
+    """What the Door reads of a call grpc.aio cancels: the time it had left, as grpc gives it
+    (`max(deadline - now, 0)`: 0 once the deadline has passed; None without a deadline)."""
+
+    def __init__(self, time_remaining: float | None):
+        self.remaining = time_remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def set_trailing_metadata(self, metadata) -> None:
+        pass
+
+    def invocation_metadata(self):
+        return ()
+
+
+@pytest.mark.parametrize(
+    "time_remaining, counted",
+    [(0.0, "504"), (None, "499"), (0.001, "499"), (5.0, "499")],
+    ids=["deadline passed", "no deadline", "a moment left", "time left"],
+)
+def test_a_cancelled_call_is_counted_504_once_its_deadline_has_passed_else_499(time_remaining, counted):
+    """Which of the two a call over the wire reaches races (at its deadline the client cancels
+    too, and either can reach the server first), so the Door is called here as grpc.aio calls
+    it, with a call cancelled as grpc.aio cancels it."""
+    metrics = Metrics()
+
+    async def waits(request, context):
+        raise asyncio.CancelledError
+
+    answer = Door(metrics, guarded=(), expected_key=None)._answer(INFER, waits, guarded=False)
+    with pytest.raises(asyncio.CancelledError):
+        running(answer(oip.ModelInferRequest(), CancelledContext(time_remaining)))
+    statuses = {
+        s.labels["status"]: s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "http_requests_total"
+    }
+    assert statuses == {counted: 1}
+
+
 def test_a_call_its_client_cancels_is_counted_499_however_little_time_it_had_left(tmp_path):
     """(One past its deadline is DEADLINE_EXCEEDED to its client, and counted 504 or, when the
-    client's own cancel at the deadline reaches the server first, 499: a race, not tested here.)"""
+    client's own cancel at the deadline reaches the server first, 499: a race, not tested here
+    but above, in-process.)"""
 
     def counted(server: GrpcServer) -> dict[str, float]:
         return {
@@ -393,7 +453,8 @@ def test_health_reads_the_models_twice_a_second_not_in_a_busy_loop(tmp_path):
         finally:
             await server.stop(0)
 
-    assert 1 <= running(scenario()) <= 4  # HEALTH_INTERVAL_S = 0.5
+    # HEALTH_INTERVAL_S = 0.5: once at the start, then at 0.5 s and 1.0 s (and 1.5 s, late)
+    assert 3 <= running(scenario()) <= 4
 
 
 def test_an_aged_connections_calls_get_shutdown_timeout_s_to_finish_and_no_more(tmp_path):

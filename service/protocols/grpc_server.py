@@ -204,8 +204,7 @@ class GrpcServer:
             port = self.server.add_insecure_port(self.address)
         except RuntimeError as error:  # taken between check_port and now
             raise GrpcPortTaken(self._taken(str(error))) from None
-        for service in ("", *self.services):
-            await self.health.set(service, NOT_SERVING)
+        await self._look()  # health answers from the first call on, not grpc's default SERVING
         await self.server.start()
         self._watcher = asyncio.create_task(self._watch_health(), name="grpc-health")
         return port
@@ -242,19 +241,22 @@ class GrpcServer:
             await self.server.stop(grace_s)
 
     async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self._look()
+
+    async def _look(self) -> None:
         """The whole server and each protocol service are SERVING while the replica is ready
         (as /readyz); each model, under its own name, while it is, and NOT_SERVING once gone."""
-        while True:
-            ready = SERVING if self.plane.registry.ready else NOT_SERVING
-            for service in ("", *self.services):
-                await self.health.set(service, ready)
-            models = self.plane.registry.states()
-            for model in models:
-                await self.health.set(model.name, NOT_SERVING if model.problem else SERVING)
-            for gone in self._models - {model.name for model in models}:
-                await self.health.set(gone, NOT_SERVING)
-            self._models = {model.name for model in models}
-            await asyncio.sleep(HEALTH_INTERVAL_S)
+        ready = SERVING if self.plane.registry.ready else NOT_SERVING
+        for service in ("", *self.services):
+            await self.health.set(service, ready)
+        models = self.plane.registry.states()
+        for model in models:
+            await self.health.set(model.name, NOT_SERVING if model.problem else SERVING)
+        for gone in self._models - {model.name for model in models}:
+            await self.health.set(gone, NOT_SERVING)
+        self._models = {model.name for model in models}
 
 
 def _without_context(implementation: Callable[[Any], Awaitable[Any]]) -> Callable:
