@@ -90,7 +90,7 @@ class Settings(BaseSettings):
 
     # Where the server listens, what it logs, and whether it logs every request.
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
     # gRPC (Open Inference Protocol v2, TF Serving's PredictionService, grpc.health.v1) on this
     # port of the same host, served by every worker; 0 turns it off. 8081 is KServe's and
     # MLServer's (Triton's is 8001, TF Serving's 8500: docs/api/grpc.md). Messages are held to

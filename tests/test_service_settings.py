@@ -92,6 +92,9 @@ LOWEST = {
     "timeout_keep_alive_s": (1, 0),
     "shutdown_timeout_s": (1, 0),
     "drain_delay_s": (0, -0.5),
+    "port": (0, -1),
+    "grpc_port": (0, -1),  # 0: no gRPC
+    "grpc_max_connection_age_s": (0, -0.5),  # 0: connections kept
 }
 
 
@@ -102,6 +105,13 @@ def test_each_limit_takes_its_lowest_value_and_refuses_below_it(field):
     assert getattr(Settings(**fits, **{field: lowest}), field) == lowest
     with pytest.raises(ValidationError, match=field):
         Settings(**fits, **{field: below})
+
+
+@pytest.mark.parametrize("field", ["port", "grpc_port"])
+def test_a_port_is_at_most_65535(field):
+    assert getattr(Settings(**{field: 65535}), field) == 65535
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: 65536})
 
 
 def test_environment_variables_in_capitals(monkeypatch):
