@@ -13,7 +13,9 @@ from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error, encode, photo, png
 
 from service.batching import Closed, Crashed, QueueFull
 from service.budget import BudgetExceeded, DecoderBusy
-from service.errors import headers_of, status_of
+import grpc
+
+from service.errors import GRPC_CODES, STATUS, grpc_code_of, headers_of, status_of, status_of_grpc_code
 from service.faults import BodyTooLarge, TooManyRows
 from service.images import ImageTooLarge
 from service.registry import ModelNotReady, UnknownModel
@@ -414,3 +416,25 @@ def test_uploads_never_touch_the_disk(client, monkeypatch):
     big = encode(photo(size=(1024, 1024)), "PNG")  # over Starlette's 1 MB spooling threshold
     assert len(big) > 1024 * 1024
     assert client.post("/predict/image", files={"file": big}).status_code == 200
+
+
+def test_an_rpc_another_layer_aborted_is_counted_as_the_status_its_code_stands_for():
+    """(gRPC health's NOT_FOUND for a name it never served is counted 404, as REST's would be.)"""
+    assert status_of_grpc_code(grpc.StatusCode.NOT_FOUND) == 404
+    for code in set(GRPC_CODES.values()):
+        assert grpc_code_of(status_of_grpc_code(code)) == code
+    assert status_of_grpc_code(grpc.StatusCode.ABORTED) == 500  # none of the service's own
+
+
+def test_the_openapi_document_lists_every_error_a_protocol_route_answers(client):
+    """Each in the protocols' shape, `{"error": ...}`: the faults' statuses, and the body limits'
+    408 and 413 and the media type's 415, which the HTTP layer raises."""
+    answered = {str(status) for status in STATUS.values()} | {"408", "413", "415"}
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, method in [("/v2/models/{model}/infer", "post"), ("/v1/models/{model}:predict", "post")]:
+        responses = paths[path][method]["responses"]
+        errors = {status for status in responses if status[0] == "4" or status[0] == "5"}
+        assert answered <= errors, path
+        for status in errors:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ProtocolError"}, (path, status)
