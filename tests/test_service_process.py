@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import runpy
 import signal
 import socket
 import subprocess
@@ -320,3 +321,15 @@ def test_each_worker_records_its_resident_memory():
     status = Path("/proc/self/status").read_text()
     kib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1))
     assert 0.9 * kib * 1024 < resident < 1.1 * kib * 1024
+
+
+def test_python_m_service_serves_and_a_worker_importing_it_again_does_not(monkeypatch):
+    """Worker processes (multiprocessing's spawn) import the main module again, under another
+    name: only `python -m service` itself may call main()."""
+    served = []
+    monkeypatch.setattr(serve, "main", lambda: served.append("main"))
+    monkeypatch.delitem(sys.modules, "service.__main__", raising=False)
+    runpy.run_module("service", run_name="__mp_main__")  # as a spawned worker imports it
+    assert served == []
+    runpy.run_module("service", run_name="__main__")
+    assert served == ["main"]
