@@ -376,6 +376,29 @@ async def a_busy_model(batcher: MicroBatcher, predictor: FakePredictor) -> async
     return busy
 
 
+def test_a_batcher_is_idle_only_with_no_request_announced_queued_or_computed():
+    """What a retired version's batcher waits for before it closes (service/registry.py)."""
+
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        states = [batcher.idle]
+        with batcher.expecting():
+            states.append(batcher.idle)  # a body still coming in
+        busy = await a_busy_model(batcher, predictor)
+        states.append(batcher.idle)  # computed
+        queued = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor))
+        await until(lambda: batcher.queued == 1)
+        states.append(batcher.idle)  # computed and queued
+        predictor.gate.set()
+        await asyncio.gather(busy, queued)
+        states.append(batcher.idle)
+        await batcher.close()
+        return states
+
+    assert run(scenario()) == [True, False, False, False, True]
+
+
 def test_a_request_still_queued_at_its_deadline_is_dropped_and_never_computed():
     async def scenario():
         predictor, loads = FakePredictor(), []
@@ -401,8 +424,9 @@ def test_a_caller_that_stops_waiting_takes_its_rows_out_of_the_queue_at_once():
         predictor = FakePredictor()
         batcher = MicroBatcher("fake", 8, 0, 100)
         busy = await a_busy_model(batcher, predictor)
-        leaving = asyncio.create_task(batcher.predict(np.array([[1.0], [2.0]]), predictor))
+        # Behind another request: the queue finds it as itself, not by comparing rows.
         staying = asyncio.create_task(batcher.predict(np.array([[3.0]]), predictor))
+        leaving = asyncio.create_task(batcher.predict(np.array([[1.0], [2.0]]), predictor))
         await until(lambda: batcher.queued == 3)
         leaving.cancel()  # what grpc.aio does to a cancelled call, and service.middleware to a gone client
         await until(lambda: batcher.queued == 1)
@@ -445,6 +469,7 @@ def test_a_request_that_could_not_be_answered_by_its_deadline_is_refused_with_wh
         return too_soon.value, announced.value, behind_more.value, predictor.batches
 
     too_soon, announced, behind_more, batches = run(scenario())
+    assert "after the request's deadline (3.00 s)" in str(too_soon)  # the seconds it had left
     assert too_soon.retry_after_s == 2 and announced.retry_after_s == 2  # the busy call's 2 s
     assert behind_more.retry_after_s == 4  # and the patient request's row
     assert batches == [1, 1]  # the refused rows never queued

@@ -93,6 +93,7 @@ def test_a_request_may_set_its_own_threshold(doors):
     assert native(client, [grey])[0]["abstain"] is True
     assert native(client, [grey], abstain_threshold=0.6)[0]["abstain"] is False
     assert native(client, [BLACK], abstain_threshold=-1)[0]["abstain"] is True
+    assert native(client, [BLACK], abstain_threshold=0)[0]["abstain"] is False  # above it, not at it
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "high"])
