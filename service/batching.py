@@ -43,7 +43,7 @@ class QueueFull(Exception):
     """The queue cannot take the request: too many rows waiting, or too much work ahead of it to
     finish before its deadline. The rows ahead should be done in `retry_after_s` seconds."""
 
-    def __init__(self, message: str, retry_after_s: int = 1):
+    def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,7 +15,7 @@ from deployments import serving
 from payloads import png
 from payloads import random_images as images
 
-from service.batching import Closed, Crashed, DeadlineExceeded, MicroBatcher, QueueFull
+from service.batching import Closed, Crashed, DeadlineExceeded, MicroBatcher, QueueFull, ServiceRate
 
 
 class FakePredictor:
@@ -38,7 +40,17 @@ class FakePredictor:
 
 
 def run(coroutine):
-    return asyncio.run(coroutine)
+    """Run a scenario; an error the event loop was left to report (a callback's, a task's
+    nobody awaited) fails it too: the batcher's own callbacks must never raise."""
+    errors = []
+
+    async def scenario():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        return await coroutine
+
+    result = asyncio.run(scenario())
+    assert errors == []
+    return result
 
 
 def behind_a_busy_model(
@@ -508,3 +520,165 @@ def test_a_batch_ends_before_a_request_it_would_make_late():
 
     assert batches_with_rate_now(1.0) == [1, 2]
     assert batches_with_rate_now(40.0) == [1, 1, 1]  # two rows together: 80 s, past the deadline
+
+
+def test_the_rate_is_the_first_calls_then_at_least_the_slower_of_two_then_the_upper_quartile_of_nine():
+    rate = ServiceRate()
+    assert rate.seconds_for(4) == 0.0  # nothing measured yet
+    rate.record(10, 5.0)
+    assert rate.seconds_for(4) == 2.0  # 0.5 s a row
+    rate.record(1, 1.5)
+    assert rate.seconds_for(1) >= 1.5  # cautious: not the first call's 0.5 s alone
+    rate.record(1, 100.0)  # pushed out by the nine calls after it
+    for seconds in range(1, 10):
+        rate.record(2, 2.0 * seconds)  # 1 to 9 s a row
+    assert rate.seconds_for(2) == 2 * 7.5  # the upper quartile of 1..9
+
+
+class Clock:
+    """The running event loop's clock, held still and moved by hand: nothing depends on how fast
+    the machine runs, and boundaries can be met exactly (timers fire only once it is moved)."""
+
+    def __init__(self, at: float = 1000.0):
+        self.now = at
+        asyncio.get_running_loop().time = lambda: self.now
+
+
+async def held(condition, timeout: float = 5.0) -> None:
+    """`until`, for a held clock: yields to the event loop without sleeping on its clock."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0)
+
+
+def test_a_request_due_now_is_late_and_one_expected_exactly_at_its_deadline_is_taken():
+    async def scenario():
+        clock = Clock()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        with pytest.raises(DeadlineExceeded), batcher.expecting(clock.now):
+            pass
+        # Half a second of decoding ahead of it, nothing else: done at its deadline exactly.
+        with batcher.expecting(clock.now + 0.5, ahead_s=0.5):
+            pass
+        with pytest.raises(QueueFull) as refused, batcher.expecting(clock.now + 0.25, ahead_s=0.5):
+            pass
+        measured(batcher, 1.0)  # its own rows are counted once they come, not when announced
+        with batcher.expecting(clock.now + 0.5, ahead_s=0.5):
+            pass
+        await batcher.close()
+        return refused.value
+
+    assert run(scenario()).retry_after_s == 1  # at least a second, though the wait ahead is less
+
+
+def test_a_model_past_its_expected_time_counts_as_finishing_now_not_as_time_in_hand():
+    async def scenario():
+        clock = Clock()
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        measured(batcher, 1.0)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        await held(lambda: batcher.computing == 1)  # expected to take a second
+        clock.now += 1.5  # and still computing half a second later
+        with pytest.raises(QueueFull) as refused, batcher.expecting(clock.now + 0.5, own_s=0.75):
+            pass  # its own decoding alone would make it late
+        predictor.gate.set()
+        await busy
+        await batcher.close()
+        return refused.value
+
+    assert run(scenario()).retry_after_s == 1
+
+
+def test_a_batch_takes_a_request_it_would_answer_exactly_at_its_deadline():
+    async def scenario():
+        clock = Clock()
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        measured(batcher, 1.0)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        await held(lambda: batcher.computing == 1)
+        first = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor, clock.now + 10))
+        second = asyncio.create_task(batcher.predict(np.array([[2.0]]), predictor, clock.now + 3))
+        await held(lambda: batcher.queued == 2)
+        clock.now += 1  # the busy call ends as expected; the two rows take 2 s: done at 3 s
+        predictor.gate.set()
+        await asyncio.gather(busy, first, second)
+        await batcher.close()
+        return predictor.batches
+
+    assert run(scenario()) == [1, 2]
+
+
+def test_the_batcher_serves_on_after_every_request_it_held_expired_while_it_waited_for_company():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, max_wait_s=0.3, max_queue_size=100)
+        now = asyncio.get_running_loop().time()
+        with batcher.expecting():  # company the batcher waits for
+            with pytest.raises(DeadlineExceeded):
+                await batcher.predict(np.array([[1.0]]), predictor, now + 0.1)
+        await asyncio.sleep(0.05)  # the batcher finds nothing left to take
+        answer = await asyncio.wait_for(batcher.predict(np.array([[2.0]]), predictor), 5)
+        await batcher.close()
+        return answer.tolist(), predictor.batches
+
+    assert run(scenario()) == ([[4.0]], [1])
+
+
+def test_a_caller_that_leaves_long_before_its_deadline_leaves_nothing_of_its_request_held():
+    async def scenario():
+        predictor = FakePredictor()
+        batcher = MicroBatcher("fake", 8, 0, 100)
+        busy = await a_busy_model(batcher, predictor)
+        rows = np.ones((2, 1))
+        kept = weakref.ref(rows)
+        leaving = asyncio.create_task(batcher.predict(rows, predictor, asyncio.get_running_loop().time() + 3600))
+        del rows
+        await until(lambda: batcher.queued == 2)
+        leaving.cancel()
+        await asyncio.wait([leaving])
+        del leaving
+        gc.collect()
+        freed = kept() is None  # not held by a timer until the deadline an hour away
+        predictor.gate.set()
+        await busy
+        await batcher.close()
+        return freed
+
+    assert run(scenario())
+
+
+def test_a_request_due_when_the_model_is_free_is_never_computed_even_before_its_timer_runs():
+    """On a busy event loop the clock moves on while the batcher works: a request due by the time
+    the model is free again is dropped when the next batch is taken, not computed because its
+    timer has not run yet; the requests behind it still share one call."""
+
+    async def scenario():
+        clock = Clock()
+        predictor = FakePredictor()
+        due = clock.now + 1
+
+        def on_load(queued: int, computing: int) -> None:
+            if (queued, computing) == (3, 0):  # the busy call is done; the batcher takes the next
+                clock.now = due  # in the same step, before any timer can run
+
+        batcher = MicroBatcher("fake", 8, 0, 100, on_load=on_load)
+        predictor.gate.clear()
+        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+        await held(lambda: batcher.computing == 1)
+        first = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor, clock.now + 60))
+        late = asyncio.create_task(batcher.predict(np.array([[2.0]]), predictor, due))
+        last = asyncio.create_task(batcher.predict(np.array([[3.0]]), predictor, clock.now + 60))
+        await held(lambda: batcher.queued == 3)
+        predictor.gate.set()
+        await asyncio.gather(busy, first, last)
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await batcher.close()
+        return predictor.batches
+
+    assert run(scenario()) == [1, 2]  # the first and last together, the late one never

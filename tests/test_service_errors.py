@@ -373,7 +373,7 @@ def test_every_size_limit_is_a_413():
 
 
 def test_every_busy_or_not_ready_state_is_a_503_that_says_when_to_retry():
-    for error in (ModelNotReady("x"), QueueFull("x"), Closed("x"), Crashed("x"), DecoderBusy("x")):
+    for error in (ModelNotReady("x"), QueueFull("x", 1), Closed("x"), Crashed("x"), DecoderBusy("x")):
         assert status_of(error) == 503, error
     assert headers_of(503) == {"Retry-After": "1"} and headers_of(429) is None
 
