@@ -10,13 +10,14 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert import interpreter as litert
 from deployments import JPEG, fast_export, install, offline, serving
 from payloads import photo, png, random_images
 from PIL import Image
 
 from model_repository import read_metadata
 from service import runtimes
-from service.predictor import Predictor
+from service.predictor import Predictor, load_predictor
 from service.runtimes import TFLiteRuntime, choose_runtime, jpeg_round_trip
 from training import cifar10
 
@@ -142,6 +143,40 @@ def test_flip_tta_averages_each_image_with_its_mirror(fast, runtime):
     assert flipped.tta == "flip" and not np.allclose(
         probabilities(flipped, images), probabilities(plain, images)
     )
+
+
+def test_warming_up_leaves_no_interpreter_behind_and_serving_keeps_its_own(fast):
+    """Warm-up runs on a loading thread, which may later do other work: its interpreters are
+    dropped; the thread that serves sets its own up once."""
+    predictor = Predictor(fast, "/CPU:0", "tflite-int8")
+    predictor.warm_up([1])
+    warmed = predictor.runtime.allocations
+    predictor.predict(photos(1))
+    predictor.predict(photos(1))
+    assert predictor.runtime.allocations == warmed + 1
+
+
+def test_flip_tta_leaves_a_feature_models_answers_as_they_are(exports):
+    rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
+    plain = Predictor(exports["iris"], "/CPU:0")
+    asked = Predictor(exports["iris"], "/CPU:0", tta="flip")  # TTA=flip is for images
+    assert asked.tta == "none"
+    np.testing.assert_array_equal(asked.predict(rows)["probabilities"], plain.predict(rows)["probabilities"])
+
+
+def test_a_predictor_runs_its_interpreters_on_one_thread_each_unless_told(fast, monkeypatch):
+    """One model call at a time per worker, and a worker per core (service/process/layout.py)."""
+    asked = []
+    real = litert.Interpreter
+
+    def interpreter(**options):
+        asked.append(options.get("num_threads"))
+        return real(**options)
+
+    monkeypatch.setattr(litert, "Interpreter", interpreter)
+    load_predictor(fast, "/CPU:0", [1], "tflite-int8").predict(photos(2))
+    Predictor(fast, "/CPU:0", "tflite-int8").predict(photos(2))
+    assert asked and set(asked) == {1}
 
 
 def pngs(count: int) -> list[bytes]:
