@@ -19,6 +19,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -92,6 +93,12 @@ def copy_checkout(target: Path) -> None:
             shutil.copy2(source, copy)
 
 
+def test_command(python: str, socket: str, timeout: float, pytest_args: list[str]) -> str:
+    """The command that runs a mutant's tests, as one string: cosmic-ray splits it (shlex), so it
+    is quoted, and an argument with spaces ("-m", "not server") stays one argument."""
+    return shlex.join([python, "scripts/warm_pytest.py", "run", socket, str(timeout), *pytest_args])
+
+
 def mutate_module(module: dict, excluded: list[str], python: str, survivors_only: bool = False) -> float:
     """Run every mutant of the module in a fresh copy (or, with `survivors_only`, the last run's
     survivors again, against the tests as they are now); the seconds it took."""
@@ -128,15 +135,16 @@ def mutate_module(module: dict, excluded: list[str], python: str, survivors_only
             time.sleep(0.2)
         pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *module.get("pytest-args", []), *tests]
         started = time.monotonic()
-        baseline = subprocess.run(
-            [python, "scripts/warm_pytest.py", "run", socket, "1800", *pytest_args], cwd=work, env=env
-        )
+        # The clean run goes through the very command the mutants will: one that fails for any
+        # other reason than a mutant (a mangled argument) stops here instead of killing them all.
+        clean = test_command(python, socket, 1800, pytest_args)
+        baseline = subprocess.run(shlex.split(clean), cwd=work, env=env)
         clean_seconds = time.monotonic() - started
         if baseline.returncode != 0:
             raise SystemExit(f"{path}: its tests fail before any mutation ({' '.join(tests)})")
         # A mutant that makes the tests hang is killed by the timeout, well past a clean run.
         timeout = round(max(30.0, 3 * clean_seconds + 10))
-        run = f"{python} scripts/warm_pytest.py run {socket} {timeout} {' '.join(pytest_args)}"
+        run = test_command(python, socket, timeout, pytest_args)
         config = work / "cosmic-ray.toml"
         config.write_text(
             "[cosmic-ray]\n"

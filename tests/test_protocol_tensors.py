@@ -21,7 +21,7 @@ def test_encoded_files_come_as_a_row_or_a_column_of_them(shape):
 @pytest.mark.parametrize("shape", [(), (1, 3), (3, 2), (3, 1, 1), (1, 1, 3)])
 def test_encoded_files_in_any_other_shape_are_refused_with_the_shape(shape):
     tensor = np.full(shape, b"file", dtype=object)
-    with pytest.raises(UnfitInput, match=rf"input 'image_bytes' of encoded images must have shape \[n\]"):
+    with pytest.raises(UnfitInput, match=r"input 'image_bytes' of encoded images must have shape \[n\]"):
         encoded_files(tensor, "image_bytes")
 
 

@@ -20,9 +20,7 @@ from service import app as app_module
 
 
 @pytest.mark.parametrize("own, asked_for", [(0, 10), (5, 15), (15, 19), (19, 19)])
-def test_a_decoder_thread_runs_ten_steps_nicer_than_its_process_up_to_the_lowest(
-    monkeypatch, own, asked_for
-):
+def test_a_decoder_thread_runs_ten_steps_nicer_than_its_process_up_to_the_lowest(monkeypatch, own, asked_for):
     """docs/operating/security.md: decoder threads run at niceness +10 (19 is the lowest)."""
     asked = []
     monkeypatch.setattr(os, "getpriority", lambda which, who: own)

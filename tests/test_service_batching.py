@@ -618,9 +618,8 @@ def test_the_batcher_serves_on_after_every_request_it_held_expired_while_it_wait
         predictor = FakePredictor()
         batcher = MicroBatcher("fake", 8, max_wait_s=0.3, max_queue_size=100)
         now = asyncio.get_running_loop().time()
-        with batcher.expecting():  # company the batcher waits for
-            with pytest.raises(DeadlineExceeded):
-                await batcher.predict(np.array([[1.0]]), predictor, now + 0.1)
+        with batcher.expecting(), pytest.raises(DeadlineExceeded):  # company the batcher waits for
+            await batcher.predict(np.array([[1.0]]), predictor, now + 0.1)
         await asyncio.sleep(0.05)  # the batcher finds nothing left to take
         answer = await asyncio.wait_for(batcher.predict(np.array([[2.0]]), predictor), 5)
         await batcher.close()
@@ -636,7 +635,9 @@ def test_a_caller_that_leaves_long_before_its_deadline_leaves_nothing_of_its_req
         busy = await a_busy_model(batcher, predictor)
         rows = np.ones((2, 1))
         kept = weakref.ref(rows)
-        leaving = asyncio.create_task(batcher.predict(rows, predictor, asyncio.get_running_loop().time() + 3600))
+        leaving = asyncio.create_task(
+            batcher.predict(rows, predictor, asyncio.get_running_loop().time() + 3600)
+        )
         del rows
         await until(lambda: batcher.queued == 2)
         leaving.cancel()

@@ -7,14 +7,13 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 from deployments import install, serving, wait_for
 from payloads import GOOD_FEATURES, GOOD_IMAGE, assert_error, encode, photo, png_declaring
 
 from service.batching import Closed, Crashed, QueueFull
 from service.budget import BudgetExceeded, DecoderBusy
-import grpc
-
 from service.errors import GRPC_CODES, STATUS, grpc_code_of, headers_of, status_of, status_of_grpc_code
 from service.faults import BodyTooLarge, TooManyRows
 from service.images import ImageTooLarge
