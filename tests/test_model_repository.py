@@ -17,6 +17,7 @@ from model_repository import (
     next_version,
     read_metadata,
     staging_dir,
+    version_files,
     write_metadata,
 )
 
@@ -116,6 +117,54 @@ def test_an_unservable_metadata_file_names_every_problem_and_where(tmp_path):
     (tmp_path / "assets.extra" / "metadata.json").write_text("[1]")
     with pytest.raises(MetadataError, match="servable model: file: Input should be an object"):
         read_metadata(tmp_path)
+
+
+def test_every_part_of_servable_metadata_cannot_change_once_read(tmp_path):
+    tensor = {"name": "x", "shape": [None, 4], "dtype": "float32"}
+    fast_form = {"format": "tflite", "path": "m.tflite", "input": "x", "outputs": ["y"]}
+    write_metadata(
+        tmp_path,
+        {"name": "m", "version": 1, "labels": ["a"], "input": tensor, "output": {**tensor, "name": "y"},
+         "signature": "serving_default",
+         "calibration": {"method": "temperature", "temperature": 1.5, "after": {"ece": 0.01}},
+         "runtimes": {"tflite-int8": fast_form},
+         "ood": {"output": "ood_score", "method": "m", "threshold": 1.5}},
+    )  # fmt: skip
+    metadata = read_metadata(tmp_path)
+    fast = metadata.runtimes["tflite-int8"]
+    assert fast.includes_jpeg_round_trip is False  # unless the export says its graph does it
+    for part, field in [
+        (metadata.calibration, "temperature"),
+        (metadata.calibration.after, "ece"),
+        (fast, "path"),
+        (metadata.ood, "threshold"),
+    ]:
+        with pytest.raises(ValidationError, match="frozen"):
+            setattr(part, field, 2.0)
+
+
+def test_a_version_folders_files_are_listed_by_path_inside_it_size_and_time(tmp_path, monkeypatch):
+    (tmp_path / "variables").mkdir()
+    for name, content in [("saved_model.pb", b"graph"), ("variables/variables.index", b"ix"), ("b.txt", b"")]:
+        (tmp_path / name).write_bytes(content)
+    listed = version_files(tmp_path)
+    assert [(path, size) for path, size, _ in listed] == [
+        ("b.txt", 0),
+        ("saved_model.pb", 5),
+        ("variables/variables.index", 2),
+    ]
+    assert all(isinstance(mtime, int) and mtime > 0 for *_, mtime in listed)
+    stat, gone = Path.stat, []
+
+    def first_vanishes(path, *args, **kwargs):  # removed between the folder's listing and its stat
+        if not gone:
+            gone.append(path.relative_to(tmp_path).as_posix())
+            raise FileNotFoundError(path)
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", first_vanishes)
+    rest = [path for path, *_ in version_files(tmp_path)]
+    assert rest == [path for path, *_ in listed if path not in gone]  # the others all listed
 
 
 # Last: each starts an interpreter that imports TensorFlow (seconds), the rest take milliseconds.
