@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -17,10 +19,10 @@ from deployments import install
 from kserve import InferenceRESTClient, RESTConfig
 from served import running_service
 
-from service.faults import CodecError
+from service.faults import CodecError, UnfitInput
 from service.images import decode_image
 from service.protocols.tfserving_codec import COLUMNAR, ROW, binary_value, encode_predict, parse_predict
-from service.protocols.tfserving_model import status
+from service.protocols.tfserving_model import Signature, Tensor, output_names, status
 from service.registry import ModelState
 
 SAMPLES = sorted(Path(__file__).resolve().parents[1].glob("samples/*.jpg"))
@@ -251,3 +253,22 @@ def test_nan_is_read_as_tf_serving_reads_it_and_refused_as_input(base):
     response = httpx.post(f"{base}/v1/models/iris:predict", content=b'{"instances": [[NaN, 1, 2, 3]]}')
     assert response.status_code == 422
     assert "finite" in response.json()["error"]
+
+
+def test_an_unknown_output_is_refused_naming_the_first_asked_for_and_the_signatures():
+    scored = SimpleNamespace(output_name="probabilities", ood=SimpleNamespace(output="ood_score"))
+    with pytest.raises(UnfitInput) as refused:
+        output_names(scored, ["logits", "probabilities", "embedding"])
+    assert str(refused.value) == (
+        "unknown output 'logits'; the signature has 'probabilities', 'ood_score', 'abstain'"
+    )
+    assert output_names(scored, []) == ["probabilities"]
+    assert output_names(scored, ["abstain", "ood_score"]) == ["abstain", "ood_score"]
+
+
+def test_a_signature_once_read_cannot_be_changed_by_a_door():
+    tensor = Tensor(np.dtype("float32"), [None, 4])
+    signature = Signature("serving_default", {"features": tensor}, {"probabilities": tensor})
+    for thing, field in [(tensor, "shape"), (signature, "name")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(thing, field, None)
