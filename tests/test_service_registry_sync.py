@@ -15,13 +15,23 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from deployments import HELD_ROWS, held_feature_model, install, open_gate, publish, serving, wait_for
+from deployments import (
+    HELD_ROWS,
+    held_feature_model,
+    install,
+    open_gate,
+    publish,
+    service_settings,
+    serving,
+    wait_for,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from payloads import png
 from payloads import random_images as images
 from served import free_port
 
 from service import registry as registry_module
+from service.metrics import Metrics
 from service.protocols.third_party import open_inference_pb2 as oip
 from service.protocols.third_party import tensorflow_serving_pb2 as tfs
 
@@ -213,6 +223,18 @@ def test_an_unchanged_failed_version_is_retried_after_a_back_off(model_dir, monk
     iris = attempts[-3:]
     # After 0.3 s, then after twice that (give or take a scan every POLL_S, on a busy machine).
     assert 0.3 <= iris[1] - iris[0] < 0.3 + 2 and 0.6 <= iris[2] - iris[1] < 0.6 + 2
+
+
+def test_a_rejected_versions_retries_start_at_30_s_and_double_up_to_every_10_minutes(tmp_path):
+    """As docs/operating/model-repository.md says: "after 30 s, 60 s, ... up to every 10
+    minutes"; once its files change, it starts again from 30 s."""
+    registry = registry_module.ModelRegistry(service_settings(tmp_path), "/CPU:0", Metrics())
+    served = registry_module.ServedModel("iris", tmp_path / "iris")
+    waits = []
+    for files in [()] * 7 + [(("saved_model.pb", 10, 1),)]:
+        registry._reject(served, 1, files, registry_module.ModelError("out of memory"))
+        waits.append(round(served.failed[1].retry_at - time.monotonic()))
+    assert waits == [30, 60, 120, 240, 480, 600, 600, 30]
 
 
 def test_deleting_the_live_version_rolls_back_to_the_newest_remaining_without_failed_requests(
