@@ -6,6 +6,7 @@ event loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import threading
 import time
@@ -237,9 +238,14 @@ def test_a_rejected_versions_retries_start_at_30_s_and_double_up_to_every_10_min
     assert waits == [30, 60, 120, 240, 480, 600, 600, 30]
 
 
+def logged(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "service.registry"]
+
+
 def test_deleting_the_live_version_rolls_back_to_the_newest_remaining_without_failed_requests(
-    served, exports
+    served, exports, caplog
 ):
+    caplog.set_level(logging.INFO, logger="service.registry")
     client, _, model_dir = served
     publish(exports["cifar10-v2"], model_dir, 2)
     wait_for(lambda: models(client)["cifar10"]["live_version"] == "2")
@@ -266,9 +272,14 @@ def test_deleting_the_live_version_rolls_back_to_the_newest_remaining_without_fa
     cifar10 = models(client)["cifar10"]
     assert (cifar10["live_version"], cifar10["versions"]) == ("1", ["1"])
     assert [v["version"] for v in client.get("/v1/models/cifar10").json()["model_version_status"]] == ["1"]
+    assert any(
+        line.startswith("serving cifar10 version 1")
+        and line.endswith("replacing version 2 (its folder is gone)")
+        for line in logged(caplog)
+    )
 
 
-def test_deleting_every_version_unloads_the_model_and_the_others_keep_the_replica_ready(served):
+def test_deleting_every_version_unloads_the_model_and_the_others_keep_the_replica_ready(served, caplog):
     client, channel, model_dir = served
     shutil.rmtree(model_dir / "cifar10" / "1")
     wait_for(lambda: models(client)["cifar10"]["live_version"] is None)
@@ -279,13 +290,18 @@ def test_deleting_every_version_unloads_the_model_and_the_others_keep_the_replic
         and client.post("/predict/iris", json=FEATURES).status_code == 200
     )
     wait_for(lambda: health(channel, "cifar10") == NOT_SERVING)
+    assert any(
+        line.startswith("unloaded cifar10 version 1: its folder is gone and no other version loads")
+        for line in logged(caplog)
+    )
 
 
-def test_a_model_moved_away_is_gone_from_every_door_and_served_again_when_put_back(served, tmp_path):
+def test_a_model_moved_away_is_gone_from_every_door_and_served_again_when_put_back(served, tmp_path, caplog):
     client, channel, model_dir = served
     assert iris_on_every_door(client, channel) == SERVED_EVERYWHERE
     (model_dir / "iris").rename(tmp_path / "iris-away")
     wait_for(lambda: "iris" not in models(client))
+    assert "model iris is gone from MODEL_DIR: unloaded (was serving version 1)" in logged(caplog)
     wait_for(lambda: iris_on_every_door(client, channel) == GONE_EVERYWHERE)
     assert client.get("/readyz").json() == {
         "ready": True,
