@@ -294,6 +294,7 @@ def test_deleting_every_version_unloads_the_model_and_the_others_keep_the_replic
         line.startswith("unloaded cifar10 version 1: its folder is gone and no other version loads")
         for line in logged(caplog)
     )
+    assert 'model_live_version{model="cifar10"} 0.0' in client.get("/metrics").text  # none live
 
 
 def test_a_model_moved_away_is_gone_from_every_door_and_served_again_when_put_back(served, tmp_path, caplog):
@@ -374,3 +375,10 @@ def test_a_reload_holds_the_event_loop_for_milliseconds_at_most(served, exports)
         f"longest turn of the loop: {1000 * longest['cpu']:.1f} ms CPU, {1000 * longest['wall']:.1f} ms wall"
     )
     assert longest["cpu"] < 0.05
+
+
+def test_a_model_state_read_for_an_answer_cannot_be_changed(served):
+    client, _, _ = served
+    state = client.app.state.registry.states()[0]
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
+        state.problem = "changed"

@@ -179,6 +179,22 @@ def test_a_predictor_runs_its_interpreters_on_one_thread_each_unless_told(fast, 
     assert asked and set(asked) == {1}
 
 
+def test_the_service_loads_a_fast_form_with_one_interpreter_thread(fast, tmp_path, monkeypatch):
+    """A worker's model calls run one at a time, a worker per core: more threads would contend."""
+    asked = []
+    real = litert.Interpreter
+
+    def interpreter(**options):
+        asked.append(options.get("num_threads"))
+        return real(**options)
+
+    monkeypatch.setattr(litert, "Interpreter", interpreter)
+    install(fast, tmp_path / "models")
+    with serving(tmp_path / "models") as client:
+        assert client.post("/predict/image", files={"file": pngs(1)[0]}).status_code == 200
+    assert asked and set(asked) == {1}
+
+
 def pngs(count: int) -> list[bytes]:
     return [png(np.asarray(photo(700 + i))) for i in range(count)]
 
