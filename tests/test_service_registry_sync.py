@@ -303,6 +303,7 @@ def test_a_model_moved_away_is_gone_from_every_door_and_served_again_when_put_ba
     (model_dir / "iris").rename(tmp_path / "iris-away")
     wait_for(lambda: "iris" not in models(client))
     assert "model iris is gone from MODEL_DIR: unloaded (was serving version 1)" in logged(caplog)
+    assert 'model_live_version{model="iris"} 0.0' in client.get("/metrics").text
     wait_for(lambda: iris_on_every_door(client, channel) == GONE_EVERYWHERE)
     assert client.get("/readyz").json() == {
         "ready": True,
