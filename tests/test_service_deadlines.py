@@ -230,7 +230,11 @@ def test_a_grpc_call_still_queued_at_its_deadline_is_deadline_exceeded_and_never
         assert first.result().status_code == 200
         assert batches == [1]  # the call's row never reached the model
         method = METHODS[client]
-        wait_for(lambda: statuses(http.get("/metrics").text, method) == {"504": 1})
+        # Counted once: 504, or 499 when the client's own cancel at its deadline reaches the
+        # server first (a race; which one the Door counts when is tested in-process, in
+        # tests/test_protocol_grpc_server.py).
+        counted = wait_for(lambda: statuses(http.get("/metrics").text, method))
+        assert counted in ({"504": 1}, {"499": 1})
 
 
 def test_the_v2_timeout_parameter_is_a_deadline_over_grpc_too(shared_models, monkeypatch):
