@@ -572,15 +572,21 @@ def test_a_request_due_now_is_late_and_one_expected_exactly_at_its_deadline_is_t
     assert run(scenario()).retry_after_s == 1  # at least a second, though the wait ahead is less
 
 
+async def busy_on_a_held_clock() -> tuple[Clock, FakePredictor, MicroBatcher, asyncio.Task]:
+    """A batcher whose model lately took 1 s a row, computing a one-row request held by
+    `predictor.gate`, on a held clock."""
+    clock, predictor = Clock(), FakePredictor()
+    batcher = MicroBatcher("fake", 8, 0, 100)
+    measured(batcher, 1.0)
+    predictor.gate.clear()
+    busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
+    await held(lambda: batcher.computing == 1)
+    return clock, predictor, batcher, busy
+
+
 def test_a_model_past_its_expected_time_counts_as_finishing_now_not_as_time_in_hand():
     async def scenario():
-        clock = Clock()
-        predictor = FakePredictor()
-        batcher = MicroBatcher("fake", 8, 0, 100)
-        measured(batcher, 1.0)
-        predictor.gate.clear()
-        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
-        await held(lambda: batcher.computing == 1)  # expected to take a second
+        clock, predictor, batcher, busy = await busy_on_a_held_clock()  # expected to take a second
         clock.now += 1.5  # and still computing half a second later
         with pytest.raises(QueueFull) as refused, batcher.expecting(clock.now + 0.5, own_s=0.75):
             pass  # its own decoding alone would make it late
@@ -594,13 +600,7 @@ def test_a_model_past_its_expected_time_counts_as_finishing_now_not_as_time_in_h
 
 def test_a_batch_takes_a_request_it_would_answer_exactly_at_its_deadline():
     async def scenario():
-        clock = Clock()
-        predictor = FakePredictor()
-        batcher = MicroBatcher("fake", 8, 0, 100)
-        measured(batcher, 1.0)
-        predictor.gate.clear()
-        busy = asyncio.create_task(batcher.predict(np.array([[0.0]]), predictor))
-        await held(lambda: batcher.computing == 1)
+        clock, predictor, batcher, busy = await busy_on_a_held_clock()
         first = asyncio.create_task(batcher.predict(np.array([[1.0]]), predictor, clock.now + 10))
         second = asyncio.create_task(batcher.predict(np.array([[2.0]]), predictor, clock.now + 3))
         await held(lambda: batcher.queued == 2)

@@ -164,9 +164,10 @@ def test_flip_tta_leaves_a_feature_models_answers_as_they_are(exports):
     np.testing.assert_array_equal(asked.predict(rows)["probabilities"], plain.predict(rows)["probabilities"])
 
 
-def test_a_predictor_runs_its_interpreters_on_one_thread_each_unless_told(fast, monkeypatch):
-    """One model call at a time per worker, and a worker per core (service/process/layout.py)."""
-    asked = []
+@pytest.fixture
+def interpreter_threads(monkeypatch) -> list[int | None]:
+    """The `num_threads` each LiteRT interpreter made from now on was asked for."""
+    asked: list[int | None] = []
     real = litert.Interpreter
 
     def interpreter(**options):
@@ -174,25 +175,22 @@ def test_a_predictor_runs_its_interpreters_on_one_thread_each_unless_told(fast, 
         return real(**options)
 
     monkeypatch.setattr(litert, "Interpreter", interpreter)
+    return asked
+
+
+def test_a_predictor_runs_its_interpreters_on_one_thread_each_unless_told(fast, interpreter_threads):
+    """One model call at a time per worker, and a worker per core (service/process/layout.py)."""
     load_predictor(fast, "/CPU:0", [1], "tflite-int8").predict(photos(2))
     Predictor(fast, "/CPU:0", "tflite-int8").predict(photos(2))
-    assert asked and set(asked) == {1}
+    assert interpreter_threads and set(interpreter_threads) == {1}
 
 
-def test_the_service_loads_a_fast_form_with_one_interpreter_thread(fast, tmp_path, monkeypatch):
+def test_the_service_loads_a_fast_form_with_one_interpreter_thread(fast, tmp_path, interpreter_threads):
     """A worker's model calls run one at a time, a worker per core: more threads would contend."""
-    asked = []
-    real = litert.Interpreter
-
-    def interpreter(**options):
-        asked.append(options.get("num_threads"))
-        return real(**options)
-
-    monkeypatch.setattr(litert, "Interpreter", interpreter)
     install(fast, tmp_path / "models")
     with serving(tmp_path / "models") as client:
         assert client.post("/predict/image", files={"file": pngs(1)[0]}).status_code == 200
-    assert asked and set(asked) == {1}
+    assert interpreter_threads and set(interpreter_threads) == {1}
 
 
 def pngs(count: int) -> list[bytes]:
