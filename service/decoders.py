@@ -77,10 +77,6 @@ class Decoders:
             raise
         return [outcome for decoded, _ in results for outcome in decoded]
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run `fn(*args)` on a decoder thread (outside the queue's accounting)."""
-        return self._pool.submit(fn, *args)
-
     def shutdown(self) -> None:
         self._pool.shutdown()
 
