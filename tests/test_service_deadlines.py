@@ -79,6 +79,19 @@ def tfserving_request(model: str = "held") -> predict_pb2.PredictRequest:
 # --- in the test's process: the model held by a spy ------------------------------------------
 
 
+def test_a_default_deadline_counts_from_when_the_request_came_in_or_else_from_now():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        unnoted = deadlines.deadline(0.7) - loop.time()  # no door noted its arrival
+        deadlines.arrived()
+        came_in = loop.time()
+        await asyncio.sleep(0.05)
+        return unnoted, deadlines.deadline(0.7) - came_in
+
+    unnoted, noted = asyncio.run(scenario())
+    assert 0.69 < unnoted <= 0.7 and noted == pytest.approx(0.7, abs=0.001)
+
+
 @contextlib.contextmanager
 def held_model(client, monkeypatch, model: str = "iris"):
     """The model's calls wait until the yielded gate is set (`entered` once one has started);
